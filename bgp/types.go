@@ -1,0 +1,92 @@
+// Package bgp holds the speaker-neutral model of Meridian's BGP: the peers a
+// node should have, what it advertises and the best paths it learned. Only
+// bgp/gobgp imports GoBGP; everything else talks to the Speaker interface so
+// the decision code stays pure and testable.
+package bgp
+
+import (
+	"context"
+	"net/netip"
+	"time"
+)
+
+// DefaultASN is the private ASN nodes use when nothing else is configured
+// (RFC 6996 private range, the same default Calico uses).
+const DefaultASN uint32 = 64512
+
+// Config is what the speaker needs to start. It does not change while the
+// speaker runs; a new router ID or ASN means a new speaker.
+type Config struct {
+	RouterID netip.Addr
+	ASN      uint32
+	// ListenAddresses are the local addresses the speaker accepts sessions
+	// on; empty means it only dials out.
+	ListenAddresses []netip.Addr
+	// ListenPort is the TCP port for BGP (179). -1 disables listening,
+	// which in-process tests use for the dialling side.
+	ListenPort int32
+	// GracefulRestartTime is the restart time announced to peers
+	// (RFC 4724): how long they keep our routes when our session drops.
+	// Zero disables graceful restart.
+	GracefulRestartTime time.Duration
+}
+
+// Peer is one BGP neighbour the speaker should have.
+type Peer struct {
+	// Name identifies where the peer came from (a Node name, later a
+	// BGPPeer object), for logs and the API.
+	Name    string
+	Address netip.Addr
+	ASN     uint32
+	// Port is the neighbour's TCP port; 0 means 179.
+	Port uint16
+}
+
+// Advertisement is one prefix this node originates.
+type Advertisement struct {
+	Prefix  netip.Prefix
+	NextHop netip.Addr
+}
+
+// Path is a path in the local RIB as the speaker selected it.
+type Path struct {
+	Prefix  netip.Prefix
+	NextHop netip.Addr
+	// PeerAddress is the neighbour that sent the path; invalid for paths
+	// this node originates.
+	PeerAddress netip.Addr
+	ASPath      []uint32
+	LocalPref   uint32
+	// Best is true for the path the speaker selected; with multipath,
+	// every path equal to the best is marked Best.
+	Best bool
+	// Stale is true for a path kept from a peer that is restarting
+	// gracefully (RFC 4724 section 4.2).
+	Stale bool
+}
+
+// PeerState is the observed state of one session.
+type PeerState struct {
+	Peer
+	State string // "established", "idle", "active", ...
+	// EndOfRIB is true once the peer sent End-of-RIB for IPv4 unicast in
+	// the current session.
+	EndOfRIB bool
+}
+
+// Speaker is what the rest of Meridian needs from a BGP implementation.
+// Set* calls are declarative: they diff against what was applied and record
+// the new set only after it was applied.
+type Speaker interface {
+	// Run starts the speaker and blocks until ctx is done, then stops it.
+	Run(ctx context.Context) error
+	SetPeers(ctx context.Context, peers []Peer) error
+	SetAdvertisements(ctx context.Context, ads []Advertisement) error
+	// Paths returns the paths learned from peers, best or not, for IPv4
+	// unicast. Locally originated paths are not included.
+	Paths(ctx context.Context) ([]Path, error)
+	Peers(ctx context.Context) ([]PeerState, error)
+	// Changes is signalled (coalesced, never blocking the speaker) when
+	// paths or peer states change.
+	Changes() <-chan struct{}
+}
