@@ -294,7 +294,7 @@ func TestUnreadableReservationStaysUsed(t *testing.T) {
 		t.Fatalf("got %v, want the unreadable reservation to count as used", err)
 	}
 	freed, err := s.GC([]Attachment{att("c1")})
-	if err != nil || len(freed) != 1 || freed[0].String() != "10.244.1.2" {
+	if err != nil || len(freed) != 1 || freed[0].Addr.String() != "10.244.1.2" {
 		t.Fatalf("GC = %v, %v", freed, err)
 	}
 	if got := ipFiles(t, s); !slices.Equal(got, []string{"10.244.1.1"}) {

@@ -148,14 +148,20 @@ func (s *Store) Release(a Attachment) ([]netip.Addr, error) {
 	if a.ContainerID == "" {
 		return nil, errors.New("release: empty container ID")
 	}
-	return s.releaseWhere(func(al Allocation) bool {
+	freed, err := s.releaseWhere(func(al Allocation) bool {
 		return al.ContainerID == a.ContainerID && (a.IfName == "" || al.IfName == a.IfName)
 	})
+	addrs := make([]netip.Addr, 0, len(freed))
+	for _, al := range freed {
+		addrs = append(addrs, al.Addr)
+	}
+	return addrs, err
 }
 
 // GC frees every allocation whose attachment is not in valid (the CNI 1.1
-// GC command's cni.dev/valid-attachments), including unreadable files.
-func (s *Store) GC(valid []Attachment) ([]netip.Addr, error) {
+// GC command's cni.dev/valid-attachments), including unreadable files, and
+// returns what it freed.
+func (s *Store) GC(valid []Attachment) ([]Allocation, error) {
 	keep := make(map[Attachment]bool, len(valid))
 	for _, a := range valid {
 		keep[a] = true
@@ -173,7 +179,7 @@ func (s *Store) List() ([]Allocation, error) {
 	return s.list(false)
 }
 
-func (s *Store) releaseWhere(match func(Allocation) bool) ([]netip.Addr, error) {
+func (s *Store) releaseWhere(match func(Allocation) bool) ([]Allocation, error) {
 	unlock, err := s.lock()
 	if err != nil {
 		return nil, err
@@ -183,7 +189,7 @@ func (s *Store) releaseWhere(match func(Allocation) bool) ([]netip.Addr, error) 
 	if err != nil {
 		return nil, err
 	}
-	var freed []netip.Addr
+	var freed []Allocation
 	var errs []error
 	for _, al := range allocs {
 		if !match(al) {
@@ -193,7 +199,7 @@ func (s *Store) releaseWhere(match func(Allocation) bool) ([]netip.Addr, error) 
 			errs = append(errs, err)
 			continue
 		}
-		freed = append(freed, al.Addr)
+		freed = append(freed, al)
 	}
 	return freed, errors.Join(errs...)
 }
