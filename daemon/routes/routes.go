@@ -62,20 +62,26 @@ type Route struct {
 // String renders the route the way `ip route` writes it (multipath on one
 // line, as `ip route add` takes it), e.g.
 // "10.244.2.0/24 via 198.18.0.12 proto 201".
-func (r Route) String() string {
+func (r Route) String() string { return r.format(true) }
+
+// target is String without the protocol, for errors and logs that already
+// say the route is Meridian's.
+func (r Route) target() string { return r.format(false) }
+
+func (r Route) format(proto bool) string {
 	var b strings.Builder
 	if r.Blackhole {
 		b.WriteString("blackhole ")
 	}
 	b.WriteString(r.Dst.String())
-	switch {
-	case r.Blackhole:
-	case len(r.NextHops) == 1:
+	if !r.Blackhole && len(r.NextHops) == 1 {
 		b.WriteString(" via ")
 		b.WriteString(r.NextHops[0].String())
 	}
-	b.WriteString(" proto ")
-	b.WriteString(strconv.Itoa(Protocol))
+	if proto {
+		b.WriteString(" proto ")
+		b.WriteString(strconv.Itoa(Protocol))
+	}
 	if !r.Blackhole && len(r.NextHops) > 1 {
 		for _, nh := range r.NextHops {
 			b.WriteString(" nexthop via ")
