@@ -27,8 +27,21 @@ type Config struct {
 	ListenPort int32
 	// GracefulRestartTime is the restart time announced to peers
 	// (RFC 4724): how long they keep our routes when our session drops.
-	// Zero disables graceful restart.
+	// Zero disables graceful restart. RFC 4724 carries it in 12 bits of
+	// seconds, so at most 4095s.
 	GracefulRestartTime time.Duration
+	// Restarting says this speaker comes back after a crash with its
+	// forwarding state intact (RFC 4724 section 4.1): it sets the Restart
+	// State and Forwarding State bits in its OPENs and holds back its own
+	// updates until its peers sent End-of-RIB, so peers refresh the routes
+	// they kept as stale instead of flushing them. The caller sets it when
+	// it finds its own routes still installed at start. It needs
+	// GracefulRestartTime > 0.
+	Restarting bool
+	// LocalAddress is the source address of sessions this speaker dials;
+	// invalid lets the kernel choose. Peers match sessions by address, so
+	// on a host with several addresses it must be the one peers know.
+	LocalAddress netip.Addr
 }
 
 // Peer is one BGP neighbour the speaker should have.
@@ -56,7 +69,9 @@ type Path struct {
 	// this node originates.
 	PeerAddress netip.Addr
 	ASPath      []uint32
-	LocalPref   uint32
+	// LocalPref is the LOCAL_PREF attribute, or 100 (the default route
+	// selection assumes) when the path carries none, as eBGP paths do.
+	LocalPref uint32
 	// Best is true for the path the speaker selected; with multipath,
 	// every path equal to the best is marked Best.
 	Best bool
@@ -87,6 +102,15 @@ type Speaker interface {
 	Paths(ctx context.Context) ([]Path, error)
 	Peers(ctx context.Context) ([]PeerState, error)
 	// Changes is signalled (coalesced, never blocking the speaker) when
-	// paths or peer states change.
+	// paths, peer states or Converged change.
 	Changes() <-chan struct{}
+	// Converged reports that the initial sync after start is done: every
+	// configured peer is established and sent End-of-RIB for IPv4 unicast
+	// (a peer without graceful restart only needs to be established), or
+	// GracefulRestartTime passed since Run started. Callers wait for it
+	// before pruning routes they kept across a restart, so a restarting
+	// node does not withdraw what its peers are about to re-announce. It
+	// stays true once true; without graceful restart it is true as soon
+	// as the speaker runs.
+	Converged() bool
 }

@@ -1,0 +1,302 @@
+package gobgp
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	api "github.com/osrg/gobgp/v3/api"
+	"github.com/osrg/gobgp/v3/pkg/apiutil"
+	bgppacket "github.com/osrg/gobgp/v3/pkg/packet/bgp"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/meridian-net/meridian/bgp"
+)
+
+const (
+	// asTrans is AS_TRANS (RFC 6793): it stands in for 4-octet ASNs in
+	// 2-octet fields and must not be configured as a real ASN.
+	asTrans uint32 = 23456
+	// maxRestartTime is the largest Restart Time the 12-bit field of the
+	// graceful restart capability can carry (RFC 4724 section 3).
+	maxRestartTime = 4095 * time.Second
+	// defaultLocalPref is what route selection assumes for a path without
+	// LOCAL_PREF (GoBGP, like most implementations, uses 100).
+	defaultLocalPref uint32 = 100
+	// connectRetry replaces GoBGP's 120s default: after a peer restarts,
+	// whichever side dials first may hit the other's idle hold (5s in
+	// GoBGP) and then waits a whole retry interval, which would eat most
+	// of the graceful restart window.
+	connectRetrySeconds = 5
+)
+
+var ipv4Unicast = &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
+
+// validateConfig checks what GoBGP would otherwise reject late or, worse,
+// accept: a 4-octet ASN of 0 or AS_TRANS, a router ID that is not IPv4.
+func validateConfig(cfg bgp.Config) error {
+	var errs []error
+	if !cfg.RouterID.IsValid() || !cfg.RouterID.Is4() || cfg.RouterID.IsUnspecified() {
+		errs = append(errs, fmt.Errorf("router ID %q is not a non-zero IPv4 address", addrString(cfg.RouterID)))
+	}
+	if err := validateASN(cfg.ASN); err != nil {
+		errs = append(errs, fmt.Errorf("local ASN: %w", err))
+	}
+	for _, a := range cfg.ListenAddresses {
+		if !a.IsValid() {
+			errs = append(errs, errors.New("listen address is invalid"))
+		}
+	}
+	if cfg.ListenPort < -1 || cfg.ListenPort > 65535 {
+		errs = append(errs, fmt.Errorf("listen port %d is out of range -1..65535", cfg.ListenPort))
+	}
+	switch {
+	case cfg.GracefulRestartTime < 0:
+		errs = append(errs, fmt.Errorf("graceful restart time %s is negative", cfg.GracefulRestartTime))
+	case cfg.GracefulRestartTime > maxRestartTime:
+		errs = append(errs, fmt.Errorf("graceful restart time %s exceeds the %s RFC 4724 allows", cfg.GracefulRestartTime, maxRestartTime))
+	case cfg.GracefulRestartTime > 0 && cfg.GracefulRestartTime < time.Second:
+		errs = append(errs, fmt.Errorf("graceful restart time %s is below the 1s resolution of RFC 4724", cfg.GracefulRestartTime))
+	}
+	if cfg.Restarting && cfg.GracefulRestartTime == 0 {
+		errs = append(errs, errors.New("restarting needs a graceful restart time"))
+	}
+	if cfg.LocalAddress.IsValid() && !cfg.LocalAddress.Is4() {
+		errs = append(errs, fmt.Errorf("local address %s is not IPv4", cfg.LocalAddress))
+	}
+	return errors.Join(errs...)
+}
+
+func validateASN(asn uint32) error {
+	switch asn {
+	case 0:
+		return errors.New("ASN 0 is reserved (RFC 7607)")
+	case asTrans:
+		return errors.New("ASN 23456 is AS_TRANS (RFC 6793)")
+	case 4294967295:
+		return errors.New("ASN 4294967295 is reserved (RFC 7300)")
+	}
+	return nil
+}
+
+func addrString(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
+}
+
+// validatePeers checks a desired peer set as a whole: the speaker only
+// runs IPv4 unicast, and two entries for one address cannot both hold.
+func validatePeers(peers []bgp.Peer) error {
+	var errs []error
+	seen := make(map[netip.Addr]bool, len(peers))
+	for _, p := range peers {
+		if !p.Address.IsValid() || !p.Address.Is4() || p.Address.IsUnspecified() {
+			errs = append(errs, fmt.Errorf("peer %q: address %q is not a non-zero IPv4 address", p.Name, addrString(p.Address)))
+			continue
+		}
+		if err := validateASN(p.ASN); err != nil {
+			errs = append(errs, fmt.Errorf("peer %q (%s): %w", p.Name, p.Address, err))
+		}
+		if seen[p.Address] {
+			errs = append(errs, fmt.Errorf("peer %q: address %s is listed twice", p.Name, p.Address))
+		}
+		seen[p.Address] = true
+	}
+	return errors.Join(errs...)
+}
+
+// validateAdvertisements checks a desired advertisement set: IPv4 only,
+// and one next hop per prefix since a speaker originates one path each.
+func validateAdvertisements(ads []bgp.Advertisement) error {
+	var errs []error
+	seen := make(map[netip.Prefix]bool, len(ads))
+	for _, a := range ads {
+		if !a.Prefix.IsValid() || !a.Prefix.Addr().Is4() {
+			errs = append(errs, fmt.Errorf("advertisement %s: prefix is not IPv4", a.Prefix))
+			continue
+		}
+		if !a.NextHop.IsValid() || !a.NextHop.Is4() {
+			errs = append(errs, fmt.Errorf("advertisement %s: next hop %q is not IPv4", a.Prefix, addrString(a.NextHop)))
+		}
+		p := a.Prefix.Masked()
+		if seen[p] {
+			errs = append(errs, fmt.Errorf("advertisement %s: prefix is listed twice", p))
+		}
+		seen[p] = true
+	}
+	return errors.Join(errs...)
+}
+
+// restartSeconds turns the restart time into the capability's seconds.
+func restartSeconds(d time.Duration) uint32 {
+	return uint32(d / time.Second)
+}
+
+// peerToAPI renders one neighbour. localRestarting sets GoBGP's per-peer
+// LocalRestarting state, which is what makes it send the Restart State
+// bit and the Forwarding State bit (RFC 4724 section 4.1) and defer its
+// updates until End-of-RIB from all peers or DeferralTime.
+func peerToAPI(cfg bgp.Config, p bgp.Peer, localRestarting bool) *api.Peer {
+	gr := cfg.GracefulRestartTime > 0
+	ap := &api.Peer{
+		Conf: &api.PeerConf{
+			NeighborAddress: p.Address.String(),
+			PeerAsn:         p.ASN,
+			Description:     p.Name,
+		},
+		Timers: &api.Timers{Config: &api.TimersConfig{
+			ConnectRetry: connectRetrySeconds,
+		}},
+		Transport: &api.Transport{
+			RemotePort: uint32(p.Port),
+		},
+		AfiSafis: []*api.AfiSafi{{
+			Config: &api.AfiSafiConfig{Family: ipv4Unicast, Enabled: true},
+			// Per-family GR: without it GoBGP advertises the capability
+			// with no (AFI, SAFI) tuple, and a helper then keeps nothing.
+			MpGracefulRestart: &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: gr}},
+		}},
+	}
+	if cfg.LocalAddress.IsValid() {
+		ap.Transport.LocalAddress = cfg.LocalAddress.String()
+	}
+	if gr {
+		secs := restartSeconds(cfg.GracefulRestartTime)
+		ap.GracefulRestart = &api.GracefulRestart{
+			Enabled:     true,
+			RestartTime: secs,
+			// Selection deferral while restarting (RFC 4724 4.1): wait
+			// for End-of-RIB at most as long as peers keep our routes.
+			DeferralTime: secs,
+			// RFC 8538: a NOTIFICATION other than Hard Reset also starts
+			// the helper procedure, so an administrative reset keeps
+			// routes; deconfiguring a peer still sends Hard Reset.
+			NotificationEnabled: true,
+			LocalRestarting:     localRestarting,
+		}
+	}
+	return ap
+}
+
+// advertisementToAPI renders a locally originated IPv4 unicast path.
+func advertisementToAPI(a bgp.Advertisement) (*api.Path, error) {
+	p := a.Prefix.Masked()
+	nlri, err := anypb.New(&api.IPAddressPrefix{
+		PrefixLen: uint32(p.Bits()),
+		Prefix:    p.Addr().String(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("marshal prefix %s: %w", p, err)
+	}
+	origin, err := anypb.New(&api.OriginAttribute{Origin: uint32(bgppacket.BGP_ORIGIN_ATTR_TYPE_IGP)})
+	if err != nil {
+		return nil, fmt.Errorf("marshal origin: %w", err)
+	}
+	nh, err := anypb.New(&api.NextHopAttribute{NextHop: a.NextHop.String()})
+	if err != nil {
+		return nil, fmt.Errorf("marshal next hop %s: %w", a.NextHop, err)
+	}
+	return &api.Path{
+		Family: ipv4Unicast,
+		Nlri:   nlri,
+		Pattrs: []*anypb.Any{origin, nh},
+	}, nil
+}
+
+// isLocal tells paths this speaker originated: GoBGP gives them no
+// neighbour address.
+func isLocal(p *api.Path) bool {
+	a, err := netip.ParseAddr(p.GetNeighborIp())
+	return err != nil || a.IsUnspecified()
+}
+
+// pathFromAPI converts one path of the global RIB. It fails on paths
+// that are not IPv4 unicast or carry no usable next hop.
+func pathFromAPI(p *api.Path) (bgp.Path, error) {
+	nlri, err := apiutil.GetNativeNlri(p)
+	if err != nil {
+		return bgp.Path{}, fmt.Errorf("decode nlri: %w", err)
+	}
+	ipp, ok := nlri.(*bgppacket.IPAddrPrefix)
+	if !ok {
+		return bgp.Path{}, fmt.Errorf("nlri %s is not IPv4 unicast", nlri)
+	}
+	prefix, err := netip.ParsePrefix(ipp.String())
+	if err != nil {
+		return bgp.Path{}, fmt.Errorf("parse prefix %q: %w", ipp.String(), err)
+	}
+	attrs, err := apiutil.GetNativePathAttributes(p)
+	if err != nil {
+		return bgp.Path{}, fmt.Errorf("decode attributes of %s: %w", prefix, err)
+	}
+	out := bgp.Path{
+		Prefix:    prefix,
+		LocalPref: defaultLocalPref,
+		Best:      p.GetBest(),
+		Stale:     p.GetStale(),
+	}
+	if a, err := netip.ParseAddr(p.GetNeighborIp()); err == nil && !a.IsUnspecified() {
+		out.PeerAddress = a.Unmap()
+	}
+	for _, attr := range attrs {
+		switch a := attr.(type) {
+		case *bgppacket.PathAttributeNextHop:
+			if nh, ok := netip.AddrFromSlice(a.Value); ok {
+				out.NextHop = nh.Unmap()
+			}
+		case *bgppacket.PathAttributeMpReachNLRI:
+			// RFC 4760 next hop; only used when NEXT_HOP is absent.
+			if nh, ok := netip.AddrFromSlice(a.Nexthop); ok && !out.NextHop.IsValid() {
+				out.NextHop = nh.Unmap()
+			}
+		case *bgppacket.PathAttributeAsPath:
+			for _, seg := range a.Value {
+				out.ASPath = append(out.ASPath, seg.GetAS()...)
+			}
+		case *bgppacket.PathAttributeLocalPref:
+			out.LocalPref = a.Value
+		}
+	}
+	if !out.NextHop.IsValid() {
+		return bgp.Path{}, fmt.Errorf("path for %s has no next hop", prefix)
+	}
+	return out, nil
+}
+
+// sessionState names a GoBGP session state the way bgp.PeerState does.
+func sessionState(s api.PeerState_SessionState) string {
+	if s == api.PeerState_UNKNOWN {
+		return "unknown"
+	}
+	return strings.ToLower(s.String())
+}
+
+// peerStateFromAPI converts a GoBGP neighbour into its observed state.
+// EndOfRIB only counts in an established session: GoBGP clears it on
+// session loss, but a stale true must never reach callers.
+func peerStateFromAPI(ap *api.Peer, configured bgp.Peer) (st bgp.PeerState, grReceived bool) {
+	st.Peer = configured
+	st.State = sessionState(ap.GetState().GetSessionState())
+	established := ap.GetState().GetSessionState() == api.PeerState_ESTABLISHED
+	for _, af := range ap.GetAfiSafis() {
+		f := af.GetConfig().GetFamily()
+		if f.GetAfi() != api.Family_AFI_IP || f.GetSafi() != api.Family_SAFI_UNICAST {
+			continue
+		}
+		mp := af.GetMpGracefulRestart().GetState()
+		st.EndOfRIB = established && mp.GetEndOfRibReceived()
+		grReceived = mp.GetReceived()
+	}
+	return st, grReceived
+}
+
+// synced is the per-peer part of Converged: established and, when the
+// peer announced graceful restart for IPv4 unicast (and so will send
+// End-of-RIB), End-of-RIB received.
+func synced(st bgp.PeerState, grReceived bool) bool {
+	return st.State == "established" && (st.EndOfRIB || !grReceived)
+}

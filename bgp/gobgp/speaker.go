@@ -1,0 +1,491 @@
+// Package gobgp implements bgp.Speaker with an embedded GoBGP server. It
+// is the only package that imports GoBGP.
+//
+// Graceful restart (RFC 4724) is what lets a node's meridiand crash and
+// restart without its pod CIDR being withdrawn cluster-wide. With
+// Config.GracefulRestartTime > 0 every neighbour gets the capability with
+// that Restart Time and an IPv4 unicast tuple, so:
+//   - as helper, GoBGP marks a peer's paths stale instead of dropping them
+//     when the session fails by read/write error (the TCP connection closed
+//     because the peer process died), hold timer expiry or, with RFC 8538
+//     negotiated, a NOTIFICATION other than Hard Reset; it drops the stale
+//     ones when the peer's End-of-RIB arrives or the Restart Time runs out;
+//   - every session ends its initial update with End-of-RIB;
+//   - with Config.Restarting the OPEN carries the Restart State and
+//     Forwarding State bits and our own updates wait for the peers'
+//     End-of-RIB (or the deferral time), as section 4.1 asks.
+package gobgp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	api "github.com/osrg/gobgp/v3/api"
+	"github.com/osrg/gobgp/v3/pkg/server"
+
+	"github.com/meridian-net/meridian/bgp"
+)
+
+// ErrStopped is returned by calls made after Run returned.
+var ErrStopped = errors.New("bgp speaker stopped")
+
+// Speaker is a bgp.Speaker backed by GoBGP.
+type Speaker struct {
+	cfg bgp.Config
+	log *slog.Logger
+	srv *server.BgpServer
+
+	changes chan struct{}
+	// recheck asks Run to re-evaluate Converged; the watch callback and
+	// SetPeers poke it, Run reads it, so GoBGP is never called from its
+	// own callback.
+	recheck chan struct{}
+	started chan struct{}
+	stopped chan struct{}
+
+	running   atomic.Bool
+	converged atomic.Bool
+
+	// mu serialises the Set* appliers with each other and with shutdown,
+	// and guards what was applied.
+	mu       sync.Mutex
+	closing  bool
+	peers    map[netip.Addr]bgp.Peer
+	peersSet bool
+	ads      map[netip.Prefix]bgp.Advertisement
+}
+
+var _ bgp.Speaker = (*Speaker)(nil)
+
+// New validates cfg and wires a speaker; nothing runs until Run.
+func New(cfg bgp.Config, log *slog.Logger) (*Speaker, error) {
+	if err := validateConfig(cfg); err != nil {
+		return nil, fmt.Errorf("invalid bgp config: %w", err)
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("subsys", "bgp")
+	cfg.ListenAddresses = slices.Clone(cfg.ListenAddresses)
+	return &Speaker{
+		cfg:     cfg,
+		log:     log,
+		srv:     server.NewBgpServer(server.LoggerOption(slogLogger{log: log.With("component", "gobgp")})),
+		changes: make(chan struct{}, 1),
+		recheck: make(chan struct{}, 1),
+		started: make(chan struct{}),
+		stopped: make(chan struct{}),
+		peers:   make(map[netip.Addr]bgp.Peer),
+		ads:     make(map[netip.Prefix]bgp.Advertisement),
+	}, nil
+}
+
+// Run starts GoBGP and blocks until ctx is done, then stops it: sessions
+// are closed with a Cease NOTIFICATION (Hard Reset when RFC 8538 was
+// negotiated), so peers flush our routes at once. A crash, by contrast,
+// only closes the TCP connections and peers keep the routes as stale.
+//
+// GoBGP's Serve loop has no way to return, so one goroutine per Speaker
+// outlives Run; a daemon has one Speaker for its lifetime.
+func (s *Speaker) Run(ctx context.Context) error {
+	if !s.running.CompareAndSwap(false, true) {
+		return errors.New("bgp speaker: Run called twice")
+	}
+	defer close(s.stopped)
+
+	go s.srv.Serve()
+
+	port := s.cfg.ListenPort
+	if port == 0 {
+		port = 179
+	}
+	listen := make([]string, 0, len(s.cfg.ListenAddresses))
+	for _, a := range s.cfg.ListenAddresses {
+		listen = append(listen, a.String())
+	}
+	if len(listen) == 0 {
+		// GoBGP would listen on every address; the model says dial only.
+		port = -1
+	}
+	start := time.Now()
+	if err := s.srv.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
+		Asn:             s.cfg.ASN,
+		RouterId:        s.cfg.RouterID.String(),
+		ListenPort:      port,
+		ListenAddresses: listen,
+	}}); err != nil {
+		return fmt.Errorf("start bgp: %w", err)
+	}
+
+	watchCtx, stopWatch := context.WithCancel(context.Background())
+	defer stopWatch()
+	err := s.srv.WatchEvent(watchCtx, &api.WatchEventRequest{
+		Peer: &api.WatchEventRequest_Peer{},
+		Table: &api.WatchEventRequest_Table{Filters: []*api.WatchEventRequest_Table_Filter{
+			{Type: api.WatchEventRequest_Table_Filter_BEST},
+			// Non-best paths and stale marks do not always move the best
+			// path; received updates and End-of-RIB cover them.
+			{Type: api.WatchEventRequest_Table_Filter_ADJIN},
+			{Type: api.WatchEventRequest_Table_Filter_EOR},
+		}},
+	}, func(*api.WatchEventResponse) {
+		s.signal()
+		poke(s.recheck)
+	})
+	if err != nil {
+		s.shutdown()
+		return fmt.Errorf("watch bgp events: %w", err)
+	}
+	s.log.Info("bgp speaker started", "router_id", s.cfg.RouterID, "asn", s.cfg.ASN,
+		"listen", listen, "port", port, "graceful_restart", s.cfg.GracefulRestartTime,
+		"restarting", s.cfg.Restarting)
+	close(s.started)
+
+	var deadline <-chan time.Time
+	if s.cfg.GracefulRestartTime > 0 {
+		t := time.NewTimer(s.cfg.GracefulRestartTime - time.Since(start))
+		defer t.Stop()
+		deadline = t.C
+	} else {
+		s.setConverged("graceful restart disabled")
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			stopWatch()
+			s.shutdown()
+			s.log.Info("bgp speaker stopped")
+			return nil
+		case <-deadline:
+			s.setConverged("graceful restart time passed")
+		case <-s.recheck:
+			s.checkConverged(ctx)
+		}
+	}
+}
+
+func (s *Speaker) shutdown() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closing = true
+	if err := s.srv.StopBgp(context.Background(), &api.StopBgpRequest{}); err != nil {
+		s.log.Warn("stop bgp", "err", err)
+	}
+}
+
+// Changes is signalled when paths, peer states or Converged change.
+func (s *Speaker) Changes() <-chan struct{} { return s.changes }
+
+// Converged reports that the initial sync is done; see bgp.Speaker.
+func (s *Speaker) Converged() bool { return s.converged.Load() }
+
+func poke(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Speaker) signal() { poke(s.changes) }
+
+func (s *Speaker) setConverged(reason string) {
+	if s.converged.CompareAndSwap(false, true) {
+		s.log.Info("bgp initial sync done", "reason", reason)
+		s.signal()
+	}
+}
+
+// checkConverged latches Converged once every applied peer is synced.
+// Before the first successful SetPeers nothing is known about the peers
+// we should wait for, so it stays false.
+func (s *Speaker) checkConverged(ctx context.Context) {
+	if s.converged.Load() {
+		return
+	}
+	s.mu.Lock()
+	if !s.peersSet {
+		s.mu.Unlock()
+		return
+	}
+	want := make(map[netip.Addr]bgp.Peer, len(s.peers))
+	for a, p := range s.peers {
+		want[a] = p
+	}
+	s.mu.Unlock()
+
+	done := 0
+	err := s.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(ap *api.Peer) {
+		a, err := netip.ParseAddr(ap.GetConf().GetNeighborAddress())
+		if err != nil {
+			return
+		}
+		p, ok := want[a]
+		if !ok {
+			return
+		}
+		if st, gr := peerStateFromAPI(ap, p); synced(st, gr) {
+			done++
+		}
+	})
+	if err != nil {
+		s.log.Warn("list peers for convergence", "err", err)
+		return
+	}
+	if done == len(want) {
+		s.setConverged("all peers sent End-of-RIB")
+	}
+}
+
+func (s *Speaker) waitStarted(ctx context.Context) error {
+	select {
+	case <-s.started:
+		select {
+		case <-s.stopped:
+			return ErrStopped
+		default:
+			return nil
+		}
+	case <-s.stopped:
+		return ErrStopped
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// SetPeers makes the configured neighbours exactly peers. It waits for
+// Run to have started. An invalid set is rejected whole; failures of
+// single neighbours are joined and leave the rest applied.
+func (s *Speaker) SetPeers(ctx context.Context, peers []bgp.Peer) error {
+	if err := validatePeers(peers); err != nil {
+		return fmt.Errorf("invalid peers: %w", err)
+	}
+	if err := s.waitStarted(ctx); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return ErrStopped
+	}
+
+	desired := make(map[netip.Addr]bgp.Peer, len(peers))
+	for _, p := range peers {
+		desired[p.Address] = p
+	}
+	var errs []error
+	// Add and change before deleting, so a replacement never leaves a gap.
+	for _, a := range sortedKeys(desired) {
+		p := desired[a]
+		cur, ok := s.peers[a]
+		switch {
+		case !ok:
+			if err := s.addPeer(ctx, p); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+		case cur.ASN != p.ASN || cur.Port != p.Port:
+			// A new ASN or port means a new session: GoBGP's UpdatePeer
+			// would tear it down too but keeps the old port.
+			if err := s.deletePeer(ctx, cur); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			delete(s.peers, a)
+			if err := s.addPeer(ctx, p); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+		}
+		s.peers[a] = p
+	}
+	for _, a := range sortedKeys(s.peers) {
+		if _, ok := desired[a]; ok {
+			continue
+		}
+		if err := s.deletePeer(ctx, s.peers[a]); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		delete(s.peers, a)
+	}
+	if len(errs) == 0 {
+		s.peersSet = true
+		poke(s.recheck)
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Speaker) addPeer(ctx context.Context, p bgp.Peer) error {
+	// Only peers configured during the initial sync announce the restart:
+	// later ones meet a speaker whose forwarding state is already fresh.
+	restarting := s.cfg.Restarting && !s.converged.Load()
+	if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: peerToAPI(s.cfg, p, restarting)}); err != nil {
+		return fmt.Errorf("add peer %s (%s): %w", p.Name, p.Address, err)
+	}
+	s.log.Info("bgp peer added", "peer", p.Address, "name", p.Name, "asn", p.ASN, "restarting", restarting)
+	return nil
+}
+
+func (s *Speaker) deletePeer(ctx context.Context, p bgp.Peer) error {
+	if err := s.srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: p.Address.String()}); err != nil {
+		return fmt.Errorf("delete peer %s (%s): %w", p.Name, p.Address, err)
+	}
+	s.log.Info("bgp peer deleted", "peer", p.Address, "name", p.Name)
+	return nil
+}
+
+// SetAdvertisements makes the locally originated IPv4 unicast paths
+// exactly ads. It waits for Run to have started. An invalid set is
+// rejected whole; single failures are joined.
+func (s *Speaker) SetAdvertisements(ctx context.Context, ads []bgp.Advertisement) error {
+	if err := validateAdvertisements(ads); err != nil {
+		return fmt.Errorf("invalid advertisements: %w", err)
+	}
+	if err := s.waitStarted(ctx); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return ErrStopped
+	}
+
+	desired := make(map[netip.Prefix]bgp.Advertisement, len(ads))
+	for _, a := range ads {
+		a.Prefix = a.Prefix.Masked()
+		desired[a.Prefix] = a
+	}
+	var errs []error
+	for _, p := range sortedKeys(desired) {
+		a := desired[p]
+		if cur, ok := s.ads[p]; ok && cur == a {
+			continue
+		}
+		// A new next hop for a known prefix replaces the old path
+		// (implicit withdraw of the same local source), so no delete.
+		path, err := advertisementToAPI(a)
+		if err == nil {
+			_, err = s.srv.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: path})
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("advertise %s via %s: %w", p, a.NextHop, err))
+			continue
+		}
+		s.ads[p] = a
+		s.log.Debug("bgp prefix advertised", "prefix", p, "next_hop", a.NextHop)
+	}
+	for _, p := range sortedKeys(s.ads) {
+		if _, ok := desired[p]; ok {
+			continue
+		}
+		a := s.ads[p]
+		path, err := advertisementToAPI(a)
+		if err == nil {
+			err = s.srv.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Family: ipv4Unicast, Path: path})
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("withdraw %s: %w", p, err))
+			continue
+		}
+		delete(s.ads, p)
+		s.log.Debug("bgp prefix withdrawn", "prefix", p)
+	}
+	return errors.Join(errs...)
+}
+
+// Paths lists the IPv4 unicast paths learned from peers, best or not,
+// stale or not. Paths that cannot be decoded are reported in the error
+// and left out.
+func (s *Speaker) Paths(ctx context.Context) ([]bgp.Path, error) {
+	if err := s.waitStarted(ctx); err != nil {
+		return nil, err
+	}
+	var (
+		out  []bgp.Path
+		errs []error
+	)
+	err := s.srv.ListPath(ctx, &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: ipv4Unicast},
+		func(d *api.Destination) {
+			for _, p := range d.GetPaths() {
+				if isLocal(p) {
+					continue
+				}
+				bp, err := pathFromAPI(p)
+				if err != nil {
+					errs = append(errs, fmt.Errorf("destination %s: %w", d.GetPrefix(), err))
+					continue
+				}
+				out = append(out, bp)
+			}
+		})
+	if err != nil {
+		return nil, fmt.Errorf("list paths: %w", err)
+	}
+	slices.SortFunc(out, comparePaths)
+	return out, errors.Join(errs...)
+}
+
+// Peers reports the observed state of every configured neighbour.
+func (s *Speaker) Peers(ctx context.Context) ([]bgp.PeerState, error) {
+	if err := s.waitStarted(ctx); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	known := make(map[netip.Addr]bgp.Peer, len(s.peers))
+	for a, p := range s.peers {
+		known[a] = p
+	}
+	s.mu.Unlock()
+
+	var out []bgp.PeerState
+	err := s.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(ap *api.Peer) {
+		a, err := netip.ParseAddr(ap.GetConf().GetNeighborAddress())
+		if err != nil {
+			return
+		}
+		p, ok := known[a]
+		if !ok {
+			// Configured in GoBGP but not (yet) recorded: a SetPeers call
+			// is between its add and its bookkeeping.
+			p = bgp.Peer{Address: a, ASN: ap.GetConf().GetPeerAsn(), Port: uint16(ap.GetTransport().GetRemotePort())}
+		}
+		st, _ := peerStateFromAPI(ap, p)
+		out = append(out, st)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list peers: %w", err)
+	}
+	slices.SortFunc(out, func(a, b bgp.PeerState) int { return a.Address.Compare(b.Address) })
+	return out, nil
+}
+
+func comparePaths(a, b bgp.Path) int {
+	if c := a.Prefix.Addr().Compare(b.Prefix.Addr()); c != 0 {
+		return c
+	}
+	if c := a.Prefix.Bits() - b.Prefix.Bits(); c != 0 {
+		return c
+	}
+	return a.PeerAddress.Compare(b.PeerAddress)
+}
+
+type ordered[K any] interface {
+	comparable
+	Compare(K) int
+}
+
+func sortedKeys[K ordered[K], V any](m map[K]V) []K {
+	keys := make([]K, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b K) int { return a.Compare(b) })
+	return keys
+}
