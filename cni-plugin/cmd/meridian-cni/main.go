@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"runtime"
 
+	cnins "github.com/containernetworking/cni/pkg/ns"
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
@@ -57,8 +58,12 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return err
 	}
-	// Open the pod's netns before touching anything, so a bad CNI_NETNS
-	// changes nothing.
+	// Vet and open the pod's netns before touching anything, so a bad
+	// CNI_NETNS changes nothing. skel makes the same-netns check only after
+	// ADD has wired the node's own namespace.
+	if same, nerr := cnins.CheckNetNS(args.Netns); nerr == nil && same {
+		return types.NewError(types.ErrInvalidNetNS, "CNI_NETNS is the plugin's own netns, not a pod's", "")
+	}
 	podNS, err := ns.GetNS(args.Netns)
 	if err != nil {
 		return types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("open pod netns %q: %v", args.Netns, err), "")

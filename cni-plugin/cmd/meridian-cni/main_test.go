@@ -289,6 +289,16 @@ func TestAddCheckDel(t *testing.T) {
 		t.Fatalf("allocation files %v", files)
 	}
 
+	// A repeated ADD of the same attachment (a runtime retrying after a
+	// timeout) keeps the address and rewires the pod.
+	res = n.add(t, id, pod)
+	if again := podIP(t, res); again != ip {
+		t.Fatalf("repeated ADD got %s, first got %s", again, ip)
+	}
+	if hr = hostRoutes(t, n); len(hr) != 1 || len(allocFiles(t, n)) != 1 {
+		t.Fatalf("after repeated ADD: routes %v, allocations %v", hr, allocFiles(t, n))
+	}
+
 	// CHECK against the ADD result passes, and fails once the host route is gone.
 	prev, _ := json.Marshal(res)
 	checkConf := n.conf("1.1.0", `,"prevResult":`+string(prev))
@@ -440,6 +450,9 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"netns path does not exist", "10.244.1.0/24", 0, func(n *node, pod ns.NetNS) invocation {
 			return invocation{"ADD", "bad", "/var/run/netns/meridian-no-such-ns", "eth0", n.conf("1.1.0", "")}
 		}, types.ErrInvalidNetNS, "no-such-ns"},
+		{"netns is the node's own", "10.244.1.0/24", 0, func(n *node, pod ns.NetNS) invocation {
+			return invocation{"ADD", "bad", n.ns.Path(), "eth0", n.conf("1.1.0", "")}
+		}, types.ErrInvalidNetNS, "own netns"},
 		{"no node.json", "", 0, func(n *node, pod ns.NetNS) invocation {
 			return invocation{"ADD", "bad", pod.Path(), "eth0", n.conf("1.1.0", "")}
 		}, types.ErrTryAgainLater, "no pod CIDR yet"},
