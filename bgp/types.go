@@ -53,6 +53,13 @@ type Peer struct {
 	ASN     uint32
 	// Port is the neighbour's TCP port; 0 means 179.
 	Port uint16
+	// Passive makes the speaker wait for the neighbour to connect instead
+	// of dialling it. Between two Meridian nodes exactly one side should
+	// dial (for example the one with the lower address): after a failed
+	// attempt GoBGP refuses incoming connections for a 5s idle hold, and
+	// two dialling GoBGP speakers can keep hitting each other's hold for
+	// tens of seconds after one of them restarts.
+	Passive bool
 }
 
 // Advertisement is one prefix this node originates.

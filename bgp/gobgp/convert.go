@@ -152,7 +152,8 @@ func peerToAPI(cfg bgp.Config, p bgp.Peer, localRestarting bool) *api.Peer {
 			ConnectRetry: connectRetrySeconds,
 		}},
 		Transport: &api.Transport{
-			RemotePort: uint32(p.Port),
+			RemotePort:  uint32(p.Port),
+			PassiveMode: p.Passive,
 		},
 		AfiSafis: []*api.AfiSafi{{
 			Config: &api.AfiSafiConfig{Family: ipv4Unicast, Enabled: true},

@@ -137,7 +137,13 @@ func (s *Speaker) Run(ctx context.Context) error {
 		}},
 	}, func(*api.WatchEventResponse) {
 		s.signal()
-		poke(s.recheck)
+		// Wait until Run took it: Run then calls into GoBGP's loop, which
+		// orders this event's path reads before GoBGP's later writes (see
+		// fence).
+		select {
+		case s.recheck <- struct{}{}:
+		case <-watchCtx.Done():
+		}
 	})
 	if err != nil {
 		s.shutdown()
@@ -202,16 +208,31 @@ func (s *Speaker) setConverged(reason string) {
 	}
 }
 
+// fence makes a round trip through GoBGP's main loop after this goroutine
+// read paths GoBGP handed out. GoBGP converts paths for ListPath and for
+// watchers outside its loop, and on a graceful-restart peer-down its
+// AdjRib.StaleAll marks them stale by writing the origin info those
+// paths share (internal/pkg/table adj.go, v3.37). A later round trip
+// orders our reads before that write, so only a read overlapping the
+// write itself remains a (benign, boolean) race, inside GoBGP.
+func (s *Speaker) fence(ctx context.Context) {
+	_, _ = s.srv.GetBgp(ctx, &api.GetBgpRequest{})
+}
+
 // checkConverged latches Converged once every applied peer is synced.
 // Before the first successful SetPeers nothing is known about the peers
 // we should wait for, so it stays false.
+// Either way it calls into GoBGP's loop, which is the fence the watch
+// callback relies on.
 func (s *Speaker) checkConverged(ctx context.Context) {
 	if s.converged.Load() {
+		s.fence(ctx)
 		return
 	}
 	s.mu.Lock()
 	if !s.peersSet {
 		s.mu.Unlock()
+		s.fence(ctx)
 		return
 	}
 	want := make(map[netip.Addr]bgp.Peer, len(s.peers))
@@ -290,9 +311,10 @@ func (s *Speaker) SetPeers(ctx context.Context, peers []bgp.Peer) error {
 				errs = append(errs, err)
 				continue
 			}
-		case cur.ASN != p.ASN || cur.Port != p.Port:
-			// A new ASN or port means a new session: GoBGP's UpdatePeer
-			// would tear it down too but keeps the old port.
+		case cur.ASN != p.ASN || cur.Port != p.Port || cur.Passive != p.Passive:
+			// A new ASN, port or dialling role means a new session:
+			// GoBGP's UpdatePeer would tear it down too but ignores the
+			// transport settings.
 			if err := s.deletePeer(ctx, cur); err != nil {
 				errs = append(errs, err)
 				continue
@@ -425,6 +447,7 @@ func (s *Speaker) Paths(ctx context.Context) ([]bgp.Path, error) {
 				out = append(out, bp)
 			}
 		})
+	s.fence(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list paths: %w", err)
 	}
@@ -454,7 +477,12 @@ func (s *Speaker) Peers(ctx context.Context) ([]bgp.PeerState, error) {
 		if !ok {
 			// Configured in GoBGP but not (yet) recorded: a SetPeers call
 			// is between its add and its bookkeeping.
-			p = bgp.Peer{Address: a, ASN: ap.GetConf().GetPeerAsn(), Port: uint16(ap.GetTransport().GetRemotePort())}
+			p = bgp.Peer{
+				Address: a,
+				ASN:     ap.GetConf().GetPeerAsn(),
+				Port:    uint16(ap.GetTransport().GetRemotePort()),
+				Passive: ap.GetTransport().GetPassiveMode(),
+			}
 		}
 		st, _ := peerStateFromAPI(ap, p)
 		out = append(out, st)
