@@ -1,0 +1,70 @@
+# Meridian. Two commands matter: `make lab` and `make test` (see README.md).
+SHELL := /bin/bash
+BIN := $(CURDIR)/bin
+GO ?= go
+GOFLAGS_STATIC := CGO_ENABLED=0
+LDFLAGS := -s -w
+# Debian packages the lab, the tests and the benchmarks run.
+DEBS := etcd-server frr bird2 containernetworking-plugins iperf3 nftables iproute2 \
+	netcat-openbsd tcpdump iputils-ping conntrack wget curl
+LAB_NODES ?= 3
+
+.PHONY: all build meridian tools deps lab lab-down test unit-test integration-test bench fuzz fmt vet clean
+
+all: build
+
+build: meridian tools
+
+# Meridian's own binaries, statically linked.
+meridian:
+	@mkdir -p $(BIN)
+	$(GOFLAGS_STATIC) $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ \
+		./daemon/cmd/meridiand ./daemon/cmd/meridianctl \
+		./cni-plugin/cmd/meridian-cni ./integration/cmd/meridian-lab
+
+# kube-apiserver, kube-controller-manager, kube-scheduler and kubectl from the
+# lab's tools module; skipped when bin/ already matches integration/tools.
+tools:
+	hack/build-tools.sh $(BIN)
+
+# Installs the Debian packages that are missing (needs root).
+deps:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+lab: deps build
+	$(BIN)/meridian-lab up --nodes $(LAB_NODES)
+	$(BIN)/meridian-lab walkthrough
+
+lab-down:
+	$(BIN)/meridian-lab down
+
+test: deps build unit-test integration-test
+
+# Every package; tests that need root or the lab skip themselves without it.
+unit-test:
+	$(GO) test -race -count=1 ./...
+
+# The kernel and lab tests, which fail instead of skipping when the lab
+# cannot run.
+integration-test:
+	MERIDIAN_BIN_DIR=$(BIN) MERIDIAN_REQUIRE_LAB=1 $(GO) test -count=1 -timeout 30m -p 1 ./integration/...
+
+bench: deps build
+	$(BIN)/meridian-lab bench --out bench/results.json
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./cni-plugin/config
+	$(GO) test -run '^$$' -fuzz FuzzDesired -fuzztime 30s ./daemon/routes
+
+fmt:
+	gofmt -l -w .
+
+vet:
+	$(GO) vet ./...
+
+clean:
+	rm -rf $(BIN)

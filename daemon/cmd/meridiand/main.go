@@ -1,0 +1,104 @@
+// Command meridiand is Meridian's node daemon: it runs in the host network
+// of every node, peers over BGP with the other nodes and installs the routes
+// to their pods.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/meridian-net/meridian/bgp"
+	"github.com/meridian-net/meridian/bgp/gobgp"
+	"github.com/meridian-net/meridian/cni-plugin/ipam"
+	"github.com/meridian-net/meridian/daemon/routes"
+	"github.com/meridian-net/meridian/daemon/routing"
+)
+
+func main() {
+	var (
+		nodeName   = flag.String("node-name", os.Getenv("NODE_NAME"), "name of this node's Node object (default $NODE_NAME)")
+		kubeconfig = flag.String("kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig path; empty uses the in-cluster service account")
+		asn        = flag.Uint("asn", uint(bgp.DefaultASN), "default BGP ASN of the nodes (a node's meridian.io/asn annotation overrides it)")
+		bgpPort    = flag.Int("bgp-port", 179, "TCP port the BGP speaker listens on and dials")
+		grTime     = flag.Duration("graceful-restart-time", 120*time.Second, "BGP graceful restart time announced to peers (0 disables graceful restart)")
+		stateDir   = flag.String("state-dir", "/var/lib/meridian", "directory shared with meridian-cni (node state, IPAM)")
+		logLevel   = flag.String("log-level", "info", "debug, info, warn or error")
+	)
+	flag.Parse()
+
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintf(os.Stderr, "meridiand: --log-level: %v\n", err)
+		os.Exit(2)
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if *nodeName == "" {
+		log.Error("no node name: set --node-name or NODE_NAME (the DaemonSet sets it from spec.nodeName)")
+		os.Exit(2)
+	}
+	if *bgpPort < 1 || *bgpPort > 65535 {
+		log.Error("invalid --bgp-port", "port", *bgpPort)
+		os.Exit(2)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := run(ctx, log, *nodeName, *kubeconfig, uint32(*asn), int32(*bgpPort), *grTime, *stateDir); err != nil {
+		log.Error("meridiand stopped", "err", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, log *slog.Logger, nodeName, kubeconfig string, asn uint32, bgpPort int32, grTime time.Duration, stateDir string) error {
+	var restCfg *rest.Config
+	var err error
+	if kubeconfig != "" {
+		restCfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	} else {
+		restCfg, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return fmt.Errorf("load Kubernetes client config: %w", err)
+	}
+	restCfg.UserAgent = "meridiand/" + nodeName
+	client, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return fmt.Errorf("create Kubernetes client: %w", err)
+	}
+
+	if err := routes.EnableIPv4Forwarding(""); err != nil {
+		return fmt.Errorf("enable IPv4 forwarding: %w", err)
+	}
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return fmt.Errorf("open netlink: %w", err)
+	}
+	defer h.Close()
+
+	newSpeaker := func(cfg bgp.Config) (bgp.Speaker, error) {
+		return gobgp.New(cfg, log.With("subsys", "bgp"))
+	}
+	writeState := func(name string, cidrs []netip.Prefix) error {
+		return ipam.NodeState{NodeName: name, PodCIDRs: cidrs}.Write(stateDir)
+	}
+	ctrl := routing.New(routing.Config{
+		NodeName:            nodeName,
+		DefaultASN:          asn,
+		BGPPort:             bgpPort,
+		GracefulRestartTime: grTime,
+	}, client, routes.NewApplier(h, log.With("subsys", "routes")), newSpeaker, writeState, log)
+	log.Info("meridiand starting", "node", nodeName, "asn", asn, "stateDir", stateDir)
+	return ctrl.Run(ctx)
+}
