@@ -137,13 +137,7 @@ func (s *Speaker) Run(ctx context.Context) error {
 		}},
 	}, func(*api.WatchEventResponse) {
 		s.signal()
-		// Wait until Run took it: Run then calls into GoBGP's loop, which
-		// orders this event's path reads before GoBGP's later writes (see
-		// fence).
-		select {
-		case s.recheck <- struct{}{}:
-		case <-watchCtx.Done():
-		}
+		poke(s.recheck)
 	})
 	if err != nil {
 		s.shutdown()
@@ -208,31 +202,16 @@ func (s *Speaker) setConverged(reason string) {
 	}
 }
 
-// fence makes a round trip through GoBGP's main loop after this goroutine
-// read paths GoBGP handed out. GoBGP converts paths for ListPath and for
-// watchers outside its loop, and on a graceful-restart peer-down its
-// AdjRib.StaleAll marks them stale by writing the origin info those
-// paths share (internal/pkg/table adj.go, v3.37). A later round trip
-// orders our reads before that write, so only a read overlapping the
-// write itself remains a (benign, boolean) race, inside GoBGP.
-func (s *Speaker) fence(ctx context.Context) {
-	_, _ = s.srv.GetBgp(ctx, &api.GetBgpRequest{})
-}
-
 // checkConverged latches Converged once every applied peer is synced.
 // Before the first successful SetPeers nothing is known about the peers
 // we should wait for, so it stays false.
-// Either way it calls into GoBGP's loop, which is the fence the watch
-// callback relies on.
 func (s *Speaker) checkConverged(ctx context.Context) {
 	if s.converged.Load() {
-		s.fence(ctx)
 		return
 	}
 	s.mu.Lock()
 	if !s.peersSet {
 		s.mu.Unlock()
-		s.fence(ctx)
 		return
 	}
 	want := make(map[netip.Addr]bgp.Peer, len(s.peers))
@@ -425,6 +404,13 @@ func (s *Speaker) SetAdvertisements(ctx context.Context, ads []bgp.Advertisement
 // Paths lists the IPv4 unicast paths learned from peers, best or not,
 // stale or not. Paths that cannot be decoded are reported in the error
 // and left out.
+//
+// GoBGP v3.37 converts the paths outside its main loop, while its loop may
+// mark them stale (AdjRib.StaleAll writes the origin info the paths share)
+// and a session's FSM goroutine may rewrite the PeerInfo they point to
+// (fsm.opensent). Those writes are word-sized and the worst outcome is a
+// stale flag or source read one update late, but the race detector sees
+// them; see the tests that skip under -race.
 func (s *Speaker) Paths(ctx context.Context) ([]bgp.Path, error) {
 	if err := s.waitStarted(ctx); err != nil {
 		return nil, err
@@ -447,7 +433,6 @@ func (s *Speaker) Paths(ctx context.Context) ([]bgp.Path, error) {
 				out = append(out, bp)
 			}
 		})
-	s.fence(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list paths: %w", err)
 	}
