@@ -1,19 +1,30 @@
-// Package gobgp implements bgp.Speaker with an embedded GoBGP server. It
-// is the only package that imports GoBGP.
+// Package gobgp implements bgp.Speaker with an embedded GoBGP v3 server.
+// It is the only package that imports GoBGP.
 //
 // Graceful restart (RFC 4724) is what lets a node's meridiand crash and
-// restart without its pod CIDR being withdrawn cluster-wide. With
-// Config.GracefulRestartTime > 0 every neighbour gets the capability with
-// that Restart Time and an IPv4 unicast tuple, so:
-//   - as helper, GoBGP marks a peer's paths stale instead of dropping them
-//     when the session fails by read/write error (the TCP connection closed
-//     because the peer process died), hold timer expiry or, with RFC 8538
-//     negotiated, a NOTIFICATION other than Hard Reset; it drops the stale
-//     ones when the peer's End-of-RIB arrives or the Restart Time runs out;
-//   - every session ends its initial update with End-of-RIB;
-//   - with Config.Restarting the OPEN carries the Restart State and
-//     Forwarding State bits and our own updates wait for the peers'
-//     End-of-RIB (or the deferral time), as section 4.1 asks.
+// come back without its pod CIDR being withdrawn cluster-wide. With
+// Config.GracefulRestartTime > 0 every neighbour is added with
+//
+//	GracefulRestart{Enabled, RestartTime: T, DeferralTime: T,
+//	                NotificationEnabled, LocalRestarting: Config.Restarting
+//	                 && !Converged()}
+//	AfiSafi ipv4-unicast with MpGracefulRestart{Enabled}
+//
+// where T is the restart time in seconds. GoBGP then, as helper, keeps a
+// peer's paths as stale when the session fails by read or write error (the
+// peer process died and the kernel closed its socket), hold timer expiry
+// or, RFC 8538 having been negotiated, any NOTIFICATION but Hard Reset;
+// it drops them when the peer's End-of-RIB arrives or the peer's restart
+// time runs out. Every session ends its initial update with End-of-RIB.
+// LocalRestarting makes the OPEN carry the Restart State bit and the
+// Forwarding State bit for IPv4 unicast, and holds our updates back until
+// all peers sent End-of-RIB or T passed (RFC 4724 4.1). GoBGP's global
+// graceful-restart settings are not used by its neighbours, so there is
+// nothing to set there.
+//
+// A clean stop (Run's context done) deconfigures the neighbours, which
+// sends Cease/Peer De-configured, mapped to Hard Reset under RFC 8538:
+// peers flush our routes at once. Only a crash leaves them stale.
 package gobgp
 
 import (

@@ -10,6 +10,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -75,6 +76,14 @@ func speakerConfig(addr string, asn uint32, port int32, gr time.Duration) bgp.Co
 // one process must not start concurrently.
 func startSpeaker(t *testing.T, name string, cfg bgp.Config) *Speaker {
 	t.Helper()
+	s, _ := runSpeaker(t, name, cfg)
+	return s
+}
+
+// runSpeaker is startSpeaker that also returns a stop function, which
+// cancels Run and waits for it.
+func runSpeaker(t *testing.T, name string, cfg bgp.Config) (*Speaker, func()) {
+	t.Helper()
 	s, err := New(cfg, testLogger(t, name))
 	if err != nil {
 		t.Fatalf("new speaker %s: %v", name, err)
@@ -82,23 +91,27 @@ func startSpeaker(t *testing.T, name string, cfg bgp.Config) *Speaker {
 	ctx, cancel := context.WithCancel(context.Background())
 	errCh := make(chan error, 1)
 	go func() { errCh <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-errCh:
-			if err != nil {
-				t.Errorf("speaker %s: Run: %v", name, err)
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-errCh:
+				if err != nil {
+					t.Errorf("speaker %s: Run: %v", name, err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Errorf("speaker %s: Run did not return after cancel", name)
 			}
-		case <-time.After(10 * time.Second):
-			t.Errorf("speaker %s: Run did not return after cancel", name)
-		}
-	})
+		})
+	}
+	t.Cleanup(stop)
 	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
 	defer wcancel()
 	if err := s.waitStarted(wctx); err != nil {
 		t.Fatalf("speaker %s did not start: %v", name, err)
 	}
-	return s
+	return s, stop
 }
 
 // eventually polls cond every 50ms until it holds or timeout passes.
@@ -377,4 +390,37 @@ func TestSetBeforeRunAndAfterStop(t *testing.T) {
 	if _, err := s.Paths(context.Background()); !errors.Is(err, ErrStopped) {
 		t.Fatalf("Paths after stop: got %v, want ErrStopped", err)
 	}
+}
+
+// TestCleanStopFlushes pins down what a clean stop means: unlike a crash,
+// cancelling Run deconfigures the peers with Cease (Hard Reset under RFC
+// 8538), and peers drop our routes at once instead of keeping them stale.
+func TestCleanStopFlushes(t *testing.T) {
+	port := freePort(t)
+	addrA, addrB := netip.MustParseAddr("127.10.0.31"), netip.MustParseAddr("127.10.0.32")
+	a, stopA := runSpeaker(t, "a", speakerConfig(addrA.String(), bgp.DefaultASN, port, 30*time.Second))
+	b := startSpeaker(t, "b", speakerConfig(addrB.String(), bgp.DefaultASN, port, 30*time.Second))
+	ctx := context.Background()
+	if err := a.SetPeers(ctx, []bgp.Peer{{Name: "b", Address: addrB, ASN: bgp.DefaultASN, Port: uint16(port)}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SetPeers(ctx, []bgp.Peer{{Name: "a", Address: addrA, ASN: bgp.DefaultASN, Port: uint16(port), Passive: true}}); err != nil {
+		t.Fatal(err)
+	}
+	prefix := netip.MustParsePrefix("10.244.31.0/24")
+	if err := a.SetAdvertisements(ctx, []bgp.Advertisement{{Prefix: prefix, NextHop: addrA}}); err != nil {
+		t.Fatal(err)
+	}
+	wantPath(t, b, prefix, addrA, addrA, 20*time.Second)
+
+	stopA()
+	eventually(t, 3*time.Second, "b drops a's path without keeping it stale", func() (bool, string) {
+		ps := pathsFor(t, b, prefix)
+		for _, p := range ps {
+			if p.Stale {
+				t.Fatalf("clean stop left a stale path: %+v", p)
+			}
+		}
+		return len(ps) == 0, fmt.Sprintf("%+v", ps)
+	})
 }
