@@ -139,7 +139,15 @@ func Peers(self NodeInfo, nodes []NodeInfo, defaultASN uint32) []bgp.Peer {
 		if n.Name == self.Name || !n.InternalIP.IsValid() || n.InternalIP == self.InternalIP {
 			continue
 		}
-		peers = append(peers, bgp.Peer{Name: n.Name, Address: n.InternalIP, ASN: EffectiveASN(n, defaultASN)})
+		peers = append(peers, bgp.Peer{
+			Name:    n.Name,
+			Address: n.InternalIP,
+			ASN:     EffectiveASN(n, defaultASN),
+			// Two GoBGP speakers that both dial collide after a restart
+			// and back off for seconds; the lower address dials, the
+			// higher one waits.
+			Passive: n.InternalIP.Less(self.InternalIP),
+		})
 	}
 	slices.SortFunc(peers, func(a, b bgp.Peer) int { return a.Address.Compare(b.Address) })
 	return peers

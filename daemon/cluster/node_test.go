@@ -148,6 +148,11 @@ func TestPeersAndAdvertisements(t *testing.T) {
 		{Name: "n2", Address: netip.MustParseAddr("198.18.0.12"), ASN: 64512},
 		{Name: "n3", Address: netip.MustParseAddr("198.18.0.13"), ASN: 65003},
 	}
+	// From n2's side, n1 (lower address) dials and n3 is dialled.
+	n2 := nodes[2]
+	if got := Peers(n2, nodes, 64512); len(got) != 2 || !got[0].Passive || got[1].Passive {
+		t.Errorf("Peers(n2) = %+v: want passive towards the lower address only", got)
+	}
 	if diff := cmp.Diff(wantPeers, Peers(self, nodes, 64512), cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
 		t.Errorf("Peers mismatch (-want +got):\n%s", diff)
 	}

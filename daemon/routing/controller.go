@@ -241,6 +241,7 @@ func (c *Controller) sync(ctx context.Context, lister corelisters.NodeLister, sp
 		RouterID:            self.InternalIP,
 		ASN:                 asn,
 		ListenAddresses:     []netip.Addr{self.InternalIP},
+		LocalAddress:        self.InternalIP,
 		ListenPort:          c.cfg.BGPPort,
 		GracefulRestartTime: c.cfg.GracefulRestartTime,
 		Restarting:          restarting,
@@ -329,7 +330,7 @@ func (c *Controller) sync(ctx context.Context, lister corelisters.NodeLister, sp
 }
 
 func sameSpeakerConfig(a, b bgp.Config) bool {
-	return a.RouterID == b.RouterID && a.ASN == b.ASN && a.ListenPort == b.ListenPort &&
+	return a.RouterID == b.RouterID && a.ASN == b.ASN && a.ListenPort == b.ListenPort && a.LocalAddress == b.LocalAddress &&
 		slices.Equal(a.ListenAddresses, b.ListenAddresses) && a.GracefulRestartTime == b.GracefulRestartTime
 }
 
