@@ -5,10 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
@@ -136,37 +134,32 @@ func (c *cniRunner) del(ctx context.Context, st podState) error {
 // cachedSandboxes lists the sandboxes libcni holds a cached ADD result for
 // in this network (those this agent added and did not delete), rebuilt
 // from the cached runtime config: pod namespace and name come from the
-// K8S_POD_* arguments. The cache names files "<network>-<container ID>-<ifname>".
+// K8S_POD_* arguments.
 func (c *cniRunner) cachedSandboxes() ([]podState, error) {
 	list, err := c.confList()
 	if err != nil {
 		return nil, err
 	}
-	entries, err := os.ReadDir(filepath.Join(c.cacheDir, "results"))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
+	atts, err := c.cni.GetCachedAttachments("")
 	if err != nil {
 		return nil, fmt.Errorf("read cni cache: %w", err)
 	}
-	prefix, suffix := list.Name+"-", "-"+podIfName
 	var out []podState
-	for _, e := range entries {
-		n := e.Name()
-		if !strings.HasPrefix(n, prefix) || !strings.HasSuffix(n, suffix) || len(n) <= len(prefix)+len(suffix) {
+	for _, att := range atts {
+		if att.Network != list.Name || att.IfName != podIfName {
 			continue
 		}
-		uid := types.UID(n[len(prefix) : len(n)-len(suffix)])
+		uid := types.UID(att.ContainerID)
 		st := podState{UID: uid, Netns: PodNetnsName(uid)}
-		_, rt, err := c.cni.GetNetworkListCachedConfig(list, &libcni.RuntimeConf{ContainerID: string(uid), IfName: podIfName})
-		if err == nil && rt != nil {
-			for _, a := range rt.Args {
-				switch a[0] {
-				case "K8S_POD_NAMESPACE":
-					st.Namespace = a[1]
-				case "K8S_POD_NAME":
-					st.Name = a[1]
-				}
+		if att.NetNS != "" {
+			st.Netns = filepath.Base(att.NetNS)
+		}
+		for _, a := range att.CniArgs {
+			switch a[0] {
+			case "K8S_POD_NAMESPACE":
+				st.Namespace = a[1]
+			case "K8S_POD_NAME":
+				st.Name = a[1]
 			}
 		}
 		out = append(out, st)
