@@ -46,6 +46,12 @@ type Config struct {
 	GracefulRestartTime time.Duration
 	// ResyncPeriod bounds how long a missed event can leave state stale.
 	ResyncPeriod time.Duration
+	// WithdrawOnStop makes a stop deconfigure the BGP sessions, so peers
+	// withdraw this node's routes at once. By default a stop leaves the
+	// sessions to die with the process, as a crash would: peers keep the
+	// routes for the graceful-restart time and a rolling upgrade does not
+	// drop traffic to this node's pods.
+	WithdrawOnStop bool
 }
 
 // Controller is the node's routing loop.
@@ -144,7 +150,7 @@ func (c *Controller) Run(ctx context.Context) error {
 
 	var sp *running
 	defer func() {
-		if sp != nil {
+		if sp != nil && c.cfg.WithdrawOnStop {
 			sp.cancel()
 			<-sp.done
 		}
@@ -257,7 +263,13 @@ func (c *Controller) sync(ctx context.Context, lister corelisters.NodeLister, sp
 		if err != nil {
 			return fmt.Errorf("configure BGP speaker: %w", err)
 		}
-		sctx, cancel := context.WithCancel(ctx)
+		// The speaker outlives ctx unless WithdrawOnStop: its sessions end
+		// with the process, which peers treat as a restart.
+		parent := ctx
+		if !c.cfg.WithdrawOnStop {
+			parent = context.WithoutCancel(ctx)
+		}
+		sctx, cancel := context.WithCancel(parent)
 		done := make(chan struct{})
 		go func() {
 			defer close(done)

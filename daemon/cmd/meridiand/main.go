@@ -35,6 +35,7 @@ func main() {
 		grTime     = flag.Duration("graceful-restart-time", 120*time.Second, "BGP graceful restart time announced to peers (0 disables graceful restart)")
 		stateDir   = flag.String("state-dir", "/var/lib/meridian", "directory shared with meridian-cni (node state, IPAM)")
 		logLevel   = flag.String("log-level", "info", "debug, info, warn or error")
+		withdraw   = flag.Bool("withdraw-on-stop", false, "on SIGTERM, close BGP sessions with a hard reset so peers withdraw this node's routes at once (default: peers keep them for the graceful-restart time, so restarts and upgrades do not drop traffic)")
 	)
 	flag.Parse()
 
@@ -55,13 +56,13 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := run(ctx, log, *nodeName, *kubeconfig, uint32(*asn), int32(*bgpPort), *grTime, *stateDir); err != nil {
+	if err := run(ctx, log, *nodeName, *kubeconfig, uint32(*asn), int32(*bgpPort), *grTime, *stateDir, *withdraw); err != nil {
 		log.Error("meridiand stopped", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, log *slog.Logger, nodeName, kubeconfig string, asn uint32, bgpPort int32, grTime time.Duration, stateDir string) error {
+func run(ctx context.Context, log *slog.Logger, nodeName, kubeconfig string, asn uint32, bgpPort int32, grTime time.Duration, stateDir string, withdraw bool) error {
 	var restCfg *rest.Config
 	var err error
 	if kubeconfig != "" {
@@ -98,7 +99,11 @@ func run(ctx context.Context, log *slog.Logger, nodeName, kubeconfig string, asn
 		DefaultASN:          asn,
 		BGPPort:             bgpPort,
 		GracefulRestartTime: grTime,
+		WithdrawOnStop:      withdraw,
 	}, client, routes.NewApplier(h, log.With("subsys", "routes")), newSpeaker, writeState, log)
 	log.Info("meridiand starting", "node", nodeName, "asn", asn, "stateDir", stateDir)
-	return ctrl.Run(ctx)
+	err = ctrl.Run(ctx)
+	// Kernel routes stay as they are: the next meridiand adopts them.
+	log.Info("meridiand stopping; kernel routes left in place", "withdrawSessions", withdraw)
+	return err
 }
