@@ -1,0 +1,294 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// Names of the control plane's processes (log and pid files).
+const (
+	procEtcd              = "etcd"
+	procAPIServer         = "kube-apiserver"
+	procControllerManager = "kube-controller-manager"
+	procScheduler         = "kube-scheduler"
+)
+
+// MeridiandRole is the ClusterRole (and ClusterRoleBinding) that grants
+// MeridiandUser what meridiand needs.
+const MeridiandRole = "meridiand"
+
+// serviceAccountIssuer is the iss claim of service account tokens.
+const serviceAccountIssuer = "https://kubernetes.default.svc.cluster.local"
+
+// Timeouts for control plane start-up; measured /readyz is 3-5 s after
+// start on an idle machine, so these only bound a failure on a busy one.
+const (
+	apiServerReadyTimeout = 120 * time.Second
+	rbacTimeout           = 30 * time.Second
+)
+
+func etcdArgv(etcdBin, dataDir string) []string {
+	return []string{
+		etcdBin,
+		"--name=mlab",
+		"--data-dir=" + dataDir,
+		"--listen-client-urls=" + etcdClientURL,
+		"--advertise-client-urls=" + etcdClientURL,
+		"--listen-peer-urls=" + etcdPeerURL,
+		"--initial-advertise-peer-urls=" + etcdPeerURL,
+		"--initial-cluster=mlab=" + etcdPeerURL,
+		"--initial-cluster-state=new",
+		"--logger=zap",
+		"--log-outputs=stderr",
+	}
+}
+
+func apiServerArgv(binDir string, s layout) []string {
+	f := s.pkiFiles()
+	return []string{
+		binPath(binDir, "kube-apiserver"),
+		"--etcd-servers=" + etcdClientURL,
+		"--bind-address=" + APIServerIP.String(),
+		"--advertise-address=" + APIServerIP.String(),
+		fmt.Sprintf("--secure-port=%d", APIServerPort),
+		"--cert-dir=" + s.path("apiserver"),
+		"--tls-cert-file=" + f.APIServerCert,
+		"--tls-private-key-file=" + f.APIServerKey,
+		"--client-ca-file=" + f.CACert,
+		"--service-account-issuer=" + serviceAccountIssuer,
+		"--service-account-key-file=" + f.SAPub,
+		"--service-account-signing-key-file=" + f.SAKey,
+		"--service-cluster-ip-range=" + ServiceCIDR.String(),
+		"--authorization-mode=Node,RBAC",
+		"--allow-privileged=true",
+		"--profiling=false",
+	}
+}
+
+func controllerManagerArgv(binDir string, s layout) []string {
+	f := s.pkiFiles()
+	kc := s.path(controllerManagerKubeconfig)
+	return []string{
+		binPath(binDir, "kube-controller-manager"),
+		"--kubeconfig=" + kc,
+		"--authentication-kubeconfig=" + kc,
+		"--authorization-kubeconfig=" + kc,
+		"--bind-address=127.0.0.1",
+		"--leader-elect=false",
+		"--use-service-account-credentials=true",
+		"--controllers=*",
+		"--service-account-private-key-file=" + f.SAKey,
+		"--root-ca-file=" + f.CACert,
+		"--cluster-signing-cert-file=" + f.CACert,
+		"--cluster-signing-key-file=" + f.CAKey,
+		"--allocate-node-cidrs=true",
+		"--cluster-cidr=" + ClusterCIDR.String(),
+		"--node-cidr-mask-size=24",
+		"--service-cluster-ip-range=" + ServiceCIDR.String(),
+		"--cluster-name=meridian-lab",
+		"--profiling=false",
+	}
+}
+
+func schedulerArgv(binDir string, s layout) []string {
+	kc := s.path(schedulerKubeconfig)
+	return []string{
+		binPath(binDir, "kube-scheduler"),
+		"--kubeconfig=" + kc,
+		"--authentication-kubeconfig=" + kc,
+		"--authorization-kubeconfig=" + kc,
+		"--bind-address=127.0.0.1",
+		"--leader-elect=false",
+		"--profiling=false",
+	}
+}
+
+// startControlPlane starts etcd and the API server, waits for /readyz,
+// grants meridiand its role, then starts the controller manager and the
+// scheduler.
+func (l *Lab) startControlPlane(ctx context.Context) error {
+	if _, err := l.launch.start(procSpec{Name: procEtcd, Netns: CPNetns, Argv: etcdArgv(l.st.EtcdBin, l.layout.path("etcd"))}); err != nil {
+		return err
+	}
+	// The API server retries etcd until it answers, so it need not wait.
+	if _, err := l.launch.start(procSpec{Name: procAPIServer, Netns: CPNetns, Argv: apiServerArgv(l.st.BinDir, l.layout)}); err != nil {
+		return err
+	}
+	t0 := time.Now()
+	if err := l.waitAPIServerReady(ctx); err != nil {
+		return err
+	}
+	l.log.Info("api server ready", "url", APIServerURL(), "after", time.Since(t0).Round(time.Millisecond))
+	if err := l.applyMeridiandRBAC(ctx); err != nil {
+		return err
+	}
+	for _, p := range []procSpec{
+		{Name: procControllerManager, Netns: CPNetns, Argv: controllerManagerArgv(l.st.BinDir, l.layout)},
+		{Name: procScheduler, Netns: CPNetns, Argv: schedulerArgv(l.st.BinDir, l.layout)},
+	} {
+		if _, err := l.launch.start(p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// waitAPIServerReady polls /readyz as the admin, and gives up early with
+// the log tail when etcd or the API server has exited.
+func (l *Lab) waitAPIServerReady(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, apiServerReadyTimeout)
+	defer cancel()
+	cs, err := l.Client()
+	if err != nil {
+		return err
+	}
+	var last error
+	for {
+		for _, name := range []string{procEtcd, procAPIServer} {
+			if info, err := l.launch.read(name); err != nil || !info.Alive {
+				return fmt.Errorf("%s exited during start-up; last lines of %s:\n%s",
+					name, info.Log, tailFile(info.Log, 2048))
+			}
+		}
+		rctx, rcancel := context.WithTimeout(ctx, 2*time.Second)
+		body, err := cs.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(rctx)
+		rcancel()
+		if err == nil && strings.TrimSpace(string(body)) == "ok" {
+			return nil
+		}
+		if err != nil {
+			last = err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("api server not ready at %s (last error: %v; see %s): %w",
+				APIServerURL(), last, l.launch.logPath(procAPIServer), ctx.Err())
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// meridiandRules is what meridiand does with the API: watch Nodes, publish
+// its node's status (conditions) and record Events.
+func meridiandRules() []rbacv1.PolicyRule {
+	return []rbacv1.PolicyRule{
+		{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "watch"}},
+		{APIGroups: []string{""}, Resources: []string{"nodes/status"}, Verbs: []string{"patch", "update"}},
+		{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
+		{APIGroups: []string{"events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
+	}
+}
+
+// applyMeridiandRBAC creates or updates the ClusterRole and binding for
+// MeridiandUser. It retries: right after /readyz a write can still race the
+// RBAC bootstrap.
+func (l *Lab) applyMeridiandRBAC(ctx context.Context) error {
+	cs, err := l.Client()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, rbacTimeout)
+	defer cancel()
+	role := &rbacv1.ClusterRole{
+		ObjectMeta: metav1.ObjectMeta{Name: MeridiandRole, Labels: map[string]string{"app.kubernetes.io/managed-by": "meridian-lab"}},
+		Rules:      meridiandRules(),
+	}
+	binding := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: MeridiandRole, Labels: map[string]string{"app.kubernetes.io/managed-by": "meridian-lab"}},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: MeridiandRole},
+		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: MeridiandUser}},
+	}
+	for {
+		err := applyRBAC(ctx, cs, role, binding)
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("apply meridiand rbac: %w", errors.Join(err, ctx.Err()))
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func applyRBAC(ctx context.Context, cs kubernetes.Interface, role *rbacv1.ClusterRole, binding *rbacv1.ClusterRoleBinding) error {
+	roles := cs.RbacV1().ClusterRoles()
+	cur, err := roles.Get(ctx, role.Name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		_, err = roles.Create(ctx, role, metav1.CreateOptions{})
+	case err == nil:
+		upd := cur.DeepCopy()
+		upd.Rules = role.Rules
+		_, err = roles.Update(ctx, upd, metav1.UpdateOptions{})
+	}
+	if err != nil {
+		return fmt.Errorf("cluster role %s: %w", role.Name, err)
+	}
+	bindings := cs.RbacV1().ClusterRoleBindings()
+	curB, err := bindings.Get(ctx, binding.Name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		_, err = bindings.Create(ctx, binding, metav1.CreateOptions{})
+	case err == nil && curB.RoleRef != binding.RoleRef:
+		// roleRef is immutable: replace the binding.
+		if err = bindings.Delete(ctx, binding.Name, metav1.DeleteOptions{}); err == nil {
+			_, err = bindings.Create(ctx, binding, metav1.CreateOptions{})
+		}
+	case err == nil:
+		upd := curB.DeepCopy()
+		upd.Subjects = binding.Subjects
+		_, err = bindings.Update(ctx, upd, metav1.UpdateOptions{})
+	}
+	if err != nil {
+		return fmt.Errorf("cluster role binding %s: %w", binding.Name, err)
+	}
+	return nil
+}
+
+// clientFor builds a clientset from a kubeconfig file.
+func clientFor(kubeconfig string) (kubernetes.Interface, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("load kubeconfig %s: %w", kubeconfig, err)
+	}
+	cfg.UserAgent = "meridian-lab"
+	// Bound to mlab0: if the lab's link is gone, requests fail instead of
+	// leaving by the default route to whatever answers for 198.18.0.2 there.
+	cfg.Dial = (&net.Dialer{Timeout: 10 * time.Second, Control: bindToDevice(HostLink)}).DialContext
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("client for %s: %w", kubeconfig, err)
+	}
+	return cs, nil
+}
+
+// bindToDevice is a net.Dialer Control that pins the socket to a link
+// (SO_BINDTODEVICE).
+func bindToDevice(link string) func(network, address string, c syscall.RawConn) error {
+	return func(network, address string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = unix.BindToDevice(int(fd), link)
+		}); err != nil {
+			return err
+		}
+		if serr != nil {
+			return fmt.Errorf("bind to %s: %w", link, serr)
+		}
+		return nil
+	}
+}

@@ -1,0 +1,400 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Integration tests bring up real labs: root, the lab's fixed names on the
+// host (serialised with LockHost), and for TestLabUpDown the Kubernetes
+// binaries from MERIDIAN_BIN_DIR or the repository's bin/.
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+}
+
+// controlPlaneBinDir returns the directory with the Kubernetes binaries,
+// skipping the test when they are missing unless MERIDIAN_REQUIRE_LAB=1.
+func controlPlaneBinDir(t *testing.T) string {
+	t.Helper()
+	dir := os.Getenv("MERIDIAN_BIN_DIR")
+	if dir == "" {
+		dir = filepath.Join("..", "..", "bin")
+	}
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var missing []string
+	for _, b := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler"} {
+		if !isExecutable(filepath.Join(dir, b)) {
+			missing = append(missing, b)
+		}
+	}
+	if len(missing) > 0 {
+		msg := "missing in " + dir + ": " + strings.Join(missing, ", ") + " (hack/build-tools.sh builds them)"
+		if os.Getenv("MERIDIAN_REQUIRE_LAB") == "1" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	return dir
+}
+
+var labBinOnce struct {
+	sync.Once
+	path string
+	err  error
+	out  []byte
+}
+
+// labBinary builds this package's meridian-lab command once per test
+// binary: the lab re-executes it to enter namespaces and run node agents.
+func labBinary(t *testing.T) string {
+	t.Helper()
+	labBinOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "meridian-lab-test-bin-")
+		if err != nil {
+			labBinOnce.err = err
+			return
+		}
+		goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
+		if _, err := os.Stat(goBin); err != nil {
+			goBin = "go"
+		}
+		p := filepath.Join(dir, labBinName)
+		cmd := exec.Command(goBin, "build", "-o", p, "../cmd/meridian-lab")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		labBinOnce.out, labBinOnce.err = cmd.CombinedOutput()
+		labBinOnce.path = p
+	})
+	if labBinOnce.err != nil {
+		t.Fatalf("build meridian-lab: %v\n%s", labBinOnce.err, labBinOnce.out)
+	}
+	return labBinOnce.path
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if labBinOnce.path != "" {
+		os.RemoveAll(filepath.Dir(labBinOnce.path))
+	}
+	os.Exit(code)
+}
+
+// lockHost takes the host's lab for the test and makes sure no lab is left
+// when it ends, whatever happened.
+func lockHost(t *testing.T, stateDir string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	unlock, err := LockHost(ctx)
+	if err != nil {
+		t.Fatalf("lock host: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := Down(context.Background(), stateDir); err != nil {
+			t.Errorf("cleanup Down: %v", err)
+		}
+		unlock()
+	})
+}
+
+type testLogWriter struct{ t *testing.T }
+
+func (w testLogWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testLogWriter{t}, nil))
+}
+
+func assertNothingLeft(t *testing.T, stateDir string, pids []int) {
+	t.Helper()
+	left, err := Leftovers(stateDir)
+	if err != nil {
+		t.Fatalf("Leftovers: %v", err)
+	}
+	if len(left) > 0 {
+		t.Errorf("left behind: %s", strings.Join(left, "; "))
+	}
+	for _, pid := range pids {
+		if alive(pid, 0) {
+			t.Errorf("lab process %d still runs", pid)
+		}
+	}
+}
+
+// waitPodCIDRs waits until the named nodes are registered and hold pod CIDRs
+// and returns them.
+func waitPodCIDRs(t *testing.T, ctx context.Context, l *Lab, names ...string) map[string]netip.Prefix {
+	t.Helper()
+	cs, err := l.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	for {
+		got := map[string]netip.Prefix{}
+		var lastErr error
+		for _, name := range names {
+			n, err := cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				lastErr = err
+				continue
+			}
+			if p, err := netip.ParsePrefix(n.Spec.PodCIDR); err == nil {
+				got[name] = p
+			}
+		}
+		if len(got) == len(names) {
+			return got
+		}
+		select {
+		case <-ctx.Done():
+			var logs []string
+			for _, name := range names {
+				p := l.LogPath(agentProc(name))
+				logs = append(logs, p+":\n"+tailFile(p, 1500))
+			}
+			t.Fatalf("nodes %v have pod CIDRs %v after 90s (last error %v); agent logs:\n%s",
+				names, got, lastErr, strings.Join(logs, "\n"))
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+func TestLabUpDown(t *testing.T) {
+	requireRoot(t)
+	binDir := controlPlaneBinDir(t)
+	labBin := labBinary(t)
+	stateDir := filepath.Join(t.TempDir(), "lab")
+	lockHost(t, stateDir)
+	ctx := context.Background()
+
+	t0 := time.Now()
+	l, err := Up(ctx, Options{Nodes: 2, BinDir: binDir, StateDir: stateDir, NoDaemon: true, LabBin: labBin, Log: testLogger(t)})
+	if err != nil {
+		t.Fatalf("Up: %v", err)
+	}
+	t.Logf("Up took %s", time.Since(t0).Round(time.Millisecond))
+
+	procs, err := l.Processes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	var names []string
+	for _, p := range procs {
+		pids = append(pids, p.PID)
+		names = append(names, p.Name)
+		if !p.Alive {
+			t.Errorf("%s (pid %d) is not running; %s:\n%s", p.Name, p.PID, p.Log, tailFile(p.Log, 2048))
+		}
+	}
+	want := "etcd kube-apiserver kube-controller-manager kube-scheduler agent-node-1 agent-node-2"
+	if strings.Join(names, " ") != want {
+		t.Errorf("processes %q, want %q", names, want)
+	}
+
+	// The API server answers the host over mlab0, as the admin.
+	cs, err := l.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := cs.Discovery().ServerVersion()
+	if err != nil {
+		t.Fatalf("server version: %v", err)
+	}
+	t.Logf("API server %s", v.GitVersion)
+	if _, err := cs.RbacV1().ClusterRoleBindings().Get(ctx, MeridiandRole, metav1.GetOptions{}); err != nil {
+		t.Errorf("meridiand binding: %v", err)
+	}
+	if kubectl := filepath.Join(binDir, "kubectl"); isExecutable(kubectl) {
+		out, err := exec.Command(kubectl, "--kubeconfig", l.Kubeconfig(), "auth", "can-i", "patch", "nodes/status",
+			"--as", MeridiandUser).CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != "yes" {
+			t.Errorf("kubectl auth can-i patch nodes/status as meridiand: %q, %v", out, err)
+		}
+	}
+
+	// The controller manager gives each node its own /24 of the cluster CIDR.
+	cidrs := waitPodCIDRs(t, ctx, l, "node-1", "node-2")
+	if cidrs["node-1"] == cidrs["node-2"] {
+		t.Errorf("nodes share pod CIDR %s", cidrs["node-1"])
+	}
+	for n, p := range cidrs {
+		if p.Bits() != 24 || !ClusterCIDR.Contains(p.Addr()) {
+			t.Errorf("%s pod CIDR %s is not a /24 of %s", n, p, ClusterCIDR)
+		}
+	}
+
+	// Nodes reach each other across the bridge; eth0 carries the node IP.
+	out, err := l.ExecNode(ctx, "node-1", "ping", "-c", "1", "-W", "5", NodeIP(2).String())
+	if err != nil {
+		t.Errorf("ping node-2 from node-1: %v\n%s", err, out)
+	}
+	out, err = l.ExecNode(ctx, "node-2", "ip", "-4", "-o", "addr", "show", "dev", NodeLink)
+	if err != nil || !strings.Contains(string(out), NodeIP(2).String()+"/24") {
+		t.Errorf("node-2 eth0: %q, %v", out, err)
+	}
+
+	// The host has exactly one route into the lab: the connected /24.
+	host, err := netlink.LinkByName(HostLink)
+	if err != nil {
+		t.Fatalf("host link: %v", err)
+	}
+	routes, err := netlink.RouteList(host, netlink.FAMILY_V4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(routes) != 1 || routes[0].Dst == nil || routes[0].Dst.String() != LabSubnet.String() {
+		t.Errorf("host routes via %s: %v, want only %s", HostLink, routes, LabSubnet)
+	}
+
+	// Load reattaches to the same lab.
+	loaded, err := Load(stateDir)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if len(loaded.Nodes()) != 2 || loaded.Kubeconfig() != l.Kubeconfig() {
+		t.Errorf("Load: nodes %v kubeconfig %s", loaded.Nodes(), loaded.Kubeconfig())
+	}
+
+	// A node added later joins like the first ones; a removed one leaves
+	// no Node object, namespace or process behind.
+	n3, err := l.AddNode(ctx)
+	if err != nil {
+		t.Fatalf("AddNode: %v", err)
+	}
+	if n3.Name != "node-3" || n3.IP != NodeIP(3) {
+		t.Errorf("AddNode = %+v", n3)
+	}
+	agent3, err := l.launch.read(agentProc("node-3"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pids = append(pids, agent3.PID)
+	waitPodCIDRs(t, ctx, l, "node-3")
+	if err := l.RemoveNode(ctx, "node-3"); err != nil {
+		t.Fatalf("RemoveNode: %v", err)
+	}
+	if _, err := cs.CoreV1().Nodes().Get(ctx, "node-3", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("node-3 object after RemoveNode: %v", err)
+	}
+	if netnsExists(NodeNetns("node-3")) || alive(agent3.PID, agent3.Start) || len(l.Nodes()) != 2 {
+		t.Errorf("node-3 remains after RemoveNode: netns %v, agent alive %v, nodes %v",
+			netnsExists(NodeNetns("node-3")), alive(agent3.PID, agent3.Start), l.Nodes())
+	}
+
+	t0 = time.Now()
+	if err := Down(ctx, stateDir); err != nil {
+		t.Fatalf("Down: %v", err)
+	}
+	t.Logf("Down took %s", time.Since(t0).Round(time.Millisecond))
+	assertNothingLeft(t, stateDir, pids)
+	if err := Down(ctx, stateDir); err != nil {
+		t.Errorf("second Down: %v", err)
+	}
+}
+
+// TestFailedUpLeavesNothing makes Up fail before anything is made (no bin
+// dir) and midway (an API server that exits at once, after the namespaces,
+// certificates and etcd exist), and checks that nothing remains either way.
+func TestFailedUpLeavesNothing(t *testing.T) {
+	requireRoot(t)
+	labBin := labBinary(t)
+	stateDir := filepath.Join(t.TempDir(), "lab")
+	lockHost(t, stateDir)
+	ctx := context.Background()
+
+	t.Run("missing bin dir", func(t *testing.T) {
+		_, err := Up(ctx, Options{Nodes: 1, BinDir: filepath.Join(t.TempDir(), "absent"), StateDir: stateDir, LabBin: labBin})
+		if err == nil || !strings.Contains(err.Error(), "kube-apiserver is missing") {
+			t.Fatalf("Up with a missing bin dir: %v", err)
+		}
+		assertNothingLeft(t, stateDir, nil)
+	})
+
+	t.Run("api server exits", func(t *testing.T) {
+		falseBin, err := exec.LookPath("false")
+		if err != nil {
+			t.Skip("no false(1)")
+		}
+		binDir := t.TempDir()
+		for _, b := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler"} {
+			if err := os.Symlink(falseBin, filepath.Join(binDir, b)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		log := testLogger(t)
+		t0 := time.Now()
+		_, err = Up(ctx, Options{Nodes: 2, BinDir: binDir, StateDir: stateDir, NoDaemon: true, LabBin: labBin, Log: log})
+		if err == nil || !strings.Contains(err.Error(), "kube-apiserver exited during start-up") {
+			t.Fatalf("Up with a failing API server: %v", err)
+		}
+		t.Logf("failed Up took %s: %v", time.Since(t0).Round(time.Millisecond), err)
+		var uerr *UpError
+		if !errors.As(err, &uerr) || uerr.LogDir == "" {
+			t.Errorf("failed Up kept no logs: %v", err)
+		} else {
+			t.Cleanup(func() { os.RemoveAll(filepath.Dir(uerr.LogDir)) })
+			if _, err := os.Stat(filepath.Join(uerr.LogDir, "kube-apiserver.log")); err != nil {
+				t.Errorf("kept logs lack the API server's: %v", err)
+			}
+		}
+		// etcd ran: it must be gone although its namespace no longer
+		// exists to find it by.
+		if pids := procsWithArg(t, "--data-dir="+filepath.Join(stateDir, "etcd")); len(pids) > 0 {
+			t.Errorf("the lab's etcd still runs after the failed Up: pids %v", pids)
+		}
+		assertNothingLeft(t, stateDir, nil)
+	})
+}
+
+// procsWithArg returns the live processes with arg on their command line.
+func procsWithArg(t *testing.T, arg string) []int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		for _, a := range strings.Split(string(b), "\x00") {
+			if a == arg && alive(pid, 0) {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids
+}

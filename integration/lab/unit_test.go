@@ -1,0 +1,94 @@
+package lab
+
+import (
+	"encoding/json"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func TestParseProcStat(t *testing.T) {
+	// comm may contain spaces and parentheses; fields count from the last ')'.
+	line := "4242 (kube (api) server) S 1 4242 4242 0 -1 4194560 1 0 0 0 3 4 0 0 20 0 12 0 987654 1000 200 18446744073709551615"
+	st, err := parseProcStat(line)
+	if err != nil {
+		t.Fatalf("parseProcStat: %v", err)
+	}
+	if st.State != 'S' || st.Start != 987654 {
+		t.Errorf("got state %c start %d, want S 987654", st.State, st.Start)
+	}
+	for _, bad := range []string{"", "12 (x", "12 (x) S 1 2"} {
+		if _, err := parseProcStat(bad); err == nil {
+			t.Errorf("parseProcStat(%q) accepted a malformed line", bad)
+		}
+	}
+}
+
+func TestCNIConflist(t *testing.T) {
+	b, err := cniConflist("/run/meridian-lab/nodes/node-1/state")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		CNIVersion string `json:"cniVersion"`
+		Name       string `json:"name"`
+		Plugins    []map[string]any
+	}
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatalf("conflist is not JSON: %v\n%s", err, b)
+	}
+	if got.CNIVersion != "1.0.0" || got.Name != "meridian" || len(got.Plugins) != 1 {
+		t.Fatalf("conflist header: %+v", got)
+	}
+	p := got.Plugins[0]
+	if p["type"] != "meridian-cni" || p["stateDir"] != "/run/meridian-lab/nodes/node-1/state" || p["mtu"] != float64(1500) {
+		t.Errorf("plugin config: %v", p)
+	}
+}
+
+func TestTopology(t *testing.T) {
+	if got := NodeIP(1); got != netip.MustParseAddr("198.18.0.11") {
+		t.Errorf("NodeIP(1) = %s", got)
+	}
+	if !LabSubnet.Contains(NodeIP(maxNodes)) {
+		t.Errorf("NodeIP(%d) = %s leaves %s", maxNodes, NodeIP(maxNodes), LabSubnet)
+	}
+	n := newNode(3)
+	if n.Name != "node-3" || n.Netns != "mlab-node-3" || n.IP.String() != "198.18.0.13" {
+		t.Errorf("newNode(3) = %+v", n)
+	}
+	if !strings.HasPrefix(n.Netns, NetnsPrefix) || !strings.HasPrefix(PodNetnsPrefix, NetnsPrefix) {
+		t.Errorf("namespaces must share the prefix Down deletes")
+	}
+	if APIServerURL() != "https://198.18.0.2:6443" {
+		t.Errorf("APIServerURL() = %s", APIServerURL())
+	}
+	if !ServiceCIDR.Contains(KubernetesServiceIP) {
+		t.Errorf("%s not in %s", KubernetesServiceIP, ServiceCIDR)
+	}
+}
+
+func TestProcessOrdering(t *testing.T) {
+	names := []string{"node-10", "node-2", "node-1"}
+	slices.SortFunc(names, compareNodeNames)
+	if strings.Join(names, " ") != "node-1 node-2 node-10" {
+		t.Errorf("sorted %v", names)
+	}
+	if nodeOfProc("meridiand-node-2") != "node-2" || nodeOfProc("agent-node-10") != "node-10" || nodeOfProc("etcd") != "" {
+		t.Errorf("nodeOfProc maps process names wrongly")
+	}
+}
+
+func TestCheckStateDir(t *testing.T) {
+	for _, bad := range []string{"", "relative/dir", "/", "/run", "/run/"} {
+		if checkStateDir(bad) == nil {
+			t.Errorf("checkStateDir(%q) accepted a directory Down would wipe", bad)
+		}
+	}
+	for _, ok := range []string{DefaultStateDir, "/tmp/x/lab"} {
+		if err := checkStateDir(ok); err != nil {
+			t.Errorf("checkStateDir(%q): %v", ok, err)
+		}
+	}
+}
