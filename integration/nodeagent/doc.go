@@ -9,4 +9,15 @@
 //
 // No container image is pulled or run: the Pod's containers are "running"
 // when the servers on their declared ports listen.
+//
+// Ownership. All lab nodes share the host's /run/netns, so a pod netns is
+// never attributed to a node by its name alone: the agent acts only on the
+// netns recorded in its own StateDir (pods/<uid>.json, written before the
+// netns is made, and libcni's cache in cni-cache/). On start it adopts the
+// recorded sandboxes whose pods still exist (CNI CHECK against the cached
+// result; DEL and ADD if that fails) and tears down the others.
+//
+// The agent must run in the host's mount namespace (the lab's netns-exec
+// keeps it): netns bind mounts made under `ip netns exec` stay private to the
+// agent.
 package nodeagent
