@@ -38,6 +38,9 @@ const serviceAccountIssuer = "https://kubernetes.default.svc.cluster.local"
 const (
 	apiServerReadyTimeout = 120 * time.Second
 	rbacTimeout           = 30 * time.Second
+	// defaultServiceAccountTimeout bounds the controller manager's start
+	// and first sync (measured: 2-4 s).
+	defaultServiceAccountTimeout = 90 * time.Second
 )
 
 func etcdArgv(etcdBin, dataDir string) []string {
@@ -290,5 +293,33 @@ func bindToDevice(link string) func(network, address string, c syscall.RawConn) 
 			return fmt.Errorf("bind to %s: %w", link, serr)
 		}
 		return nil
+	}
+}
+
+// waitDefaultServiceAccount waits until the controller manager has created
+// the default ServiceAccount in the default namespace; until then the
+// ServiceAccount admission plugin refuses pods there.
+func (l *Lab) waitDefaultServiceAccount(ctx context.Context) error {
+	cs, err := l.Client()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, defaultServiceAccountTimeout)
+	defer cancel()
+	for {
+		_, err := cs.CoreV1().ServiceAccounts(metav1.NamespaceDefault).Get(ctx, "default", metav1.GetOptions{})
+		if err == nil {
+			return nil
+		}
+		if info, rerr := l.launch.read(procControllerManager); rerr != nil || !info.Alive {
+			return fmt.Errorf("%s exited during start-up; last lines of %s:\n%s",
+				procControllerManager, info.Log, tailFile(info.Log, 2048))
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("no default service account (see %s): %w",
+				l.launch.logPath(procControllerManager), errors.Join(err, ctx.Err()))
+		case <-time.After(250 * time.Millisecond):
+		}
 	}
 }

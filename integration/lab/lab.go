@@ -285,9 +285,13 @@ func up(ctx context.Context, o Options) (*Lab, error) {
 			return nil, err
 		}
 	}
-	// A daemon that cannot start (bad flag, missing library) exits within
-	// moments; catching that here beats a lab that looks up but is not.
-	time.Sleep(500 * time.Millisecond)
+	// Pods cannot be created before the controller manager has made the
+	// namespace's default ServiceAccount; waiting for it also proves the
+	// controller manager works. Meanwhile a daemon that cannot start (bad
+	// flag, missing library) has time to exit, which checkAlive catches.
+	if err := l.waitDefaultServiceAccount(ctx); err != nil {
+		return nil, errors.Join(err, l.checkAlive())
+	}
 	if err := l.checkAlive(); err != nil {
 		return nil, err
 	}

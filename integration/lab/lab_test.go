@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -12,10 +13,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -232,10 +235,13 @@ func TestLabUpDown(t *testing.T) {
 		t.Errorf("meridiand binding: %v", err)
 	}
 	if kubectl := filepath.Join(binDir, "kubectl"); isExecutable(kubectl) {
-		out, err := exec.Command(kubectl, "--kubeconfig", l.Kubeconfig(), "auth", "can-i", "patch", "nodes/status",
-			"--as", MeridiandUser).CombinedOutput()
-		if err != nil || strings.TrimSpace(string(out)) != "yes" {
-			t.Errorf("kubectl auth can-i patch nodes/status as meridiand: %q, %v", out, err)
+		// meridiand may publish node status but not delete nodes.
+		for verb, want := range map[string]string{"patch": "yes", "delete": "no"} {
+			out, _ := exec.Command(kubectl, "--kubeconfig", l.Kubeconfig(), "auth", "can-i", verb, "nodes",
+				"--subresource=status", "--as", MeridiandUser).Output()
+			if got := strings.TrimSpace(string(out)); got != want {
+				t.Errorf("kubectl auth can-i %s nodes/status as %s: %q, want %q", verb, MeridiandUser, got, want)
+			}
 		}
 	}
 
@@ -248,6 +254,13 @@ func TestLabUpDown(t *testing.T) {
 		if p.Bits() != 24 || !ClusterCIDR.Contains(p.Addr()) {
 			t.Errorf("%s pod CIDR %s is not a /24 of %s", n, p, ClusterCIDR)
 		}
+	}
+
+	// The node agents keep their nodes Ready.
+	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	if err := l.WaitNodesReady(wctx); err != nil {
+		t.Errorf("WaitNodesReady: %v", err)
 	}
 
 	// Nodes reach each other across the bridge; eth0 carries the node IP.
@@ -317,6 +330,144 @@ func TestLabUpDown(t *testing.T) {
 	if err := Down(ctx, stateDir); err != nil {
 		t.Errorf("second Down: %v", err)
 	}
+}
+
+// daemonBinDir returns a bin dir with the Kubernetes binaries from kube
+// linked in and meridiand and meridian-cni built from this tree. When they
+// do not build, the test skips (fails with MERIDIAN_REQUIRE_LAB=1).
+func daemonBinDir(t *testing.T, kube string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, b := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler"} {
+		if err := os.Symlink(filepath.Join(kube, b), filepath.Join(dir, b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	cmd := exec.Command(goBin, "build", "-o", dir+"/", "../../daemon/cmd/meridiand", "../../cni-plugin/cmd/meridian-cni")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		msg := fmt.Sprintf("build meridiand and meridian-cni: %v\n%s", err, out)
+		if os.Getenv("MERIDIAN_REQUIRE_LAB") == "1" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	return dir
+}
+
+// TestLabWithDaemon runs the lab with meridiand and the CNI plugin and
+// exercises what tests of Meridian use: daemon stop and start, a pod wired
+// on a node and commands run inside it, and Down removing pod namespaces.
+func TestLabWithDaemon(t *testing.T) {
+	requireRoot(t)
+	kube := controlPlaneBinDir(t)
+	labBin := labBinary(t)
+	binDir := daemonBinDir(t, kube)
+	stateDir := filepath.Join(t.TempDir(), "lab")
+	lockHost(t, stateDir)
+	ctx := context.Background()
+
+	t0 := time.Now()
+	l, err := Up(ctx, Options{Nodes: 2, BinDir: binDir, StateDir: stateDir, LabBin: labBin, Log: testLogger(t)})
+	if err != nil {
+		t.Fatalf("Up: %v", err)
+	}
+	t.Logf("Up took %s", time.Since(t0).Round(time.Millisecond))
+	wctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	if err := l.WaitNodesReady(wctx); err != nil {
+		t.Fatalf("WaitNodesReady: %v", err)
+	}
+
+	// Stop and start meridiand on node-1: a new process replaces the old.
+	before, err := l.launch.read(daemonProc("node-1"))
+	if err != nil || !before.Alive {
+		t.Fatalf("meridiand on node-1 before stop: %+v, %v\n%s", before, err, tailFile(before.Log, 2048))
+	}
+	if err := l.StopDaemon("node-1", syscall.SIGTERM); err != nil {
+		t.Fatalf("StopDaemon: %v", err)
+	}
+	if alive(before.PID, before.Start) {
+		t.Fatalf("meridiand pid %d runs after StopDaemon(SIGTERM)", before.PID)
+	}
+	if err := l.StopDaemon("node-1", syscall.SIGTERM); err == nil {
+		t.Errorf("StopDaemon of a stopped daemon succeeded")
+	}
+	if err := l.StartDaemon("node-1"); err != nil {
+		t.Fatalf("StartDaemon: %v", err)
+	}
+	after, err := l.launch.read(daemonProc("node-1"))
+	if err != nil || !after.Alive || after.PID == before.PID {
+		t.Fatalf("meridiand on node-1 after start: %+v (before pid %d), %v", after, before.PID, err)
+	}
+	if err := l.StartDaemon("node-1"); err == nil {
+		t.Errorf("StartDaemon of a running daemon succeeded")
+	}
+
+	// A pod on node-2, wired by the agent through meridian-cni.
+	cs, err := l.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "probe", Namespace: metav1.NamespaceDefault},
+		Spec: corev1.PodSpec{
+			NodeName: "node-2",
+			Containers: []corev1.Container{{
+				Name: "web", Image: "registry.invalid/web",
+				Ports: []corev1.ContainerPort{{ContainerPort: 8080}},
+			}},
+		},
+	}
+	if _, err := cs.CoreV1().Pods(pod.Namespace).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create pod: %v", err)
+	}
+	var podIP string
+	pctx, pcancel := context.WithTimeout(ctx, 60*time.Second)
+	defer pcancel()
+	for podIP == "" {
+		p, err := cs.CoreV1().Pods(pod.Namespace).Get(pctx, pod.Name, metav1.GetOptions{})
+		if err == nil && p.Status.Phase == corev1.PodRunning {
+			podIP = p.Status.PodIP
+			break
+		}
+		select {
+		case <-pctx.Done():
+			t.Fatalf("pod not running within 60s: %+v, %v\nagent log:\n%s", p.Status, err,
+				tailFile(l.LogPath(agentProc("node-2")), 3000))
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+	out, err := l.ExecPod(ctx, pod.Namespace, pod.Name, "ip", "-4", "-o", "addr", "show", "dev", "eth0")
+	if err != nil || !strings.Contains(string(out), " "+podIP+"/") {
+		t.Errorf("ExecPod ip addr: %q, %v; want pod IP %s", out, err, podIP)
+	}
+	podNS, err := l.PodNetns(ctx, pod.Namespace, pod.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.ExecPod(ctx, pod.Namespace, "absent"); err == nil {
+		t.Errorf("ExecPod of a missing pod succeeded")
+	}
+
+	procs, err := l.Processes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, p := range procs {
+		pids = append(pids, p.PID)
+	}
+	t0 = time.Now()
+	if err := Down(ctx, stateDir); err != nil {
+		t.Fatalf("Down: %v", err)
+	}
+	t.Logf("Down took %s", time.Since(t0).Round(time.Millisecond))
+	if netnsExists(podNS) {
+		t.Errorf("pod netns %s left after Down", podNS)
+	}
+	assertNothingLeft(t, stateDir, pids)
 }
 
 // TestFailedUpLeavesNothing makes Up fail before anything is made (no bin
