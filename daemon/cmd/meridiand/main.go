@@ -100,7 +100,7 @@ func run(ctx context.Context, log *slog.Logger, nodeName, kubeconfig string, asn
 		BGPPort:             bgpPort,
 		GracefulRestartTime: grTime,
 		WithdrawOnStop:      withdraw,
-	}, client, routes.NewApplier(h, log.With("subsys", "routes")), newSpeaker, writeState, log)
+	}, client, routes.NewApplier(h, log), newSpeaker, writeState, log)
 	log.Info("meridiand starting", "node", nodeName, "asn", asn, "stateDir", stateDir)
 	err = ctrl.Run(ctx)
 	// Kernel routes stay as they are: the next meridiand adopts them.

@@ -62,6 +62,10 @@ commands:
   exec NODE -- CMD...     run CMD in a node's netns (NODE: node-1.. or cp)
   exec NS/POD -- CMD...   run CMD in a pod's netns
   kubeconfig              print the path of the admin kubeconfig
+  walkthrough             deploy the seed's web app, print routes and a
+                          pod-to-pod reachability matrix
+  bench [--out FILE]      measure pod start-up, CNI ADD latency and
+                          throughput against their reference points
 `
 
 type globals struct {
@@ -125,6 +129,10 @@ func run(args []string) int {
 		err = execCmd(ctx, g, cargs)
 	case "kubeconfig":
 		err = kubeconfig(g, cargs)
+	case "walkthrough":
+		err = walkthroughCmd(ctx, g, cargs)
+	case "bench":
+		err = benchCmd(ctx, g, cargs)
 	case "help", "-h", "--help":
 		fmt.Fprint(os.Stdout, usage)
 		return exitOK
@@ -186,7 +194,7 @@ func up(ctx context.Context, g *globals, args []string) error {
 	var noDaemon bool
 	var wait time.Duration
 	rest, err := subFlags("up", g, args, func(fs *flag.FlagSet) {
-		fs.IntVar(&nodes, "nodes", 2, "number of nodes")
+		fs.IntVar(&nodes, "nodes", 3, "number of nodes")
 		fs.BoolVar(&noDaemon, "no-daemon", false, "do not start meridiand")
 		fs.DurationVar(&wait, "wait", 2*time.Minute, "how long to wait for nodes to be Ready (0: do not wait)")
 	})

@@ -1,0 +1,64 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/meridian-net/meridian/integration/bench"
+	"github.com/meridian-net/meridian/integration/walkthrough"
+)
+
+// walkthroughCmd runs the seed's first steps on the running lab.
+func walkthroughCmd(ctx context.Context, g *globals, args []string) error {
+	var replicas int
+	rest, err := subFlags("walkthrough", g, args, func(fs *flag.FlagSet) {
+		fs.IntVar(&replicas, "replicas", 3, "replicas of the web deployment")
+	})
+	if err != nil {
+		return err
+	}
+	if err := noArgs("walkthrough", rest); err != nil {
+		return err
+	}
+	l, err := loadLab(g)
+	if err != nil {
+		return err
+	}
+	return walkthrough.Run(ctx, l, walkthrough.Options{BinDir: l.BinDir(), Replicas: replicas, Out: os.Stdout})
+}
+
+// benchCmd measures pod start-up, CNI ADD latency and throughput on the
+// running lab and writes the figures as JSON too.
+func benchCmd(ctx context.Context, g *globals, args []string) error {
+	var out string
+	var pods, rounds int
+	var iperf time.Duration
+	rest, err := subFlags("bench", g, args, func(fs *flag.FlagSet) {
+		fs.StringVar(&out, "out", "bench/results.json", "where to write the figures as JSON")
+		fs.IntVar(&pods, "pods", 50, "pods for the start-up and CNI figures")
+		fs.IntVar(&rounds, "rounds", 3, "iperf3 rounds of each kind")
+		fs.DurationVar(&iperf, "iperf-time", 5*time.Second, "length of each iperf3 run")
+	})
+	if err != nil {
+		return err
+	}
+	if err := noArgs("bench", rest); err != nil {
+		return err
+	}
+	l, err := loadLab(g)
+	if err != nil {
+		return err
+	}
+	res, err := bench.Run(ctx, l, bench.Options{BinDir: l.BinDir(), Pods: pods, Rounds: rounds, Iperf: iperf, Out: os.Stdout})
+	if err != nil {
+		return err
+	}
+	if err := res.Write(out); err != nil {
+		return fmt.Errorf("write %s: %w", out, err)
+	}
+	fmt.Printf("figures written to %s\n", out)
+	return nil
+}
