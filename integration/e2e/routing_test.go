@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -150,6 +151,10 @@ func TestPodDeleteFreesIPAndRoute(t *testing.T) {
 type routeWatch struct {
 	mu      sync.Mutex
 	deleted []string
+	// broke is set when the subscription failed before stop: a watch that
+	// died early would see no deletion and prove nothing.
+	broke   error
+	stopped bool
 	done    chan struct{}
 }
 
@@ -161,7 +166,13 @@ func watchRouteDeletes(t *testing.T, node lab.Node) *routeWatch {
 	}
 	w := &routeWatch{done: make(chan struct{})}
 	ch := make(chan netlink.RouteUpdate, 256)
-	if err := netlink.RouteSubscribeWithOptions(ch, w.done, netlink.RouteSubscribeOptions{Namespace: &nsh, ErrorCallback: func(err error) { t.Logf("route watch %s: %v", node.Name, err) }}); err != nil {
+	if err := netlink.RouteSubscribeWithOptions(ch, w.done, netlink.RouteSubscribeOptions{Namespace: &nsh, ErrorCallback: func(err error) {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if !w.stopped && w.broke == nil {
+			w.broke = err
+		}
+	}}); err != nil {
 		t.Fatalf("subscribe to routes in %s: %v", node.Name, err)
 	}
 	go func() {
@@ -177,11 +188,14 @@ func watchRouteDeletes(t *testing.T, node lab.Node) *routeWatch {
 	return w
 }
 
-func (w *routeWatch) stop() []string {
+func (w *routeWatch) stop() ([]string, error) {
+	w.mu.Lock()
+	w.stopped = true
+	w.mu.Unlock()
 	close(w.done)
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return append([]string(nil), w.deleted...)
+	return append([]string(nil), w.deleted...), w.broke
 }
 
 // kill -9 of meridiand on one node, then a restart, while a TCP stream runs
@@ -259,6 +273,7 @@ func TestDaemonKillAndRestartKeepsTraffic(t *testing.T) {
 	setPhase := func(p string) { mu.Lock(); phase = p; mu.Unlock() }
 
 	time.Sleep(2 * time.Second)
+	before := daemonProcess(t, l, nodes[0].Name)
 	setPhase("daemon down")
 	if err := l.StopDaemon(nodes[0].Name, syscall.SIGKILL); err != nil {
 		t.Fatalf("kill meridiand on %s: %v", nodes[0].Name, err)
@@ -273,6 +288,15 @@ func TestDaemonKillAndRestartKeepsTraffic(t *testing.T) {
 	time.Sleep(15 * time.Second)
 	setPhase("after")
 	time.Sleep(2 * time.Second)
+	after := daemonProcess(t, l, nodes[0].Name)
+	if !after.Alive || after.PID == before.PID {
+		t.Errorf("meridiand on %s was not restarted: before %+v, after %+v", nodes[0].Name, before, after)
+	}
+	if logText, err := os.ReadFile(after.Log); err != nil {
+		t.Errorf("read meridiand log: %v", err)
+	} else if !strings.Contains(string(logText), "adopting routes from a previous run") {
+		t.Errorf("restarted meridiand did not adopt the kernel routes; log:\n%s", logText)
+	}
 
 	close(stop)
 	_ = conn.SetDeadline(time.Now())
@@ -283,7 +307,11 @@ func TestDaemonKillAndRestartKeepsTraffic(t *testing.T) {
 	default:
 	}
 	for _, w := range watches {
-		if d := w.stop(); len(d) > 0 {
+		d, err := w.stop()
+		if err != nil {
+			t.Errorf("route watch failed during the test, so deletions may have gone unseen: %v", err)
+		}
+		if len(d) > 0 {
 			t.Errorf("Meridian routes were removed during the restart: %v", d)
 		}
 	}
@@ -354,4 +382,19 @@ func ipAllocated(node string, ip netip.Addr) (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+func daemonProcess(t *testing.T, l *lab.Lab, node string) lab.Process {
+	t.Helper()
+	procs, err := l.Processes()
+	if err != nil {
+		t.Fatalf("lab processes: %v", err)
+	}
+	for _, p := range procs {
+		if p.Node == node && strings.Contains(p.Name, "meridiand") {
+			return p
+		}
+	}
+	t.Fatalf("no meridiand process for %s in %+v", node, procs)
+	return lab.Process{}
 }
