@@ -166,6 +166,11 @@ func (l *Lab) waitAPIServerReady(ctx context.Context) error {
 					name, info.Log, tailFile(info.Log, 2048))
 			}
 		}
+		// Without mlab0 nothing can answer; say so now rather than at
+		// the timeout.
+		if ok, err := hostLinkExists(); err == nil && !ok {
+			return fmt.Errorf("the lab's host link %s vanished during start-up (removed by another process?)", HostLink)
+		}
 		rctx, rcancel := context.WithTimeout(ctx, 2*time.Second)
 		body, err := cs.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(rctx)
 		rcancel()

@@ -10,10 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // Down removes the lab: every process in a lab namespace or recorded in a
@@ -101,8 +98,13 @@ func down(ctx context.Context, stateDir string, log *slog.Logger) error {
 			errs = append(errs, err)
 		}
 	}
-	if err := deleteHostLink(); err != nil {
-		errs = append(errs, err)
+	// mlab0 goes with the fabric. Deleting it when this process sees no
+	// fabric would break a lab made by a process with another view of
+	// /run/netns (another mount namespace) in the same network namespace.
+	if slices.Contains(names, FabricNetns) {
+		if err := deleteHostLink(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if err := removeEtcNetns(); err != nil {
 		errs = append(errs, err)
@@ -219,111 +221,4 @@ func Leftovers(stateDir string) ([]string, error) {
 		out = append(out, "state dir "+stateDir)
 	}
 	return out, nil
-}
-
-// hostLockPath guards the host's one set of mlab-* names between processes.
-// A process holds it (flock) from Up to Down, and around a Down or a
-// LockHost; it is reentrant within the process. So a test binary that has a
-// lab up keeps other test binaries' Up and `meridian-lab up/down` waiting
-// instead of replacing its lab underneath it, and the kernel releases the
-// lock when a holder dies. `meridian-lab up` exits with its lab running and
-// so holds nothing afterwards: the next Up replaces that lab, as documented.
-const hostLockPath = "/run/meridian-lab.lock"
-
-// hostLock is this process's hold on hostLockPath. It is process-wide by
-// nature (flock belongs to an open file, and a second open file in the same
-// process would deadlock against the first), hence a package variable.
-var hostLock struct {
-	mu sync.Mutex
-	f  *os.File
-	// refs counts holders in this process: LockHost callers, Down in
-	// progress, and labRefs.
-	refs int
-	// labRefs counts Ups not yet ended by a Down.
-	labRefs int
-}
-
-// acquireHost takes one reference on the host lock, waiting for other
-// processes to let go.
-func acquireHost(ctx context.Context, log *slog.Logger) error {
-	hostLock.mu.Lock()
-	defer hostLock.mu.Unlock()
-	if hostLock.refs > 0 {
-		hostLock.refs++
-		return nil
-	}
-	f, err := os.OpenFile(hostLockPath, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return fmt.Errorf("open lock %s: %w", hostLockPath, err)
-	}
-	logged := false
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) {
-			f.Close()
-			return fmt.Errorf("lock %s: %w", hostLockPath, err)
-		}
-		if !logged && log != nil {
-			holder, _ := os.ReadFile(hostLockPath)
-			log.Info("waiting for another process using the lab", "holder", strings.TrimSpace(string(holder)))
-			logged = true
-		}
-		select {
-		case <-ctx.Done():
-			holder, _ := os.ReadFile(hostLockPath)
-			f.Close()
-			return fmt.Errorf("the lab is in use by %s: %w", strings.TrimSpace(string(holder)), ctx.Err())
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-	// Who holds it, for the message of whoever waits next.
-	_ = f.Truncate(0)
-	_, _ = f.WriteAt([]byte(fmt.Sprintf("pid %d (%s)\n", os.Getpid(), strings.Join(os.Args, " "))), 0)
-	hostLock.f = f
-	hostLock.refs = 1
-	return nil
-}
-
-// releaseHost drops n references; the last one unlocks.
-func releaseHost(n int) {
-	hostLock.mu.Lock()
-	defer hostLock.mu.Unlock()
-	hostLock.refs -= n
-	if hostLock.refs <= 0 && hostLock.f != nil {
-		_ = hostLock.f.Truncate(0)
-		hostLock.f.Close()
-		hostLock.f = nil
-		hostLock.refs = 0
-	}
-}
-
-// holdForLab turns a reference taken by Up into the lab's, released by Down.
-func holdForLab() {
-	hostLock.mu.Lock()
-	hostLock.labRefs++
-	hostLock.mu.Unlock()
-}
-
-// releaseLabs drops the references of every lab this process brought up.
-func releaseLabs() {
-	hostLock.mu.Lock()
-	n := hostLock.labRefs
-	hostLock.labRefs = 0
-	hostLock.mu.Unlock()
-	releaseHost(n)
-}
-
-// LockHost waits until no other process uses the host's lab and holds it
-// until the returned function is called. Up already holds it until Down;
-// LockHost is for callers that need the host free around several Ups and
-// Downs (a test suite bringing up labs of different shapes).
-func LockHost(ctx context.Context) (func(), error) {
-	if err := acquireHost(ctx, nil); err != nil {
-		return nil, err
-	}
-	var once sync.Once
-	return func() { once.Do(func() { releaseHost(1) }) }, nil
 }

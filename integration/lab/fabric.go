@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
+	"runtime"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -26,11 +26,14 @@ func netlinkHandle(name string) (*netlink.Handle, error) {
 	return h, nil
 }
 
-// hostNetns opens the namespace the lab is driven from. /proc/PID/ns/net is
-// the thread group leader's, which never switches namespaces: only
-// dedicated, discarded threads do (see inNetns).
+// hostNetns opens the namespace the lab is driven from: the calling
+// thread's, on a locked thread. Every thread of this process is in it, as
+// createNetns returns threads to their namespace; /proc/PID/ns/net is not
+// used because it shows only the main thread's.
 func hostNetns() (netns.NsHandle, error) {
-	h, err := netns.GetFromPid(os.Getpid())
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	h, err := netns.Get()
 	if err != nil {
 		return netns.None(), fmt.Errorf("open host netns: %w", err)
 	}

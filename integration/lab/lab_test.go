@@ -549,3 +549,59 @@ func procsWithArg(t *testing.T, arg string) []int {
 	}
 	return pids
 }
+
+// TestCreateNetnsLeavesThreadsInPlace guards against a thread, above all
+// the main one (whose namespace /proc/PID/ns/net shows and the runtime
+// cannot discard), staying in a namespace the lab created: the host link
+// would then be made in the wrong namespace.
+func TestCreateNetnsLeavesThreadsInPlace(t *testing.T) {
+	requireRoot(t)
+	want, err := statNS("/proc/self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Not mlab-*: a concurrent Down must not take these, nor these it.
+	prefix := fmt.Sprintf("mlabtest-%d-", os.Getpid())
+	for i := range 40 {
+		name := fmt.Sprintf("%s%d", prefix, i)
+		if err := createNetns(name); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = deleteNetns(name) })
+		id, err := statNS(netnsPath(name))
+		if err != nil || id == want {
+			t.Fatalf("netns %s: %v (same as host: %v)", name, err, id == want)
+		}
+	}
+	if got, _ := statNS("/proc/self/ns/net"); got != want {
+		t.Errorf("main thread left in another namespace")
+	}
+	h, err := hostNetns()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(h), &st); err != nil {
+		t.Fatal(err)
+	}
+	if (nsID{dev: st.Dev, ino: st.Ino}) != want {
+		t.Errorf("hostNetns is not the host's namespace")
+	}
+	// Every thread the runtime runs goroutines on is back in the host's.
+	var wg sync.WaitGroup
+	var bad sync.Map
+	for range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if id, err := statNS("/proc/thread-self/ns/net"); err != nil || id != want {
+				bad.Store(true, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if _, ok := bad.Load(true); ok {
+		t.Errorf("a thread runs goroutines in another namespace")
+	}
+}

@@ -22,21 +22,37 @@ const etcNetnsDir = "/etc/netns"
 
 func netnsPath(name string) string { return filepath.Join(netnsDir, name) }
 
-// createNetns makes a named network namespace. The unshare happens on a
-// dedicated OS thread that is never unlocked, so the Go runtime discards the
-// thread when the goroutine ends instead of reusing it in the wrong
-// namespace.
+// createNetns makes a named network namespace. netns.NewNamed unshares the
+// calling thread into the new namespace, so this runs on a locked thread
+// that is put back into its original namespace before it is unlocked. The
+// thread may be the process's main thread, whose namespace is what
+// /proc/PID/ns/net shows; and were it left in the new namespace, the Go
+// runtime would discard an ordinary thread but wedge the main one there.
 func createNetns(name string) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		h, err := netns.NewNamed(name)
+		orig, err := netns.Get()
 		if err != nil {
-			errc <- fmt.Errorf("create netns %s: %w", name, err)
+			// Nothing switched yet: the thread is fine to reuse.
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("create netns %s: open own netns: %w", name, err)
 			return
 		}
-		h.Close()
-		errc <- nil
+		defer orig.Close()
+		h, err := netns.NewNamed(name)
+		if err == nil {
+			h.Close()
+		} else {
+			err = fmt.Errorf("create netns %s: %w", name, err)
+		}
+		if rerr := netns.Set(orig); rerr != nil {
+			// Stay locked: the runtime discards the thread on exit.
+			errc <- errors.Join(err, fmt.Errorf("create netns %s: restore thread netns: %w", name, rerr))
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- err
 	}()
 	return <-errc
 }
@@ -100,25 +116,4 @@ func openNetns(name string) (netns.NsHandle, error) {
 		return netns.None(), fmt.Errorf("open netns %s: %w", name, err)
 	}
 	return h, nil
-}
-
-// inNetns runs fn on a thread switched into the named namespace. Sockets
-// opened by fn stay in that namespace after fn returns. The thread is
-// discarded afterwards (see createNetns).
-func inNetns(name string, fn func() error) error {
-	h, err := openNetns(name)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := netns.Set(h); err != nil {
-			errc <- fmt.Errorf("enter netns %s: %w", name, err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
 }
