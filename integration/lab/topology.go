@@ -1,13 +1,3 @@
-// Package lab runs a whole Kubernetes cluster in network namespaces on one
-// Linux host, from real parts: etcd, kube-apiserver, kube-controller-manager
-// and kube-scheduler in one namespace, and per node a node agent (standing in
-// for the kubelet) and meridiand in the node's namespace. All namespaces hang
-// off one bridge; the host gets a single veth into it so kubectl on the host
-// reaches the API server.
-//
-// Names are fixed (mlab-*), so there is at most one lab per host. Up replaces
-// a running lab; Down removes everything the lab may have made, also after a
-// failed Up or when the state directory is gone.
 package lab
 
 import (
