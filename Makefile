@@ -54,7 +54,9 @@ unit-test:
 integration-test:
 	MERIDIAN_BIN_DIR=$(BIN) MERIDIAN_REQUIRE_LAB=1 $(GO) test -count=1 -timeout 30m -p 1 ./integration/...
 
+# Measures on a fresh lab and leaves it running.
 bench: deps build
+	$(BIN)/meridian-lab up --nodes $(LAB_NODES)
 	$(BIN)/meridian-lab bench --out bench/results.json
 
 fuzz:
