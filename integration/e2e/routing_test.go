@@ -18,9 +18,11 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/meridian-net/meridian/cni-plugin/ipam"
+	"github.com/meridian-net/meridian/daemon/cluster"
 	"github.com/meridian-net/meridian/daemon/routes"
 	"github.com/meridian-net/meridian/integration/lab"
 )
@@ -51,6 +53,18 @@ func TestPodsReachEachOtherAcrossNodes(t *testing.T) {
 		t.Fatalf("lab has %d nodes, want 3", len(nodes))
 	}
 	waitMesh(t, c, nodes)
+	for _, n := range nodes {
+		eventually(t, 30*time.Second, n.Name+" NetworkUnavailable=False", func() error {
+			node, err := c.CoreV1().Nodes().Get(context.Background(), n.Name, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			if !cluster.NetworkAvailable(node) {
+				return fmt.Errorf("conditions %v", node.Status.Conditions)
+			}
+			return nil
+		})
+	}
 
 	var pods []*podOnNode
 	for i, n := range nodes {
