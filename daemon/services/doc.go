@@ -62,7 +62,11 @@
 //	chain services       { ip daddr . meta l4proto . th dport vmap @frontends4 ... }
 //	chain svc-<id>       { <masquerade match> meta mark set mark or 0x4000
 //	                       dnat ip to <id> . numgen random mod <Count> map @endpoints4 }
-//	                     | reject (noEndpoints) | drop (noLocalEndpoints)
+//	map no-endpoints4 { type ipv4_addr . inet_proto . inet_service : verdict }
+//	    element: frontends of reject/drop targets : goto reject-chain | drop
+//	chain filter-{input,forward,output} { ct state new ... vmap @no-endpoints4 }
+//	    (reject is not valid in nat chains, hence filter hooks, as kube-proxy's
+//	    service-endpoints-check)
 //	chain nat-postrouting { type nat hook postrouting priority srcnat;
 //	                        meta mark & 0x4000 != 0 masquerade; hairpin; natOutgoing }
 //
