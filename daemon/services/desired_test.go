@@ -250,8 +250,8 @@ var desiredCases = []desiredCase{
 		},
 	},
 	{
-		name: "headless",
-		svcs: []*corev1.Service{svc("default", "db", corev1.ClusterIPNone)},
+		name:   "headless",
+		svcs:   []*corev1.Service{svc("default", "db", corev1.ClusterIPNone)},
 		slices: []*discoveryv1.EndpointSlice{v4slice("default", "db", "db-abc", 5432, ep{addr: "10.244.1.5", node: thisNode})},
 		check: func(t *testing.T, m *Model, ps []Problem) {
 			wantEqual(t, "services", len(m.Services), 0)
