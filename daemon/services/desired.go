@@ -48,6 +48,9 @@ const (
 	// ReasonFrontendConflict: two Services claim the same address . protocol
 	// . port; the first by namespace/name keeps it.
 	ReasonFrontendConflict Reason = "frontendConflict"
+	// ReasonDuplicatePort: a second Service port with the same name and
+	// protocol (API validation forbids it; the first one is kept).
+	ReasonDuplicatePort Reason = "duplicatePort"
 	// ReasonUnsupportedAddressType: an FQDN EndpointSlice.
 	ReasonUnsupportedAddressType Reason = "unsupportedAddressType"
 )
@@ -138,7 +141,7 @@ func (c *compiler) run() (*Model, []Problem) {
 	}
 
 	svcs := slices.DeleteFunc(slices.Clone(c.snap.Services), func(s *corev1.Service) bool { return s == nil })
-	slices.SortFunc(svcs, func(a, b *corev1.Service) int {
+	slices.SortStableFunc(svcs, func(a, b *corev1.Service) int {
 		return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
 	})
 	svcs = slices.CompactFunc(svcs, func(a, b *corev1.Service) bool { return a.Namespace == b.Namespace && a.Name == b.Name })
@@ -202,12 +205,22 @@ func (c *compiler) service(m *Model, svc *corev1.Service) (Service, bool) {
 	hasNodePorts := svc.Spec.Type == corev1.ServiceTypeNodePort || svc.Spec.Type == corev1.ServiceTypeLoadBalancer
 
 	localReady := map[netip.Addr]bool{}
+	type portID struct {
+		name  string
+		proto Protocol
+	}
+	seenPorts := map[portID]bool{}
 	for _, sp := range svc.Spec.Ports {
 		proto, ok := protocolOf(sp.Protocol)
 		if !ok {
 			c.problem(id, sp.Name, ReasonUnsupportedProtocol, "protocol %q", sp.Protocol)
 			continue
 		}
+		if seenPorts[portID{sp.Name, proto}] {
+			c.problem(id, sp.Name, ReasonDuplicatePort, "second %s port named %q", proto, sp.Name)
+			continue
+		}
+		seenPorts[portID{sp.Name, proto}] = true
 		for _, fam := range []Family{IPv4, IPv6} {
 			if _, ok := families[fam]; !ok {
 				continue

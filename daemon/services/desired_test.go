@@ -483,6 +483,15 @@ var desiredCases = []desiredCase{
 		},
 	},
 	{
+		name: "duplicatePortKeepsFirst",
+		svcs: []*corev1.Service{svc("default", "web", "10.96.0.20", ports(sport("http", corev1.ProtocolTCP, 80, 0), sport("http", corev1.ProtocolTCP, 81, 0)))},
+		check: func(t *testing.T, m *Model, ps []Problem) {
+			wantEqual(t, "port", findPort(t, m, web).Port, uint16(80))
+			wantEqual(t, "ports", len(findService(t, m, "default/web").Ports), 1)
+			wantReason(t, ps, ReasonDuplicatePort, 1)
+		},
+	},
+	{
 		name: "noClusterIPYet",
 		svcs: []*corev1.Service{svc("default", "web", "")},
 		check: func(t *testing.T, m *Model, ps []Problem) {
@@ -582,10 +591,12 @@ func TestEndpointChangeTouchesOnlyItsService(t *testing.T) {
 func checkInvariants(t *testing.T, snap Snapshot, m *Model) {
 	t.Helper()
 	targets := map[TargetKey]Target{}
+	keys := map[TargetKey]bool{}
 	for _, r := range m.TargetRows() {
-		if _, dup := targets[r.Key]; dup {
+		if keys[r.Key] {
 			t.Errorf("duplicate target %s", r.Key)
 		}
+		keys[r.Key] = true
 	}
 	for _, s := range m.Services {
 		for _, p := range s.Ports {
