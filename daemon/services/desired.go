@@ -357,16 +357,16 @@ func (c *compiler) endpoints(id, portName string, proto corev1.Protocol, fam Fam
 				e.Local = e.NodeName == c.snap.Node.Name && e.NodeName != ""
 			}
 			cond := ep.Conditions
+			// The API's defaults, read as kube-proxy's EndpointSliceCache
+			// does: ready and serving unless said otherwise.
 			e.Ready = cond.Ready == nil || *cond.Ready
-			e.Serving = e.Ready
-			if cond.Serving != nil {
-				e.Serving = *cond.Serving
-			}
+			e.Serving = cond.Serving == nil || *cond.Serving
 			e.Terminating = cond.Terminating != nil && *cond.Terminating
 			k := e.AddrPort()
 			// The same endpoint can appear in two slices while the controller
-			// moves it; keep the better-conditioned copy, else the first.
-			if old, dup := byAddr[k]; !dup || rank(e) > rank(old) {
+			// moves it; keep the better-conditioned copy, then a local one
+			// (as kube-proxy), else the first by slice name.
+			if old, dup := byAddr[k]; !dup || rank(e) > rank(old) || (rank(e) == rank(old) && e.Local && !old.Local) {
 				byAddr[k] = e
 			}
 		}

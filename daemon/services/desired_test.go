@@ -216,6 +216,33 @@ var desiredCases = []desiredCase{
 		},
 	},
 	{
+		name: "servingDefaultsToTrueAsKubeProxy",
+		// Serving unset reads as true (kube-proxy's EndpointSliceCache), so
+		// a terminating endpoint without it is a fallback candidate.
+		svcs: []*corev1.Service{svc("default", "web", "10.96.0.20")},
+		slices: []*discoveryv1.EndpointSlice{func() *discoveryv1.EndpointSlice {
+			sl := v4slice("default", "web", "web-abc", 8080, ep{addr: "10.244.1.5", node: thisNode, notReady: true, terminating: true})
+			sl.Endpoints[0].Conditions.Serving = nil
+			return sl
+		}()},
+		check: func(t *testing.T, m *Model, ps []Problem) {
+			tg := findTarget(t, m, web+"/cluster")
+			wantEqual(t, "endpoints", addrPorts(tg.Endpoints), []string{"10.244.1.5:8080"})
+			wantEqual(t, "reason", tg.Reason, ReasonTerminatingFallback)
+		},
+	},
+	{
+		name: "duplicateEndpointPrefersLocalCopy",
+		svcs: []*corev1.Service{svc("default", "web", "10.96.0.20", itpLocal)},
+		slices: []*discoveryv1.EndpointSlice{
+			v4slice("default", "web", "web-a", 8080, ep{addr: "10.244.1.5", node: ""}),
+			v4slice("default", "web", "web-b", 8080, ep{addr: "10.244.1.5", node: thisNode}),
+		},
+		check: func(t *testing.T, m *Model, ps []Problem) {
+			wantEqual(t, "local endpoints", addrPorts(findTarget(t, m, web+"/local").Endpoints), []string{"10.244.1.5:8080"})
+		},
+	},
+	{
 		name: "endpointsWithoutAddressesIgnored",
 		svcs: []*corev1.Service{svc("default", "web", "10.96.0.20")},
 		slices: []*discoveryv1.EndpointSlice{v4slice("default", "web", "web-abc", 8080,
