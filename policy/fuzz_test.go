@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"testing"
 
@@ -54,17 +55,18 @@ func (g *gen) selector(keys []string) *metav1.LabelSelector {
 	}
 	for range g.n(3) {
 		r := metav1.LabelSelectorRequirement{Key: keys[g.n(len(keys))]}
-		switch g.n(9) {
-		case 0, 1:
-			r.Operator, r.Values = metav1.LabelSelectorOpIn, []string{g.pick(vals...), g.pick(vals...)}
-		case 2, 3:
-			r.Operator, r.Values = metav1.LabelSelectorOpNotIn, []string{g.pick(vals...)}
-		case 4, 5:
-			r.Operator = metav1.LabelSelectorOpExists
-		case 6, 7:
-			r.Operator = metav1.LabelSelectorOpDoesNotExist
-		case 8:
+		// Each valid operator 6 times in 25, an invalid one once.
+		switch k := g.n(25); {
+		case k == 24:
 			r.Operator = metav1.LabelSelectorOpIn // invalid: no values
+		case k%4 == 0:
+			r.Operator, r.Values = metav1.LabelSelectorOpIn, []string{g.pick(vals...), g.pick(vals...)}
+		case k%4 == 1:
+			r.Operator, r.Values = metav1.LabelSelectorOpNotIn, []string{g.pick(vals...)}
+		case k%4 == 2:
+			r.Operator = metav1.LabelSelectorOpExists
+		default:
+			r.Operator = metav1.LabelSelectorOpDoesNotExist
 		}
 		s.MatchExpressions = append(s.MatchExpressions, r)
 	}
@@ -87,18 +89,22 @@ func (g *gen) peers() []networkingv1.NetworkPolicyPeer {
 	var ps []networkingv1.NetworkPolicyPeer
 	for range g.n(3) {
 		var p networkingv1.NetworkPolicyPeer
-		switch g.n(9) {
-		case 0, 1:
-			p.PodSelector = g.selector(podKeys)
-		case 2, 3:
-			p.NamespaceSelector = g.selector(nsKeys)
-		case 4, 5:
-			p.PodSelector, p.NamespaceSelector = g.selector(podKeys), g.selector(nsKeys)
-		case 6, 7:
-			b := fuzzBlocks[g.n(len(fuzzBlocks))]
-			p.IPBlock = &b
-		case 8:
+		// Each valid kind 6 times in 26, an invalid peer twice.
+		switch k := g.n(26); {
+		case k == 24:
 			// empty peer: invalid
+		case k == 25:
+			b := fuzzBlocks[len(fuzzBlocks)-1-g.n(2)] // invalid
+			p.IPBlock = &b
+		case k%4 == 0:
+			p.PodSelector = g.selector(podKeys)
+		case k%4 == 1:
+			p.NamespaceSelector = g.selector(nsKeys)
+		case k%4 == 2:
+			p.PodSelector, p.NamespaceSelector = g.selector(podKeys), g.selector(nsKeys)
+		default:
+			b := fuzzBlocks[g.n(len(fuzzBlocks)-2)]
+			p.IPBlock = &b
 		}
 		ps = append(ps, p)
 	}
@@ -113,20 +119,22 @@ func (g *gen) ports() []networkingv1.NetworkPolicyPort {
 			proto := []corev1.Protocol{TCP, UDP, SCTP}[k-1]
 			p.Protocol = &proto
 		}
-		switch g.n(8) {
-		case 0:
-		case 1, 2:
+		// No port, a number, a range, a name 5 times in 21 each; an invalid
+		// port once.
+		switch k := g.n(21); {
+		case k == 20:
+			v := intstr.FromInt32(0) // invalid
+			p.Port = &v
+		case k%4 == 0:
+		case k%4 == 1:
 			v := intstr.FromInt32([]int32{53, 80, 8080}[g.n(3)])
 			p.Port = &v
-		case 3:
+		case k%4 == 2:
 			v := intstr.FromInt32(80)
-			end := []int32{80, 8080, 79}[g.n(3)] // 79 is invalid
+			end := []int32{80, 8080, 8080, 8080, 79}[g.n(5)] // 79 is invalid
 			p.Port, p.EndPort = &v, &end
-		case 4, 5, 6:
+		default:
 			v := intstr.FromString(g.pick("http", "dns", "metrics"))
-			p.Port = &v
-		case 7:
-			v := intstr.FromInt32(0) // invalid
 			p.Port = &v
 		}
 		ps = append(ps, p)
@@ -260,4 +268,50 @@ func dumpPolicies(s Snapshot) string {
 		out += fmt.Sprintf("policy %s/%s %+v\n", p.Namespace, p.Name, p.Spec.String())
 	}
 	return out
+}
+
+// TestFuzzGeneratorReachesEveryOutcome guards FuzzCompile against going
+// vacuous: over fixed random inputs the generator must produce allowed and
+// denied packets, packets allowed by a named egress port, and problems.
+func TestFuzzGeneratorReachesEveryOutcome(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	var allowed, denied, problems, portSetRules int
+	for range 300 {
+		data := make([]byte, 200)
+		for i := range data {
+			data[i] = byte(rng.Uint32())
+		}
+		s := (&gen{b: data}).snapshot()
+		s.Node = "n1"
+		m, probs := Compile(s)
+		problems += len(probs)
+		for _, p := range m.Pods {
+			for _, r := range p.Egress.Rules {
+				for _, pm := range r.Ports {
+					if pm.PortSet != "" {
+						portSetRules++
+					}
+				}
+			}
+		}
+		for _, src := range s.Pods {
+			for _, dst := range s.Pods {
+				pkt := Packet{Src: addrOrZero(src.Status.PodIP), Dst: addrOrZero(dst.Status.PodIP), Protocol: TCP, DstPort: 80}
+				if Reference(s, pkt) {
+					allowed++
+				} else {
+					denied++
+				}
+			}
+		}
+	}
+	t.Logf("allowed %d, denied %d, problems %d, egress named-port rules %d", allowed, denied, problems, portSetRules)
+	if allowed < 1000 || denied < 1000 || problems == 0 || portSetRules == 0 {
+		t.Errorf("generator too narrow: allowed %d, denied %d, problems %d, egress named-port rules %d", allowed, denied, problems, portSetRules)
+	}
+}
+
+func addrOrZero(s string) netip.Addr {
+	a, _ := netip.ParseAddr(s)
+	return a
 }
