@@ -113,9 +113,15 @@ func (c *compiler) run() (*Model, []Problem) {
 		m.NATOutgoing = m.ClusterCIDRs
 	}
 	for _, a := range sortedAddrs(node.Addresses) {
-		if len(cfg.NodePortAddresses) == 0 || slices.ContainsFunc(cfg.NodePortAddresses, func(p netip.Prefix) bool { return p.Contains(a) }) {
+		switch {
+		case a.IsLoopback() || a.IsUnspecified() || a.IsMulticast():
+			// kube-proxy's nftables mode does not serve NodePorts on
+			// 127.0.0.1 either: DNAT of loopback traffic to a pod needs
+			// route_localnet, which opens the node's loopback services.
+			c.problem("", a.String(), ReasonNodePortAddressFiltered, "not a unicast address of the node's links")
+		case len(cfg.NodePortAddresses) == 0 || slices.ContainsFunc(cfg.NodePortAddresses, func(p netip.Prefix) bool { return p.Contains(a) }):
 			m.NodePortAddresses = append(m.NodePortAddresses, a)
-		} else {
+		default:
 			c.problem("", a.String(), ReasonNodePortAddressFiltered, "outside nodePortAddresses")
 		}
 	}
@@ -151,10 +157,12 @@ func (c *compiler) run() (*Model, []Problem) {
 			m.Services = append(m.Services, out)
 		}
 	}
-	slices.SortStableFunc(c.problems, func(a, b Problem) int {
-		return cmp.Or(strings.Compare(a.Service, b.Service), strings.Compare(a.Port, b.Port), strings.Compare(string(a.Reason), string(b.Reason)))
+	slices.SortFunc(c.problems, func(a, b Problem) int {
+		return cmp.Or(strings.Compare(a.Service, b.Service), strings.Compare(a.Port, b.Port),
+			strings.Compare(string(a.Reason), string(b.Reason)), strings.Compare(a.Detail, b.Detail))
 	})
-	return m, c.problems
+	// A bad endpoint address is seen once per Service port; say it once.
+	return m, slices.Compact(c.problems)
 }
 
 func (c *compiler) service(m *Model, svc *corev1.Service) (Service, bool) {

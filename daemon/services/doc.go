@@ -39,6 +39,13 @@
 // its own source) and NATOutgoing (sources in ClusterCIDRs to destinations
 // outside them).
 //
+// # Helpers for the applier
+//
+// ChangedServices names the Services whose state differs between the
+// applied and the next Model (the unit of a partial sync), and
+// StaleUDPFlows lists the UDP conntrack entries to delete after applying
+// (removed endpoints; ports that had none and rejected), as kube-proxy does.
+//
 // # Flat views for nftables
 //
 // FrontendMap, TargetRows and EndpointRows are the Model as map elements, so

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 
@@ -235,6 +236,13 @@ type Service struct {
 
 // ID is "namespace/name", the unit the applier diffs by.
 func (s *Service) ID() string { return s.Namespace + "/" + s.Name }
+
+// Equal reports whether two Services program the same state.
+func (s *Service) Equal(o *Service) bool {
+	// Every field is a value, a slice of values or a pointer to a value,
+	// so deep equality is exactly "same programmed state".
+	return reflect.DeepEqual(s, o)
+}
 
 // HealthCheck is kube-proxy's healthCheckNodePort responder state.
 type HealthCheck struct {
