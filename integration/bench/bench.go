@@ -22,6 +22,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -192,6 +193,16 @@ func podStartup(ctx context.Context, l *lab.Lab, n int) ([]time.Duration, error)
 		netnsPath = filepath.Join("/var/run/netns", probeNS)
 	}
 
+	// One watch reports every pod's IP as soon as the agent posts it;
+	// polling 50 pods with GETs would load the API server we measure.
+	ips := newIPWatch()
+	w, err := c.CoreV1().Pods("default").Watch(ctx, metav1.ListOptions{LabelSelector: "meridian-bench=startup"})
+	if err != nil {
+		return nil, fmt.Errorf("watch pods: %w", err)
+	}
+	defer w.Stop()
+	go ips.run(w.ResultChan())
+
 	var mu sync.Mutex
 	var out []time.Duration
 	var errs []error
@@ -203,13 +214,11 @@ func podStartup(ctx context.Context, l *lab.Lab, n int) ([]time.Duration, error)
 			name := fmt.Sprintf("bench-%02d", i)
 			node := nodes[1+i%(len(nodes)-1)].Name
 			start := time.Now()
-			if _, err := c.CoreV1().Pods("default").Create(ctx, podSpec(name, node), metav1.CreateOptions{}); err != nil {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-				return
+			var ip string
+			_, err := c.CoreV1().Pods("default").Create(ctx, podSpec(name, node), metav1.CreateOptions{})
+			if err == nil {
+				ip, err = ips.wait(ctx, name, 3*time.Minute)
 			}
-			ip, err := waitPodIP(ctx, c, name)
 			if err == nil {
 				err = waitReachable(ctx, netnsPath, net.JoinHostPort(ip, "80"))
 			}
@@ -229,6 +238,50 @@ func podStartup(ctx context.Context, l *lab.Lab, n int) ([]time.Duration, error)
 	}
 	slices.Sort(out)
 	return out, nil
+}
+
+// ipWatch turns a pod watch into "wait until this pod has an IP".
+type ipWatch struct {
+	mu   sync.Mutex
+	ips  map[string]string
+	wake chan struct{}
+}
+
+func newIPWatch() *ipWatch { return &ipWatch{ips: map[string]string{}, wake: make(chan struct{})} }
+
+func (w *ipWatch) run(events <-chan watch.Event) {
+	for ev := range events {
+		p, ok := ev.Object.(*corev1.Pod)
+		if !ok || p.Status.PodIP == "" {
+			continue
+		}
+		w.mu.Lock()
+		if w.ips[p.Name] == "" {
+			w.ips[p.Name] = p.Status.PodIP
+			close(w.wake)
+			w.wake = make(chan struct{})
+		}
+		w.mu.Unlock()
+	}
+}
+
+func (w *ipWatch) wait(ctx context.Context, name string, timeout time.Duration) (string, error) {
+	deadline := time.After(timeout)
+	for {
+		w.mu.Lock()
+		ip, wake := w.ips[name], w.wake
+		w.mu.Unlock()
+		if ip != "" {
+			return ip, nil
+		}
+		select {
+		case <-wake:
+		case <-deadline:
+			return "", fmt.Errorf("no IP after %s", timeout)
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+	}
 }
 
 func waitReachable(ctx context.Context, netnsPath, addr string) error {

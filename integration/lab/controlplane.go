@@ -56,6 +56,12 @@ func etcdArgv(etcdBin, dataDir string) []string {
 		"--initial-cluster-state=new",
 		"--logger=zap",
 		"--log-outputs=stderr",
+		// Debian's etcd 3.4 cannot answer the API server's
+		// RequestWatchProgress, so an idle resource's watch cache never
+		// learns etcd's newest revision and a watch or consistent list
+		// from "now" fails with "Too large resource version". Periodic
+		// progress notifications move the caches forward instead.
+		"--experimental-watch-progress-notify-interval=1s",
 	}
 }
 
@@ -274,6 +280,9 @@ func clientFor(kubeconfig string) (kubernetes.Interface, error) {
 		return nil, fmt.Errorf("load kubeconfig %s: %w", kubeconfig, err)
 	}
 	cfg.UserAgent = "meridian-lab"
+	// The lab's tests and benchmarks create pods in bursts; client-go's
+	// default 5 QPS would measure the client's throttle, not the cluster.
+	cfg.QPS, cfg.Burst = 200, 400
 	// Bound to mlab0: if the lab's link is gone, requests fail instead of
 	// leaving by the default route to whatever answers for 198.18.0.2 there.
 	cfg.Dial = (&net.Dialer{Timeout: 10 * time.Second, Control: bindToDevice(HostLink)}).DialContext
