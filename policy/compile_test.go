@@ -71,6 +71,7 @@ func TestSemantics(t *testing.T) {
 			probes: []string{
 				"x/a -> x/b TCP/80 deny", "y/a -> x/c TCP/80 deny", "x/c -> y/a UDP/81 deny", "x/a -> 192.0.2.1 ICMP deny",
 				"y/a -> z/a TCP/80 allow",
+				"x/a -> x/a TCP/80 allow", // a pod can always reach itself
 			},
 		},
 		{

@@ -47,18 +47,29 @@ const (
 	VerdictNotIsolated   = "notIsolated"
 	VerdictAllowedByRule = "allowedByRule"
 	VerdictDefaultDeny   = "defaultDeny"
+	VerdictLoopback      = "loopback"
 )
 
 // Evaluate decides one packet the way the rendered ruleset will: the
 // egress chain of the source pod if it is local, then the ingress chain of
 // the destination pod if it is local.
+//
+// A pod reaching itself is always allowed, as upstream's netpol e2e expects
+// (AllowLoopback): the packet never leaves the pod's network namespace, so
+// no node could judge it.
 func (m *Model) Evaluate(p Packet) Verdict {
 	v := Verdict{Allowed: true}
-	if pod := m.podByIP(p.Src); pod != nil {
+	src, dst := m.podByIP(p.Src), m.podByIP(p.Dst)
+	if src != nil && src == dst {
+		v.Egress = &DirectionVerdict{Pod: src.Key(), Allowed: true, Reason: VerdictLoopback}
+		v.Ingress = &DirectionVerdict{Pod: src.Key(), Allowed: true, Reason: VerdictLoopback}
+		return v
+	}
+	if pod := src; pod != nil {
 		v.Egress = m.evalDirection(pod, &pod.Egress, p, p.Dst)
 		v.Allowed = v.Allowed && v.Egress.Allowed
 	}
-	if pod := m.podByIP(p.Dst); pod != nil {
+	if pod := dst; pod != nil {
 		v.Ingress = m.evalDirection(pod, &pod.Ingress, p, p.Src)
 		v.Allowed = v.Allowed && v.Ingress.Allowed
 	}

@@ -22,12 +22,16 @@ import (
 // by ipBlocks only; a policy that fails validation still isolates the pods
 // it selects (every pod of its namespace when its own podSelector is
 // invalid; both directions when it names an unknown policy type) but allows
-// nothing.
+// nothing; a pod may always reach itself.
 func Reference(s Snapshot, p Packet) bool {
-	if src := refPodByIP(s, p.Src); src != nil && !refDirectionAllows(s, src, networkingv1.PolicyTypeEgress, p) {
+	src, dst := refPodByIP(s, p.Src), refPodByIP(s, p.Dst)
+	if src != nil && src == dst {
+		return true // a pod reaching itself never leaves its netns
+	}
+	if src != nil && !refDirectionAllows(s, src, networkingv1.PolicyTypeEgress, p) {
 		return false
 	}
-	if dst := refPodByIP(s, p.Dst); dst != nil && !refDirectionAllows(s, dst, networkingv1.PolicyTypeIngress, p) {
+	if dst != nil && !refDirectionAllows(s, dst, networkingv1.PolicyTypeIngress, p) {
 		return false
 	}
 	return true
