@@ -155,6 +155,16 @@ func FuzzDesired(f *testing.F) {
 		checkLocalPolicies(t, snap, m)
 		checkClusterIPsProgrammed(t, snap, m, ps)
 
+		if st := StaleUDPFlows(m, m); len(st) != 0 {
+			t.Errorf("stale flows against itself: %v", st)
+		}
+		if ch := ChangedServices(m, m); len(ch) != 0 {
+			t.Errorf("changed against itself: %v", ch)
+		}
+		if ch := ChangedServices(nil, m); len(ch) != len(m.Services) {
+			t.Errorf("from nothing %d changed, want %d", len(ch), len(m.Services))
+		}
+
 		m2, ps2 := Desired(fuzzSnapshot(data))
 		if m.String() != m2.String() || !reflect.DeepEqual(ps, ps2) {
 			t.Fatalf("not deterministic")
