@@ -28,7 +28,7 @@
 // left empty by a Local policy drops (noLocalEndpoints) while a port with no
 // usable endpoint at all rejects (noEndpoints: ICMP port unreachable, TCP
 // reset). Endpoints are merged across slices by address . port (the better
-// conditioned copy wins), only the slice port whose name and protocol match
+// conditioned copy wins, then the local one, as kube-proxy), only the slice port whose name and protocol match
 // the Service port is used (so named targetPorts resolve per slice), slices
 // of other address families and endpoints without addresses are ignored.
 //
@@ -57,6 +57,10 @@
 //	map frontends4 { type ipv4_addr . inet_proto . inet_service : verdict }
 //	map frontends6 { type ipv6_addr . inet_proto . inet_service : verdict }
 //	    element: <addr> . <proto> . <port> : goto svc-<target id>
+//	    or, for an externalTrafficPolicy Local frontend, goto ext-<target id>:
+//	    ip saddr @cluster-cidrs4 goto svc-<PodTarget id>;
+//	    fib saddr type local mark for masquerade, goto svc-<PodTarget id>;
+//	    goto svc-<Target id>
 //	    (NodePorts too: the key's address is the node address; a separate
 //	    nodeports map keyed by `fib daddr type local . proto . port` is the
 //	    alternative when node addresses change often)
@@ -66,9 +70,12 @@
 //	set cluster-cidrs4 { type ipv4_addr; flags interval }
 //	chain nat-prerouting { type nat hook prerouting priority dstnat; jump services }
 //	chain nat-output     { type nat hook output priority dstnat; jump services }
-//	chain services       { ip daddr . meta l4proto . th dport vmap @frontends4 ... }
-//	chain svc-<id>       { <masquerade match> meta mark set mark or 0x4000
-//	                       dnat ip to <id> . numgen random mod <Count> map @endpoints4 }
+//	set masq-always4     { type ipv4_addr . inet_proto . inet_service }  # Masquerade always
+//	set masq-offcluster4 { type ipv4_addr . inet_proto . inet_service }  # Masquerade offCluster
+//	chain services       { ip daddr . meta l4proto . th dport @masq-always4 meta mark set mark or 0x4000
+//	                       ip daddr . meta l4proto . th dport @masq-offcluster4 ip saddr != @cluster-cidrs4 meta mark set mark or 0x4000
+//	                       ip daddr . meta l4proto . th dport vmap @frontends4 ... }
+//	chain svc-<id>       { dnat ip to <id> . numgen random mod <Count> map @endpoints4 }
 //	map no-endpoints4 { type ipv4_addr . inet_proto . inet_service : verdict }
 //	    element: frontends of reject/drop targets : goto reject-chain | drop
 //	chain filter-{input,forward,output} { ct state new ... vmap @no-endpoints4 }
@@ -76,6 +83,11 @@
 //	    service-endpoints-check)
 //	chain nat-postrouting { type nat hook postrouting priority srcnat;
 //	                        meta mark & 0x4000 != 0 masquerade; hairpin; natOutgoing }
+//
+// The masquerade decision is per frontend (a ClusterIP and a NodePort share
+// a target but not a masquerade rule), hence the two frontend sets rather
+// than rules in the target chain. NodePorts are never on loopback addresses
+// (kube-proxy's nftables mode does not serve them there either).
 //
 // Per-target chains grow with Services, but chains are not sets: the
 // kernel's per-set binding and lookup cost stays flat. Session affinity
