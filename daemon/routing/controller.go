@@ -159,10 +159,19 @@ func (c *Controller) Run(ctx context.Context) error {
 	problem := func(msg string, args ...any) {
 		// One clear line per distinct problem, not one per retry.
 		text := fmt.Sprint(append([]any{msg}, args...)...)
-		if text != lastProblem {
-			c.log.Error(msg, args...)
-			lastProblem = text
+		if text == lastProblem {
+			return
 		}
+		lastProblem = text
+		level := slog.LevelError
+		for _, a := range args {
+			// Waiting for the controller manager or for the Node to be
+			// registered is normal at start: worth a line, not an error.
+			if err, ok := a.(error); ok && errors.Is(err, errWaiting) && !errors.Is(err, errBadConfig) {
+				level = slog.LevelWarn
+			}
+		}
+		c.log.Log(context.Background(), level, msg, args...)
 	}
 
 	retry := time.NewTimer(0)
@@ -207,8 +216,12 @@ func (c *Controller) Run(ctx context.Context) error {
 }
 
 // errWaiting marks a state the loop waits out (node not there yet, no pod
-// CIDR): retried, logged once.
-var errWaiting = errors.New("waiting")
+// CIDR): retried, logged once as a warning. errBadConfig marks one only an
+// operator can fix, logged as an error.
+var (
+	errWaiting   = errors.New("waiting")
+	errBadConfig = errors.New("bad configuration")
+)
 
 func (c *Controller) sync(ctx context.Context, lister corelisters.NodeLister, sp **running, restarting bool, lastState *[]netip.Prefix, conditionSet *bool, problem func(string, ...any)) error {
 	selfNode, err := lister.Get(c.cfg.NodeName)
@@ -223,11 +236,11 @@ func (c *Controller) sync(ctx context.Context, lister corelisters.NodeLister, sp
 		return fmt.Errorf("%w: node %s: %v", errWaiting, c.cfg.NodeName, selfErr)
 	}
 	if selfErr != nil && !errors.Is(selfErr, cluster.ErrNoPodCIDR) {
-		return fmt.Errorf("node %s: %w", c.cfg.NodeName, selfErr)
+		return fmt.Errorf("%w: node %s: %w", errBadConfig, c.cfg.NodeName, selfErr)
 	}
 	asn := cluster.EffectiveASN(self, c.cfg.DefaultASN)
 	if err := cluster.ValidateASN(asn); err != nil {
-		return fmt.Errorf("node %s: %w", c.cfg.NodeName, err)
+		return fmt.Errorf("%w: node %s: %w", errBadConfig, c.cfg.NodeName, err)
 	}
 
 	all, err := lister.List(labels.Everything())

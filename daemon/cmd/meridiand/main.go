@@ -89,7 +89,7 @@ func run(ctx context.Context, log *slog.Logger, nodeName, kubeconfig string, asn
 	defer h.Close()
 
 	newSpeaker := func(cfg bgp.Config) (bgp.Speaker, error) {
-		return gobgp.New(cfg, log.With("subsys", "bgp"))
+		return gobgp.New(cfg, log)
 	}
 	writeState := func(name string, cidrs []netip.Prefix) error {
 		return ipam.NodeState{NodeName: name, PodCIDRs: cidrs}.Write(stateDir)
