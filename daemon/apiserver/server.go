@@ -1,0 +1,370 @@
+// Package apiserver serves meridian.v1, the node API of meridiand, on a Unix
+// socket. It only reads: every answer comes from the component that owns the
+// state (the kernel route applier, the BGP speaker, the IPAM store), through
+// small interfaces, and is streamed one row per message.
+package apiserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+
+	meridianv1 "github.com/meridian-net/meridian/api/meridian/v1"
+	"github.com/meridian-net/meridian/bgp"
+	"github.com/meridian-net/meridian/cni-plugin/ipam"
+	"github.com/meridian-net/meridian/daemon/routes"
+)
+
+// ErrUnavailable is what a source returns (wrapped) while it cannot answer
+// yet, e.g. before the BGP speaker started. Clients get codes.Unavailable
+// and may retry.
+var ErrUnavailable = errors.New("not available yet")
+
+// KernelRoutes is the routes Meridian owns in the kernel; *routes.Applier
+// satisfies it.
+type KernelRoutes interface {
+	Current() ([]routes.Route, error)
+}
+
+// RIB is the BGP speaker's view; bgp.Speaker satisfies it.
+type RIB interface {
+	Paths(ctx context.Context) ([]bgp.Path, error)
+	Peers(ctx context.Context) ([]bgp.PeerState, error)
+}
+
+// Allocations is the node's IPAM state; *ipam.Store satisfies it.
+type Allocations interface {
+	List() ([]ipam.Allocation, error)
+}
+
+// Sources are where the API reads from. A nil source answers
+// codes.Unavailable.
+type Sources struct {
+	Kernel KernelRoutes
+	BGP    RIB
+	IPAM   Allocations
+}
+
+// Server is the gRPC API. Build it with New, start it with Serve.
+type Server struct {
+	meridianv1.UnimplementedMeridianServer
+	src Sources
+	log *slog.Logger
+	// StopTimeout bounds how long Serve waits for streams in flight once
+	// ctx is done before it cuts them.
+	StopTimeout time.Duration
+}
+
+// New returns a server reading from src.
+func New(src Sources, log *slog.Logger) *Server {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Server{src: src, log: log.With("subsys", "api"), StopTimeout: 5 * time.Second}
+}
+
+// Serve listens on a Unix socket at path, mode 0600, and serves until ctx is
+// done, then stops gracefully and removes the socket. A stale socket left by
+// a previous run is replaced; any other file at path, or a socket another
+// process still serves, is an error.
+func (s *Server) Serve(ctx context.Context, path string) error {
+	ln, err := listen(path)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(path)
+
+	gs := grpc.NewServer()
+	meridianv1.RegisterMeridianServer(gs, s)
+	hs := health.NewServer()
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	hs.SetServingStatus(meridianv1.Meridian_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(gs, hs)
+	// Reflection lets grpcurl list and call the API without the .proto.
+	reflection.Register(gs)
+
+	served := make(chan error, 1)
+	go func() { served <- gs.Serve(ln) }()
+	s.log.Info("API serving", "socket", path)
+
+	select {
+	case err := <-served:
+		return fmt.Errorf("serve API on %s: %w", path, err)
+	case <-ctx.Done():
+	}
+	// Tell health watchers first, then let streams in flight finish.
+	hs.Shutdown()
+	stopped := make(chan struct{})
+	go func() {
+		gs.GracefulStop()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(s.StopTimeout):
+		s.log.Warn("API streams still open after stop timeout; closing them", "socket", path, "timeout", s.StopTimeout)
+		gs.Stop()
+		<-stopped
+	}
+	<-served
+	s.log.Info("API stopped", "socket", path)
+	return nil
+}
+
+// listen binds the socket under a temporary name, sets its mode to 0600 and
+// renames it into place, so the path clients use never exists with the
+// umask's looser mode, and without touching the process-wide umask.
+func listen(path string) (*net.UnixListener, error) {
+	if err := removeStale(path); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("create API socket directory: %w", err)
+	}
+	tmp := fmt.Sprintf("%s.%d.tmp", path, os.Getpid())
+	_ = os.Remove(tmp)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("listen on API socket: %w", err)
+	}
+	// The listener would unlink the temporary name on Close; Serve
+	// removes the final path itself.
+	ln.SetUnlinkOnClose(false)
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		ln.Close()
+		os.Remove(tmp)
+		return nil, fmt.Errorf("restrict API socket mode: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		ln.Close()
+		os.Remove(tmp)
+		return nil, fmt.Errorf("move API socket into place: %w", err)
+	}
+	return ln, nil
+}
+
+func removeStale(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("check API socket path: %w", err)
+	}
+	if fi.Mode()&os.ModeSocket == 0 {
+		return fmt.Errorf("API socket path %s exists and is not a socket (%s); refusing to remove it", path, fi.Mode().Type())
+	}
+	// A socket that still accepts belongs to a running daemon: taking its
+	// path over would leave it serving nobody.
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("API socket %s is in use by another process", path)
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("remove stale API socket: %w", err)
+	}
+	return nil
+}
+
+// sourceError maps a source's error to the status the client sees.
+func sourceError(what string, err error) error {
+	switch {
+	case errors.Is(err, ErrUnavailable):
+		return status.Errorf(codes.Unavailable, "%s: %v", what, err)
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return status.FromContextError(err).Err()
+	default:
+		return status.Errorf(codes.Internal, "%s: %v", what, err)
+	}
+}
+
+func unavailable(what string) error {
+	return status.Errorf(codes.Unavailable, "%s: %v", what, ErrUnavailable)
+}
+
+// parseFilter reads ListRoutesRequest.prefix; the zero prefix means no
+// filter.
+func parseFilter(s string) (netip.Prefix, error) {
+	if s == "" {
+		return netip.Prefix{}, nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, status.Errorf(codes.InvalidArgument, "prefix filter %q is not a CIDR prefix such as 10.244.0.0/16", s)
+	}
+	if !p.Addr().Is4() {
+		return netip.Prefix{}, status.Errorf(codes.InvalidArgument, "prefix filter %q: only IPv4 routes exist", s)
+	}
+	if p != p.Masked() {
+		return netip.Prefix{}, status.Errorf(codes.InvalidArgument, "prefix filter %q has host bits set; did you mean %s?", s, p.Masked())
+	}
+	return p, nil
+}
+
+// within reports whether p lies inside filter (no filter keeps everything).
+func within(p, filter netip.Prefix) bool {
+	return !filter.IsValid() || (filter.Bits() <= p.Bits() && filter.Contains(p.Addr()))
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}
+
+// ListRoutes implements meridian.v1.Meridian.
+func (s *Server) ListRoutes(req *meridianv1.ListRoutesRequest, stream grpc.ServerStreamingServer[meridianv1.ListRoutesResponse]) error {
+	filter, err := parseFilter(req.GetPrefix())
+	if err != nil {
+		return err
+	}
+	src := req.GetSource()
+	if _, ok := meridianv1.Route_Source_name[int32(src)]; !ok {
+		return status.Errorf(codes.InvalidArgument, "unknown route source %d", src)
+	}
+	// Both sources are read before anything is sent, so a failure never
+	// leaves the client with half a table it could mistake for the whole.
+	var rows []*meridianv1.Route
+	if src != meridianv1.Route_SOURCE_RIB {
+		if s.src.Kernel == nil {
+			return unavailable("kernel routes")
+		}
+		rs, err := s.src.Kernel.Current()
+		if err != nil {
+			return sourceError("read kernel routes", err)
+		}
+		rows = append(rows, kernelRows(rs, filter)...)
+	}
+	if src != meridianv1.Route_SOURCE_KERNEL {
+		if s.src.BGP == nil {
+			return unavailable("BGP RIB")
+		}
+		ps, err := s.src.BGP.Paths(stream.Context())
+		if err != nil {
+			return sourceError("read BGP RIB", err)
+		}
+		rows = append(rows, ribRows(ps, filter)...)
+	}
+	for _, r := range rows {
+		if err := stream.Send(&meridianv1.ListRoutesResponse{Route: r}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func kernelRows(rs []routes.Route, filter netip.Prefix) []*meridianv1.Route {
+	rs = slices.DeleteFunc(slices.Clone(rs), func(r routes.Route) bool { return !within(r.Dst, filter) })
+	slices.SortFunc(rs, func(a, b routes.Route) int { return comparePrefix(a.Dst, b.Dst) })
+	out := make([]*meridianv1.Route, 0, len(rs))
+	for _, r := range rs {
+		row := &meridianv1.Route{
+			Prefix: r.Dst.String(),
+			Kind:   meridianv1.Route_KIND_BGP,
+			Source: meridianv1.Route_SOURCE_KERNEL,
+		}
+		if r.Blackhole {
+			row.Kind = meridianv1.Route_KIND_BLACKHOLE
+		}
+		for _, nh := range r.NextHops {
+			row.NextHops = append(row.NextHops, nh.String())
+		}
+		out = append(out, row)
+	}
+	return out
+}
+
+func ribRows(ps []bgp.Path, filter netip.Prefix) []*meridianv1.Route {
+	ps = slices.DeleteFunc(slices.Clone(ps), func(p bgp.Path) bool { return !within(p.Prefix, filter) })
+	slices.SortStableFunc(ps, func(a, b bgp.Path) int {
+		if c := comparePrefix(a.Prefix, b.Prefix); c != 0 {
+			return c
+		}
+		return a.PeerAddress.Compare(b.PeerAddress)
+	})
+	out := make([]*meridianv1.Route, 0, len(ps))
+	for _, p := range ps {
+		row := &meridianv1.Route{
+			Prefix:    p.Prefix.String(),
+			Kind:      meridianv1.Route_KIND_BGP,
+			Source:    meridianv1.Route_SOURCE_RIB,
+			AsPath:    slices.Clone(p.ASPath),
+			LocalPref: p.LocalPref,
+			Best:      p.Best,
+			Stale:     p.Stale,
+		}
+		if p.NextHop.IsValid() {
+			row.NextHops = []string{p.NextHop.String()}
+		}
+		if p.PeerAddress.IsValid() {
+			row.Peer = p.PeerAddress.String()
+		}
+		out = append(out, row)
+	}
+	return out
+}
+
+// ListPeers implements meridian.v1.Meridian.
+func (s *Server) ListPeers(_ *meridianv1.ListPeersRequest, stream grpc.ServerStreamingServer[meridianv1.ListPeersResponse]) error {
+	if s.src.BGP == nil {
+		return unavailable("BGP peers")
+	}
+	ps, err := s.src.BGP.Peers(stream.Context())
+	if err != nil {
+		return sourceError("read BGP peers", err)
+	}
+	ps = slices.Clone(ps)
+	slices.SortFunc(ps, func(a, b bgp.PeerState) int { return a.Address.Compare(b.Address) })
+	for _, p := range ps {
+		msg := &meridianv1.Peer{
+			Name:     p.Name,
+			Address:  p.Address.String(),
+			Asn:      p.ASN,
+			State:    p.State,
+			EndOfRib: p.EndOfRIB,
+		}
+		if err := stream.Send(&meridianv1.ListPeersResponse{Peer: msg}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ListIPAM implements meridian.v1.Meridian.
+func (s *Server) ListIPAM(_ *meridianv1.ListIPAMRequest, stream grpc.ServerStreamingServer[meridianv1.ListIPAMResponse]) error {
+	if s.src.IPAM == nil {
+		return unavailable("IPAM allocations")
+	}
+	as, err := s.src.IPAM.List()
+	if err != nil {
+		return sourceError("read IPAM allocations", err)
+	}
+	as = slices.Clone(as)
+	slices.SortFunc(as, func(a, b ipam.Allocation) int { return a.Addr.Compare(b.Addr) })
+	for _, a := range as {
+		msg := &meridianv1.Allocation{
+			Address:     a.Addr.String(),
+			ContainerId: a.ContainerID,
+			Ifname:      a.IfName,
+		}
+		if err := stream.Send(&meridianv1.ListIPAMResponse{Allocation: msg}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
