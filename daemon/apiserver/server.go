@@ -268,6 +268,18 @@ func (s *Server) ListRoutes(req *meridianv1.ListRoutesRequest, stream grpc.Serve
 	return nil
 }
 
+// KernelRows converts kernel routes to API rows the way ListRoutes does,
+// keeping those inside prefix (a ListRoutesRequest.prefix; invalid ones are
+// a codes.InvalidArgument status). meridianctl uses it to read the kernel
+// itself when no daemon serves the API.
+func KernelRows(rs []routes.Route, prefix string) ([]*meridianv1.Route, error) {
+	filter, err := parseFilter(prefix)
+	if err != nil {
+		return nil, err
+	}
+	return kernelRows(rs, filter), nil
+}
+
 func kernelRows(rs []routes.Route, filter netip.Prefix) []*meridianv1.Route {
 	rs = slices.DeleteFunc(slices.Clone(rs), func(r routes.Route) bool { return !within(r.Dst, filter) })
 	slices.SortFunc(rs, func(a, b routes.Route) int { return comparePrefix(a.Dst, b.Dst) })
@@ -278,8 +290,13 @@ func kernelRows(rs []routes.Route, filter netip.Prefix) []*meridianv1.Route {
 			Kind:   meridianv1.Route_KIND_BGP,
 			Source: meridianv1.Route_SOURCE_KERNEL,
 		}
-		if r.Blackhole {
+		switch {
+		case r.Blackhole:
 			row.Kind = meridianv1.Route_KIND_BLACKHOLE
+		case len(r.NextHops) == 0:
+			// A route with our protocol that Meridian would not have
+			// written (routes.Applier.Current); the next sync replaces it.
+			row.Kind = meridianv1.Route_KIND_UNSPECIFIED
 		}
 		for _, nh := range r.NextHops {
 			row.NextHops = append(row.NextHops, nh.String())

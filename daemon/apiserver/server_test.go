@@ -59,6 +59,7 @@ func testSources() Sources {
 			{Dst: pfx("10.244.2.0/24"), NextHops: []netip.Addr{addr("198.18.0.12")}},
 			{Dst: pfx("10.244.1.0/24"), Blackhole: true},
 			{Dst: pfx("10.96.0.0/24"), NextHops: []netip.Addr{addr("198.18.0.11"), addr("198.18.0.13")}},
+			{Dst: pfx("192.0.2.0/24")},
 		},
 		BGP: rib{
 			paths: []bgp.Path{
@@ -161,6 +162,7 @@ func TestListRoutes(t *testing.T) {
 			"SOURCE_KERNEL 10.96.0.0/24 KIND_BGP [198.18.0.11 198.18.0.13]",
 			"SOURCE_KERNEL 10.244.1.0/24 KIND_BLACKHOLE []",
 			"SOURCE_KERNEL 10.244.2.0/24 KIND_BGP [198.18.0.12]",
+			"SOURCE_KERNEL 192.0.2.0/24 KIND_UNSPECIFIED []",
 			"SOURCE_RIB 10.244.2.0/24 KIND_BGP [198.18.0.12] peer=198.18.0.12 as=[] lp=100 best=true stale=false",
 			"SOURCE_RIB 10.244.3.0/24 KIND_BGP [198.18.0.13] peer=198.18.0.13 as=[64513] lp=100 best=false stale=true",
 		},
@@ -266,8 +268,8 @@ func TestSpeakerUnavailable(t *testing.T) {
 			}
 			// The kernel table does not need the speaker.
 			got, err = listRoutes(t, conn, &meridianv1.ListRoutesRequest{Source: meridianv1.Route_SOURCE_KERNEL})
-			if err != nil || len(got) != 3 {
-				t.Errorf("ListRoutes(kernel): %d rows, err %v; want 3 rows", len(got), err)
+			if err != nil || len(got) != 4 {
+				t.Errorf("ListRoutes(kernel): %d rows, err %v; want 4 rows", len(got), err)
 			}
 			stream, err := meridianv1.NewMeridianClient(conn).ListPeers(context.Background(), &meridianv1.ListPeersRequest{})
 			if err == nil {
