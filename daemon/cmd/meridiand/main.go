@@ -5,12 +5,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -22,6 +24,7 @@ import (
 	"github.com/meridian-net/meridian/bgp"
 	"github.com/meridian-net/meridian/bgp/gobgp"
 	"github.com/meridian-net/meridian/cni-plugin/ipam"
+	"github.com/meridian-net/meridian/daemon/apiserver"
 	"github.com/meridian-net/meridian/daemon/routes"
 	"github.com/meridian-net/meridian/daemon/routing"
 )
@@ -35,6 +38,7 @@ func main() {
 		grTime     = flag.Duration("graceful-restart-time", 120*time.Second, "BGP graceful restart time announced to peers (0 disables graceful restart)")
 		stateDir   = flag.String("state-dir", "/var/lib/meridian", "directory shared with meridian-cni (node state, IPAM)")
 		logLevel   = flag.String("log-level", "info", "debug, info, warn or error")
+		apiSocket  = flag.String("api-socket", "/var/run/meridian/meridian.sock", "Unix socket of the gRPC API (mode 0600); empty disables the API")
 		withdraw   = flag.Bool("withdraw-on-stop", false, "on SIGTERM, close BGP sessions with a hard reset so peers withdraw this node's routes at once (default: peers keep them for the graceful-restart time, so restarts and upgrades do not drop traffic)")
 	)
 	flag.Parse()
@@ -56,13 +60,13 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := run(ctx, log, *nodeName, *kubeconfig, uint32(*asn), int32(*bgpPort), *grTime, *stateDir, *withdraw); err != nil {
+	if err := run(ctx, log, *nodeName, *kubeconfig, uint32(*asn), int32(*bgpPort), *grTime, *stateDir, *apiSocket, *withdraw); err != nil {
 		log.Error("meridiand stopped", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, log *slog.Logger, nodeName, kubeconfig string, asn uint32, bgpPort int32, grTime time.Duration, stateDir string, withdraw bool) error {
+func run(ctx context.Context, log *slog.Logger, nodeName, kubeconfig string, asn uint32, bgpPort int32, grTime time.Duration, stateDir, apiSocket string, withdraw bool) error {
 	var restCfg *rest.Config
 	var err error
 	if kubeconfig != "" {
@@ -88,8 +92,17 @@ func run(ctx context.Context, log *slog.Logger, nodeName, kubeconfig string, asn
 	}
 	defer h.Close()
 
+	applier := routes.NewApplier(h, log)
+	// The controller owns the speaker and replaces it when the node's BGP
+	// identity changes; the API reads whichever one it built last.
+	var current currentSpeaker
 	newSpeaker := func(cfg bgp.Config) (bgp.Speaker, error) {
-		return gobgp.New(cfg, log)
+		s, err := gobgp.New(cfg, log)
+		if err != nil {
+			return nil, err
+		}
+		current.set(s)
+		return s, nil
 	}
 	writeState := func(name string, cidrs []netip.Prefix) error {
 		return ipam.NodeState{NodeName: name, PodCIDRs: cidrs}.Write(stateDir)
@@ -100,10 +113,71 @@ func run(ctx context.Context, log *slog.Logger, nodeName, kubeconfig string, asn
 		BGPPort:             bgpPort,
 		GracefulRestartTime: grTime,
 		WithdrawOnStop:      withdraw,
-	}, client, routes.NewApplier(h, log), newSpeaker, writeState, log)
-	log.Info("meridiand starting", "node", nodeName, "asn", asn, "stateDir", stateDir)
+	}, client, applier, newSpeaker, writeState, log)
+	log.Info("meridiand starting", "node", nodeName, "asn", asn, "stateDir", stateDir, "apiSocket", apiSocket)
+
+	var api sync.WaitGroup
+	if apiSocket != "" {
+		srv := apiserver.New(apiserver.Sources{Kernel: applier, BGP: &current, IPAM: ipam.NewStore(stateDir)}, log)
+		api.Go(func() {
+			// The API only observes: losing it must not stop routing.
+			if err := srv.Serve(ctx, apiSocket); err != nil {
+				log.Error("gRPC API not served; routing goes on without it", "subsys", "api", "socket", apiSocket, "err", err)
+			}
+		})
+	}
 	err = ctrl.Run(ctx)
+	api.Wait()
 	// Kernel routes stay as they are: the next meridiand adopts them.
 	log.Info("meridiand stopping; kernel routes left in place", "withdrawSessions", withdraw)
+	return err
+}
+
+// currentSpeaker is the speaker the routing controller built last, for the
+// API; it answers apiserver.ErrUnavailable until the first one exists.
+type currentSpeaker struct {
+	mu sync.Mutex
+	s  bgp.Speaker
+}
+
+func (c *currentSpeaker) set(s bgp.Speaker) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.s = s
+}
+
+func (c *currentSpeaker) get() (bgp.Speaker, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.s == nil {
+		return nil, fmt.Errorf("BGP speaker not started: %w", apiserver.ErrUnavailable)
+	}
+	return c.s, nil
+}
+
+func (c *currentSpeaker) Paths(ctx context.Context) ([]bgp.Path, error) {
+	s, err := c.get()
+	if err != nil {
+		return nil, err
+	}
+	ps, err := s.Paths(ctx)
+	return ps, stoppedUnavailable(err)
+}
+
+func (c *currentSpeaker) Peers(ctx context.Context) ([]bgp.PeerState, error) {
+	s, err := c.get()
+	if err != nil {
+		return nil, err
+	}
+	ps, err := s.Peers(ctx)
+	return ps, stoppedUnavailable(err)
+}
+
+// stoppedUnavailable marks a stopped speaker as a passing condition: the
+// controller starts a new one on its next sync.
+func stoppedUnavailable(err error) error {
+	if errors.Is(err, gobgp.ErrStopped) {
+		return fmt.Errorf("BGP speaker restarting: %w", errors.Join(err, apiserver.ErrUnavailable))
+	}
 	return err
 }
