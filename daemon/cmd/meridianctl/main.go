@@ -95,11 +95,11 @@ func main() {
 	var err error
 	switch cmd {
 	case "routes":
-		err = listRoutes(ctx, *socket, *prefix, *source, *out)
+		err = listRoutes(ctx, os.Stdout, *socket, *prefix, *source, *out)
 	case "peers":
-		err = listPeers(ctx, *socket, *out)
+		err = listPeers(ctx, os.Stdout, *socket, *out)
 	case "ipam":
-		err = listIPAM(ctx, *socket, *out)
+		err = listIPAM(ctx, os.Stdout, *socket, *out)
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "meridianctl %s: %v\n", cmd, err)
@@ -133,7 +133,7 @@ func recvAll[T any](stream interface{ Recv() (*T, error) }) ([]*T, error) {
 	}
 }
 
-func listRoutes(ctx context.Context, socket, prefix, source, format string) error {
+func listRoutes(ctx context.Context, out io.Writer, socket, prefix, source, format string) error {
 	var src meridianv1.Route_Source
 	switch source {
 	case "":
@@ -172,9 +172,9 @@ func listRoutes(ctx context.Context, socket, prefix, source, format string) erro
 		}
 	}
 	if format == "json" {
-		return printJSON(rows)
+		return printJSON(out, rows)
 	}
-	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	w := newTable(out)
 	fmt.Fprintln(w, "SOURCE\tPREFIX\tNEXT HOPS\tTYPE\tPEER\tAS PATH\tLOCAL PREF\tFLAGS")
 	for _, r := range rows {
 		var lp, flags string
@@ -233,7 +233,7 @@ func kernelRoutes(prefix string) ([]*meridianv1.Route, error) {
 	return apiserver.KernelRows(rs, prefix)
 }
 
-func listPeers(ctx context.Context, socket, format string) error {
+func listPeers(ctx context.Context, out io.Writer, socket, format string) error {
 	c, conn, err := dial(socket)
 	if err != nil {
 		return err
@@ -252,9 +252,9 @@ func listPeers(ctx context.Context, socket, format string) error {
 		peers = append(peers, m.GetPeer())
 	}
 	if format == "json" {
-		return printJSON(peers)
+		return printJSON(out, peers)
 	}
-	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	w := newTable(out)
 	fmt.Fprintln(w, "NAME\tADDRESS\tASN\tSTATE\tEND OF RIB")
 	for _, p := range peers {
 		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%t\n", p.GetName(), p.GetAddress(), p.GetAsn(), p.GetState(), p.GetEndOfRib())
@@ -262,7 +262,7 @@ func listPeers(ctx context.Context, socket, format string) error {
 	return w.Flush()
 }
 
-func listIPAM(ctx context.Context, socket, format string) error {
+func listIPAM(ctx context.Context, out io.Writer, socket, format string) error {
 	c, conn, err := dial(socket)
 	if err != nil {
 		return err
@@ -281,9 +281,9 @@ func listIPAM(ctx context.Context, socket, format string) error {
 		as = append(as, m.GetAllocation())
 	}
 	if format == "json" {
-		return printJSON(as)
+		return printJSON(out, as)
 	}
-	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	w := newTable(out)
 	fmt.Fprintln(w, "ADDRESS\tCONTAINER\tIFNAME")
 	for _, a := range as {
 		fmt.Fprintf(w, "%s\t%s\t%s\n", a.GetAddress(), a.GetContainerId(), a.GetIfname())
@@ -294,7 +294,7 @@ func listIPAM(ctx context.Context, socket, format string) error {
 // printJSON writes the rows as one JSON array in the proto's JSON mapping
 // (lowerCamelCase names, enums by name), indented the same way every run:
 // protojson deliberately varies its own whitespace.
-func printJSON[T proto.Message](rows []T) error {
+func printJSON[T proto.Message](w io.Writer, rows []T) error {
 	var buf bytes.Buffer
 	buf.WriteByte('[')
 	for i, r := range rows {
@@ -313,6 +313,33 @@ func printJSON[T proto.Message](rows []T) error {
 		return fmt.Errorf("indent JSON: %w", err)
 	}
 	out.WriteByte('\n')
-	_, err := out.WriteTo(os.Stdout)
+	_, err := out.WriteTo(w)
+	return err
+}
+
+// table aligns columns like kubectl and drops the padding tabwriter leaves
+// after the last non-empty cell, so lines end with text.
+type table struct {
+	*tabwriter.Writer
+	buf bytes.Buffer
+	out io.Writer
+}
+
+func newTable(out io.Writer) *table {
+	t := &table{out: out}
+	t.Writer = tabwriter.NewWriter(&t.buf, 0, 4, 2, ' ', 0)
+	return t
+}
+
+func (t *table) Flush() error {
+	if err := t.Writer.Flush(); err != nil {
+		return err
+	}
+	var b strings.Builder
+	for line := range strings.Lines(t.buf.String()) {
+		b.WriteString(strings.TrimRight(line, " \n"))
+		b.WriteByte('\n')
+	}
+	_, err := io.WriteString(t.out, b.String())
 	return err
 }
