@@ -128,7 +128,7 @@ func (c Chain) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\tchain %s {\n", c.Name)
 	if c.Base() {
-		fmt.Fprintf(&b, "\t\ttype %s hook %s priority %s; policy accept;\n", c.Type, c.Hook, priorityString(c.Priority))
+		fmt.Fprintf(&b, "\t\ttype %s hook %s priority %s; policy accept;\n", c.Type, c.Hook, priorityString(c.Hook, c.Priority))
 	}
 	for _, r := range c.Rules {
 		fmt.Fprintf(&b, "\t\t%s\n", r)
@@ -137,11 +137,22 @@ func (c Chain) String() string {
 	return b.String()
 }
 
-func priorityString(p int) string {
+// priorityString spells a priority as nft prints it: by name where nft
+// names it for the hook (dstnat only at prerouting, srcnat only at
+// postrouting), as a number elsewhere.
+func priorityString(hook string, p int) string {
 	for _, n := range []struct {
 		name string
 		v    int
-	}{{"dstnat", PriorityDstNAT}, {"filter", PriorityFilter}, {"srcnat", PrioritySrcNAT}} {
+		ok   bool
+	}{
+		{"dstnat", PriorityDstNAT, hook == HookPrerouting},
+		{"filter", PriorityFilter, true},
+		{"srcnat", PrioritySrcNAT, hook == HookPostrouting},
+	} {
+		if !n.ok {
+			continue
+		}
 		switch d := p - n.v; {
 		case d == 0:
 			return n.name

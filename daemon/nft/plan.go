@@ -95,7 +95,7 @@ func (tx Transaction) String() string {
 	fmt.Fprintf(&b, "add table %s\n", tbl)
 	for _, c := range tx.AddChains {
 		if c.Base() {
-			fmt.Fprintf(&b, "add chain %s %s { type %s hook %s priority %s; policy accept; }\n", tbl, c.Name, c.Type, c.Hook, priorityString(c.Priority))
+			fmt.Fprintf(&b, "add chain %s %s { type %s hook %s priority %s; policy accept; }\n", tbl, c.Name, c.Type, c.Hook, priorityString(c.Hook, c.Priority))
 		} else {
 			fmt.Fprintf(&b, "add chain %s %s\n", tbl, c.Name)
 		}
