@@ -9,7 +9,7 @@ DEBS := etcd-server frr bird2 containernetworking-plugins iperf3 nftables iprout
 	netcat-openbsd tcpdump iputils-ping conntrack wget curl
 LAB_NODES ?= 3
 
-.PHONY: all build meridian tools deps lab lab-down test unit-test integration-test bench fuzz fmt vet clean
+.PHONY: all build meridian tools deps lab lab-down test unit-test integration-test bench fuzz api fmt vet clean
 
 all: build
 
@@ -62,6 +62,11 @@ bench: deps build
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./cni-plugin/config
 	$(GO) test -run '^$$' -fuzz FuzzDesired -fuzztime 30s ./daemon/routes
+
+# Regenerates the gRPC API's Go code from api/meridian/v1/meridian.proto.
+api:
+	@command -v protoc >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler)
+	hack/gen-api.sh
 
 fmt:
 	gofmt -l -w .

@@ -105,9 +105,17 @@ func (l *Lab) daemonSpec(n Node) procSpec {
 			"--node-name", n.Name,
 			"--kubeconfig", l.layout.path(meridiandKubeconfig),
 			"--state-dir", l.layout.nodeStateDir(n.Name),
+			// Nodes share the host's file system: one socket per node.
+			"--api-socket", l.APISocket(n.Name),
 		},
 		Env: []string{"NODE_NAME=" + n.Name},
 	}
+}
+
+// APISocket is the path of the node's meridiand gRPC socket, for
+// `meridianctl --socket`.
+func (l *Lab) APISocket(node string) string {
+	return filepath.Join(l.layout.nodeDir(node), "meridian.sock")
 }
 
 // addNode makes node i: its namespace on the fabric, its CNI configuration,

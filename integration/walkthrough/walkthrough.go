@@ -65,7 +65,7 @@ func Run(ctx context.Context, l *lab.Lab, opts Options) error {
 
 	for _, n := range l.Nodes() {
 		fmt.Fprintf(out, "\n# %s (%s): routes Meridian installed\n", n.Name, n.IP)
-		b, err := l.ExecNode(ctx, n.Name, filepath.Join(opts.BinDir, "meridianctl"), "routes")
+		b, err := l.ExecNode(ctx, n.Name, filepath.Join(opts.BinDir, "meridianctl"), "--socket", l.APISocket(n.Name), "routes")
 		out.Write(b)
 		if err != nil {
 			return fmt.Errorf("meridianctl routes on %s: %w", n.Name, err)
@@ -98,9 +98,10 @@ The lab is running. Explore it:
   %[1]s/kubectl get pods -o wide
   %[1]s/meridian-lab exec default/%[2]s -- wget -qO- http://%[3]s/
   %[1]s/meridian-lab exec node-1 -- ip route show proto %[4]d
+  %[1]s/meridianctl --socket %[5]s peers
   %[1]s/meridian-lab status
   %[1]s/meridian-lab down
-`, opts.BinDir, ready[0].Name, ready[len(ready)-1].Status.PodIP, 201)
+`, opts.BinDir, ready[0].Name, ready[len(ready)-1].Status.PodIP, 201, l.APISocket(l.Nodes()[0].Name))
 	if f := m.Failures(); f > 0 {
 		return fmt.Errorf("%d of %d pod pairs cannot reach each other", f, len(ready)*len(ready))
 	}

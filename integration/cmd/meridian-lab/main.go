@@ -288,7 +288,7 @@ func status(ctx context.Context, g *globals, args []string) error {
 		problems = append(problems, fmt.Sprintf("api server unreachable: %v", err))
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tIP\tNETNS\tPOD CIDR\tREADY")
+	fmt.Fprintln(tw, "NODE\tIP\tNETNS\tPOD CIDR\tREADY\tAPI SOCKET")
 	for _, n := range l.Nodes() {
 		cidr, ready := "-", "unknown"
 		if err == nil {
@@ -303,7 +303,7 @@ func status(ctx context.Context, g *globals, args []string) error {
 		if ready != "True" {
 			problems = append(problems, fmt.Sprintf("%s not ready (%s)", n.Name, ready))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Name, n.IP, n.Netns, cidr, ready)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.IP, n.Netns, cidr, ready, l.APISocket(n.Name))
 	}
 	tw.Flush()
 	fmt.Println()
