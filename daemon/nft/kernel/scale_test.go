@@ -40,11 +40,18 @@ func TestLargeTransaction(t *testing.T) {
 	}
 	t.Logf("dump: %v", time.Since(start))
 	if got.String() != tbl.String() {
-		t.Fatalf("dump differs from the %d-service table", services)
+		n := 0
+		if len(got.Maps) > 0 {
+			n = len(got.Maps[0].Elements)
+		}
+		t.Fatalf("dump differs from the %d-service table: %d chains, %d sets, %d maps, %d map elements", services, len(got.Chains), len(got.Sets), len(got.Maps), n)
 	}
 	tbl.Chains[1].Rules[0].Action.Addr = "10.244.99.99"
 	start = time.Now()
 	tx = nft.Plan(got, tbl)
+	if tx.Ops() != 2 {
+		t.Errorf("one endpoint change: %d ops, want flush and one rule:\n%s", tx.Ops(), tx)
+	}
 	if err := c.Apply(tx); err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,103 @@
+package kernel
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/meridian-net/meridian/daemon/nft"
+)
+
+// kelem is one kernel set element as dumped.
+type kelem struct {
+	key, val    []byte
+	verdict     string
+	intervalEnd bool
+}
+
+// listElements dumps a set's elements with a raw NFT_MSG_GETSETELEM on the
+// connection Dump already holds, decoding verdict values directly (google/
+// nftables hands them back as undecoded nested attributes).
+func (c *Conn) listElements(conn *netlink.Conn, set string) ([]kelem, error) {
+	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
+		{Type: unix.NFTA_SET_ELEM_LIST_TABLE, Data: []byte(nft.TableName + "\x00")},
+		{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: []byte(set + "\x00")},
+	})
+	if err != nil {
+		return nil, err
+	}
+	msgs, err := conn.Execute(netlink.Message{
+		Header: netlink.Header{
+			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETSETELEM),
+			Flags: netlink.Request | netlink.Dump,
+		},
+		Data: append([]byte{unix.NFPROTO_INET, unix.NFNETLINK_V0, 0, 0}, attrs...),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list elements of %s: %w", set, err)
+	}
+	var out []kelem
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
+		if err != nil {
+			return nil, err
+		}
+		ad.ByteOrder = binary.BigEndian
+		for ad.Next() {
+			if ad.Type() != unix.NFTA_SET_ELEM_LIST_ELEMENTS {
+				continue
+			}
+			ad.Nested(func(list *netlink.AttributeDecoder) error {
+				for list.Next() {
+					var e kelem
+					list.Nested(func(el *netlink.AttributeDecoder) error {
+						el.ByteOrder = binary.BigEndian
+						for el.Next() {
+							switch el.Type() {
+							case unix.NFTA_SET_ELEM_KEY:
+								el.Nested(func(d *netlink.AttributeDecoder) error {
+									for d.Next() {
+										if d.Type() == unix.NFTA_DATA_VALUE {
+											e.key = d.Bytes()
+										}
+									}
+									return nil
+								})
+							case unix.NFTA_SET_ELEM_DATA:
+								el.Nested(func(d *netlink.AttributeDecoder) error {
+									for d.Next() {
+										switch d.Type() {
+										case unix.NFTA_DATA_VALUE:
+											e.val = d.Bytes()
+										case unix.NFTA_DATA_VERDICT:
+											v, err := decodeVerdict(d.Bytes())
+											if err != nil {
+												return err
+											}
+											e.verdict = v
+										}
+									}
+									return nil
+								})
+							case unix.NFTA_SET_ELEM_FLAGS:
+								e.intervalEnd = el.Uint32()&unix.NFT_SET_ELEM_INTERVAL_END != 0
+							}
+						}
+						return nil
+					})
+					out = append(out, e)
+				}
+				return nil
+			})
+		}
+		if err := ad.Err(); err != nil {
+			return nil, fmt.Errorf("list elements of %s: %w", set, err)
+		}
+	}
+	return out, nil
+}
