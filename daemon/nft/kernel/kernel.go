@@ -302,18 +302,31 @@ func (c *Conn) Dump() (nft.Table, error) {
 	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == nft.TableName }) {
 		return nft.Table{}, nil
 	}
-	tbl := c.table()
 	var out nft.Table
+
+	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: c.netnsFd})
+	if err != nil {
+		return nft.Table{}, fmt.Errorf("dump nft table: dial netlink: %w", err)
+	}
+	defer conn.Close()
 
 	chains, err := nc.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
 		return nft.Table{}, fmt.Errorf("dump nft table: list chains: %w", err)
 	}
+	rules, err := listRules(conn)
+	if err != nil {
+		return nft.Table{}, fmt.Errorf("dump nft table: %w", err)
+	}
+	byChain := map[string][]nft.Rule{}
+	for _, kr := range rules {
+		byChain[kr.chain] = append(byChain[kr.chain], ruleFromKernel(kr))
+	}
 	for _, kc := range chains {
 		if kc.Table.Name != nft.TableName {
 			continue
 		}
-		ch := nft.Chain{Name: kc.Name}
+		ch := nft.Chain{Name: kc.Name, Rules: byChain[kc.Name]}
 		if kc.Hooknum != nil {
 			ch.Type = string(kc.Type)
 			for name, h := range hooks {
@@ -325,21 +338,9 @@ func (c *Conn) Dump() (nft.Table, error) {
 				ch.Priority = int(*kc.Priority)
 			}
 		}
-		rules, err := nc.GetRules(tbl, &nftables.Chain{Name: kc.Name, Table: tbl})
-		if err != nil {
-			return nft.Table{}, fmt.Errorf("dump nft table: rules of %s: %w", kc.Name, err)
-		}
-		for _, kr := range rules {
-			ch.Rules = append(ch.Rules, ruleFromKernel(kr))
-		}
 		out.Chains = append(out.Chains, ch)
 	}
 
-	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: c.netnsFd})
-	if err != nil {
-		return nft.Table{}, fmt.Errorf("dump nft table: dial netlink: %w", err)
-	}
-	defer conn.Close()
 	sets, err := listSets(conn)
 	if err != nil {
 		return nft.Table{}, fmt.Errorf("dump nft table: %w", err)
@@ -369,15 +370,15 @@ func (c *Conn) Dump() (nft.Table, error) {
 // Meridian did not write (or could not parse) comes back as a rule with
 // only a comment saying so, which never equals a desired rule, so the next
 // Plan rewrites its chain.
-func ruleFromKernel(kr *nftables.Rule) nft.Rule {
-	text, ok := userdata.GetString(kr.UserData, udataRuleText)
-	comment, _ := userdata.GetString(kr.UserData, userdata.TypeComment)
+func ruleFromKernel(kr krule) nft.Rule {
+	text, ok := userdata.GetString(kr.userData, udataRuleText)
+	comment, _ := userdata.GetString(kr.userData, userdata.TypeComment)
 	if !ok {
-		return nft.Rule{Comment: fmt.Sprintf("foreign rule handle %d", kr.Handle)}
+		return nft.Rule{Comment: fmt.Sprintf("foreign rule handle %d", kr.handle)}
 	}
 	r, err := nft.ParseRule(text)
 	if err != nil {
-		return nft.Rule{Comment: fmt.Sprintf("unparsable rule handle %d: %v", kr.Handle, err)}
+		return nft.Rule{Comment: fmt.Sprintf("unparsable rule handle %d: %v", kr.handle, err)}
 	}
 	r.Comment = comment
 	return r
