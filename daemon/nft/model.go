@@ -1,8 +1,12 @@
 // Package nft is Meridian's seam around nftables: a pure model of the one
 // table Meridian owns (inet meridian), its nft text rendering, and Plan, which
-// diffs two models into the smallest Transaction. The kernel backend lives in
+// diffs two models into the smallest Transaction, and Syncer, which keeps
+// the table at a desired state through a Conn. The kernel backend lives in
 // daemon/nft/kernel; Fake in this package applies transactions in memory for
 // other packages' unit tests. Nothing here imports netlink.
+//
+// Services and policy render into one Table each sync (their objects under
+// distinct names); the sync loop calls Syncer.Sync(desired).
 package nft
 
 import (
