@@ -33,6 +33,7 @@ func serviceTable(eps ...string) Table {
 		}},
 		Chain{Name: "services", Rules: []Rule{
 			{Match: []Match{{Keys: []Field{IPSaddr}, Set: "cluster-cidrs", Neg: true}}, Action: Action{Kind: ActVMap, Keys: []Field{IPDaddr, L4Proto, THDport}, Map: "service-ips"}},
+			{Match: []Match{{Keys: []Field{IPDaddr, L4Proto, THDport}, Set: "no-endpoints"}, {Keys: []Field{L4Proto}, Value: "tcp"}}, Action: Action{Kind: ActRejectTCP}},
 			{Match: []Match{{Keys: []Field{IPDaddr, L4Proto, THDport}, Set: "no-endpoints"}}, Action: Action{Kind: ActReject}},
 		}},
 		Chain{Name: "svc-web", Rules: svcRules},
@@ -87,6 +88,7 @@ func TestRuleString(t *testing.T) {
 		{Rule{Match: []Match{{Keys: []Field{IPDaddr, L4Proto, THDport}, Set: "s"}}, Action: Action{Kind: ActGoto, Chain: "c"}}, "ip daddr . meta l4proto . th dport @s goto c"},
 		{Rule{Action: Action{Kind: ActVMap, Keys: []Field{Numgen(3)}, Map: "m"}}, "numgen random mod 3 vmap @m"},
 		{Rule{Action: Action{Kind: ActDNAT, Addr: "10.0.0.1", Port: 80}}, "dnat ip to 10.0.0.1:80"},
+		{Rule{Match: []Match{{Keys: []Field{L4Proto}, Value: "tcp"}}, Action: Action{Kind: ActRejectTCP}}, "meta l4proto tcp reject with tcp reset"},
 		{Rule{Match: []Match{{Keys: []Field{MetaMark}, Mask: 0x4000, Value: "0x00004000"}}, Action: Action{Kind: ActMasquerade}}, "meta mark & 0x00004000 == 0x00004000 masquerade"},
 		{Rule{Counter: true, MarkOr: 0x4000, Comment: "x y"}, `counter meta mark set meta mark | 0x00004000 comment "x y"`},
 		{Rule{Match: []Match{{Keys: []Field{IPSaddr}, Neg: true, Set: "a"}}, Action: Action{Kind: ActReturn}}, "ip saddr != @a return"},
@@ -211,6 +213,7 @@ func TestPlan(t *testing.T) {
 				"add set inet meridian no-endpoints { type ipv4_addr . inet_service; }\n" +
 				"add element inet meridian no-endpoints { 10.96.0.20 . 53 }\n" +
 				"add rule inet meridian services ip saddr != @cluster-cidrs ip daddr . meta l4proto . th dport vmap @service-ips\n" +
+				"add rule inet meridian services ip daddr . meta l4proto . th dport @no-endpoints meta l4proto tcp reject with tcp reset\n" +
 				"add rule inet meridian services ip daddr . meta l4proto . th dport @no-endpoints reject\n",
 		},
 		{

@@ -100,10 +100,13 @@ func joinFields(fs []Field) string {
 type ActionKind string
 
 const (
-	ActNone       ActionKind = ""
-	ActAccept     ActionKind = "accept"
-	ActDrop       ActionKind = "drop"
-	ActReject     ActionKind = "reject"
+	ActNone   ActionKind = ""
+	ActAccept ActionKind = "accept"
+	ActDrop   ActionKind = "drop"
+	ActReject ActionKind = "reject"
+	// ActRejectTCP answers with a TCP reset; match meta l4proto tcp first
+	// (nft insists, and a reset means nothing to other protocols).
+	ActRejectTCP  ActionKind = "reject with tcp reset"
 	ActReturn     ActionKind = "return"
 	ActJump       ActionKind = "jump"
 	ActGoto       ActionKind = "goto"
@@ -204,6 +207,12 @@ func ParseRule(s string) (Rule, error) {
 		case "accept", "drop", "reject", "return", "masquerade":
 			p.next()
 			r.Action = Action{Kind: ActionKind(t)}
+			if t == "reject" && p.peek() == "with" {
+				if p.next() != "with" || p.next() != "tcp" || p.next() != "reset" {
+					return Rule{}, fmt.Errorf("parse rule %q: want \"reject with tcp reset\"", s)
+				}
+				r.Action.Kind = ActRejectTCP
+			}
 			continue
 		case "jump", "goto":
 			p.next()

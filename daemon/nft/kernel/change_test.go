@@ -53,7 +53,7 @@ func TestForeignRuleIsReplaced(t *testing.T) {
 		t.Fatal(err)
 	}
 	tx := nft.Plan(cur, want)
-	if len(tx.FlushChains) != 1 || tx.FlushChains[0] != "services" || tx.Ops() != 3 {
+	if len(tx.FlushChains) != 1 || tx.FlushChains[0] != "services" || tx.Ops() != 4 {
 		t.Errorf("want only chain services refilled, got:\n%s", tx)
 	}
 	if err := c.Apply(tx); err != nil {

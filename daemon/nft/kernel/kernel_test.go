@@ -63,6 +63,7 @@ func serviceTable(eps ...string) nft.Table {
 		}},
 		nft.Chain{Name: "services", Rules: []nft.Rule{
 			{Match: []nft.Match{{Keys: []nft.Field{nft.IPSaddr}, Neg: true, Set: "cluster-cidrs"}}, Action: nft.Action{Kind: nft.ActVMap, Keys: []nft.Field{nft.IPDaddr, nft.L4Proto, nft.THDport}, Map: "service-ips"}},
+			{Match: []nft.Match{{Keys: []nft.Field{nft.IPDaddr, nft.L4Proto, nft.THDport}, Set: "no-endpoints"}, {Keys: []nft.Field{nft.L4Proto}, Value: "tcp"}}, Action: nft.Action{Kind: nft.ActRejectTCP}},
 			{Match: []nft.Match{{Keys: []nft.Field{nft.IPDaddr, nft.L4Proto, nft.THDport}, Set: "no-endpoints"}}, Action: nft.Action{Kind: nft.ActReject}},
 		}},
 		nft.Chain{Name: "svc-web", Rules: svc},

@@ -1,9 +1,11 @@
 package kernel
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"syscall"
 	"testing"
 	"time"
 
@@ -52,12 +54,19 @@ func TestDNATConnect(t *testing.T) {
 				{Action: nft.Action{Kind: nft.ActVMap, Keys: []nft.Field{nft.IPDaddr, nft.L4Proto, nft.THDport}, Map: "service-ips"}},
 			}},
 			{Name: "svc-web", Rules: []nft.Rule{{Counter: true, Action: nft.Action{Kind: nft.ActVMap, Keys: []nft.Field{nft.Numgen(2)}, Map: "svc-web-eps"}}}},
+			// ICMP port-unreachable (plain reject) does not reach a socket
+			// of this namespace that connected over the lo route (also with
+			// the nft binary); a TCP reset does.
+			{Name: "svc-empty", Rules: []nft.Rule{
+				{Match: []nft.Match{{Keys: []nft.Field{nft.L4Proto}, Value: "tcp"}}, Action: nft.Action{Kind: nft.ActRejectTCP}},
+				{Action: nft.Action{Kind: nft.ActReject}},
+			}},
 			{Name: "ep-a", Rules: []nft.Rule{{Match: []nft.Match{{Keys: []nft.Field{nft.L4Proto}, Value: "tcp"}}, Action: nft.Action{Kind: nft.ActDNAT, Addr: eps[0], Port: 8080}}}},
 			{Name: "ep-b", Rules: []nft.Rule{{Match: []nft.Match{{Keys: []nft.Field{nft.L4Proto}, Value: "tcp"}}, Action: nft.Action{Kind: nft.ActDNAT, Addr: eps[1], Port: 8081}}}},
 		},
 		Maps: []nft.Map{
 			{Name: "service-ips", KeyType: []nft.DataType{nft.TypeIPv4Addr, nft.TypeInetProto, nft.TypeInetService}, DataType: []nft.DataType{nft.TypeVerdict},
-				Elements: []nft.Element{{Key: "10.96.0.10 . tcp . 80", Value: "goto svc-web"}}},
+				Elements: []nft.Element{{Key: "10.96.0.10 . tcp . 80", Value: "goto svc-web"}, {Key: "10.96.0.11 . tcp . 80", Value: "goto svc-empty"}}},
 			{Name: "svc-web-eps", KeyType: []nft.DataType{nft.TypeMark}, DataType: []nft.DataType{nft.TypeVerdict},
 				Elements: []nft.Element{{Key: "0", Value: "goto ep-a"}, {Key: "1", Value: "goto ep-b"}}},
 		},
@@ -83,6 +92,14 @@ func TestDNATConnect(t *testing.T) {
 					conn.Close()
 				}
 			}()
+		}
+		// A Service without endpoints rejects at once instead of timing out.
+		start := time.Now()
+		if conn, err := net.DialTimeout("tcp", "10.96.0.11:80", 2*time.Second); err == nil {
+			conn.Close()
+			return fmt.Errorf("connect to a Service without endpoints succeeded")
+		} else if !errors.Is(err, syscall.ECONNREFUSED) || time.Since(start) > time.Second {
+			return fmt.Errorf("connect to a Service without endpoints: %v after %v, want connection refused at once", err, time.Since(start))
 		}
 		for range 24 {
 			conn, err := net.DialTimeout("tcp", "10.96.0.10:80", 2*time.Second)

@@ -205,6 +205,8 @@ func renderRule(r nft.Rule, setIDs map[string]uint32) ([]expr.Any, error) {
 		// icmpx port-unreachable: ICMP to IPv4 and IPv6 clients alike, what
 		// kube-proxy sends for a Service without endpoints.
 		out = append(out, &expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH})
+	case nft.ActRejectTCP:
+		out = append(out, &expr.Reject{Type: unix.NFT_REJECT_TCP_RST})
 	case nft.ActMasquerade:
 		out = append(out, &expr.Masq{})
 	case nft.ActDNAT:
