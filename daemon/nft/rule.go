@@ -58,7 +58,7 @@ var fields = []Field{IPSaddr, IPDaddr, L4Proto, THDport, THSport, CTState, MetaM
 
 // Match is one condition of a rule. Exactly one of Value or Set is set:
 //   - Value compares a single field: an address or prefix for ip saddr/daddr,
-//     a protocol name, a port, ct states joined by commas
+//     a protocol name, a port or port range ("8000-8080"), ct states joined by commas
 //     ("established,related"), or a mark (with Mask, "meta mark & mask == v").
 //   - Set looks the (possibly concatenated) Keys up in a named set.
 type Match struct {

@@ -69,6 +69,7 @@ func serviceTable(eps ...string) nft.Table {
 		nft.Chain{Name: "svc-web", Rules: svc},
 		nft.Chain{Name: nft.ChainFilterForward, Type: nft.TypeFilter, Hook: nft.HookForward, Priority: nft.PriorityFilter, Rules: []nft.Rule{
 			{Match: []nft.Match{{Keys: []nft.Field{nft.CTState}, Value: "established,related"}}, Action: nft.Action{Kind: nft.ActAccept}},
+			{Match: []nft.Match{{Keys: []nft.Field{nft.IPSaddr}, Set: "cluster-cidrs"}, {Keys: []nft.Field{nft.THDport}, Value: "8000-8080"}}, Action: nft.Action{Kind: nft.ActAccept}},
 			{Match: []nft.Match{{Keys: []nft.Field{nft.L4Proto}, Value: "tcp"}, {Keys: []nft.Field{nft.THDport}, Neg: true, Value: "22"}, {Keys: []nft.Field{nft.IPDaddr}, Value: "10.0.0.0/8"}},
 				Counter: true, Action: nft.Action{Kind: nft.ActDrop}, Comment: "default deny"},
 		}},

@@ -110,6 +110,21 @@ func renderMatch(m nft.Match, setIDs map[string]uint32) ([]expr.Any, error) {
 		}
 		return append(load, &expr.Cmp{Op: cmpOp(m.Neg), Register: reg32, Data: []byte{n}}), nil
 	case nft.THDport, nft.THSport:
+		if lo, hi, ok := strings.Cut(m.Value, "-"); ok {
+			// A port range (NetworkPolicy endPort): "th dport 8000-8080".
+			from, err := nft.EncodeValue(nft.TypeInetService, lo)
+			if err != nil {
+				return nil, err
+			}
+			to, err := nft.EncodeValue(nft.TypeInetService, hi)
+			if err != nil {
+				return nil, err
+			}
+			if string(from) >= string(to) {
+				return nil, fmt.Errorf("empty or reversed port range %q", m.Value)
+			}
+			return append(load, &expr.Range{Op: cmpOp(m.Neg), Register: reg32, FromData: from, ToData: to}), nil
+		}
 		b, err := nft.EncodeValue(nft.TypeInetService, m.Value)
 		if err != nil {
 			return nil, err

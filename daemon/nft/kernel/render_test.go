@@ -30,6 +30,7 @@ func TestRenderRuleErrors(t *testing.T) {
 		"ipv6 address":              {Match: []nft.Match{{Keys: []nft.Field{nft.IPSaddr}, Value: "::1"}}},
 		"unknown ct state":          {Match: []nft.Match{{Keys: []nft.Field{nft.CTState}, Value: "bogus"}}},
 		"ct state as a set key":     {Match: []nft.Match{{Keys: []nft.Field{nft.CTState}, Set: "s"}}},
+		"reversed port range":       {Match: []nft.Match{{Keys: []nft.Field{nft.THDport}, Value: "90-80"}}},
 		"bad dnat address":          {Action: nft.Action{Kind: nft.ActDNAT, Addr: "nope"}},
 		"unknown action":            {Action: nft.Action{Kind: "teleport"}},
 	} {
