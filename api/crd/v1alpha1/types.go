@@ -4,9 +4,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// Durations are Go durations ("90s", "1m30s"); the pattern keeps out what
-// CEL's duration() cannot parse, so a bad value fails with the pattern's
-// message rather than a rule evaluation error.
+// Durations are Go durations ("90s", "1m30s"): the pattern keeps out what
+// time.ParseDuration or CEL's duration() cannot parse, and the rules repeat
+// the pattern as a guard because the API server evaluates them even when the
+// pattern has failed, adding a confusing type conversion error. Community
+// rules are guarded the same way.
 //
 // Numbers are int64 rather than uint32 because Kubernetes API conventions
 // forbid unsigned fields and controller-gen would give uint32 the OpenAPI
@@ -149,7 +151,7 @@ const (
 // halves) or large "64512:1:2" (RFC 8092, three 32-bit parts).
 // +kubebuilder:validation:MaxLength=32
 // +kubebuilder:validation:Pattern=`^[0-9]{1,10}:[0-9]{1,10}(:[0-9]{1,10})?$`
-// +kubebuilder:validation:XValidation:rule="self.split(':').size() == 2 ? self.split(':').all(p, int(p) <= 65535) : self.split(':').all(p, int(p) <= 4294967295)",message="a standard community has two parts of at most 65535, a large community three parts of at most 4294967295"
+// +kubebuilder:validation:XValidation:rule="!self.matches('^[0-9]{1,10}:[0-9]{1,10}(:[0-9]{1,10})?$') || (self.split(':').size() == 2 ? self.split(':').all(p, int(p) <= 65535) : self.split(':').all(p, int(p) <= 4294967295))",message="a standard community has two parts of at most 65535, a large community three parts of at most 4294967295"
 type Community string
 
 // IPv4 is an IPv4 address in dotted-quad form.
@@ -196,8 +198,8 @@ type BGPPeer struct {
 // BGPPeerSpec says who the peer is, which nodes peer with it and how.
 //
 // +kubebuilder:validation:XValidation:rule="!(has(self.node) && has(self.nodeSelector))",message="node and nodeSelector are mutually exclusive"
-// +kubebuilder:validation:XValidation:rule="!has(self.holdTime) || duration(self.holdTime) == duration('0s') || duration(self.holdTime) >= duration('3s')",message="holdTime must be 0 (no keepalives) or at least 3s (RFC 4271 section 4.2)"
-// +kubebuilder:validation:XValidation:rule="!has(self.keepaliveTime) || !has(self.holdTime) || (duration(self.holdTime) == duration('0s') ? duration(self.keepaliveTime) == duration('0s') : duration(self.keepaliveTime) < duration(self.holdTime))",message="keepaliveTime must be less than holdTime (and 0 when holdTime is 0)"
+// +kubebuilder:validation:XValidation:rule="!has(self.holdTime) || !self.holdTime.matches('^([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+$') || duration(self.holdTime) == duration('0s') || duration(self.holdTime) >= duration('3s')",message="holdTime must be 0 (no keepalives) or at least 3s (RFC 4271 section 4.2)"
+// +kubebuilder:validation:XValidation:rule="!has(self.keepaliveTime) || !has(self.holdTime) || !self.keepaliveTime.matches('^([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+$') || !self.holdTime.matches('^([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+$') || (duration(self.holdTime) == duration('0s') ? duration(self.keepaliveTime) == duration('0s') : duration(self.keepaliveTime) < duration(self.holdTime))",message="keepaliveTime must be less than holdTime (and 0 when holdTime is 0)"
 type BGPPeerSpec struct {
 	// PeerIP is the peer's address.
 	// +required
@@ -241,7 +243,7 @@ type BGPPeerSpec struct {
 	// +optional
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:MaxLength=32
-	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
+	// +kubebuilder:validation:Pattern=`^([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+$`
 	HoldTime *metav1.Duration `json:"holdTime,omitempty"`
 
 	// KeepaliveTime is the interval between KEEPALIVEs. Unset: a third of
@@ -249,7 +251,7 @@ type BGPPeerSpec struct {
 	// +optional
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:MaxLength=32
-	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
+	// +kubebuilder:validation:Pattern=`^([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+$`
 	KeepaliveTime *metav1.Duration `json:"keepaliveTime,omitempty"`
 
 	// GracefulRestart (RFC 4724) keeps forwarding through restarts of
@@ -285,7 +287,7 @@ type SecretKeySelector struct {
 
 // GracefulRestart configures RFC 4724 graceful restart for a session.
 //
-// +kubebuilder:validation:XValidation:rule="!has(self.restartTime) || (duration(self.restartTime) >= duration('1s') && duration(self.restartTime) <= duration('4095s'))",message="restartTime must be between 1s and 4095s (a 12-bit field, RFC 4724 section 3)"
+// +kubebuilder:validation:XValidation:rule="!has(self.restartTime) || !self.restartTime.matches('^([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+$') || (duration(self.restartTime) >= duration('1s') && duration(self.restartTime) <= duration('4095s'))",message="restartTime must be between 1s and 4095s (a 12-bit field, RFC 4724 section 3)"
 type GracefulRestart struct {
 	// Enabled advertises the graceful restart capability.
 	// +kubebuilder:default=true
@@ -297,7 +299,7 @@ type GracefulRestart struct {
 	// +optional
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:MaxLength=32
-	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
+	// +kubebuilder:validation:Pattern=`^([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+$`
 	RestartTime *metav1.Duration `json:"restartTime,omitempty"`
 }
 
