@@ -1,9 +1,11 @@
 package kernel
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
+	"syscall"
 	"testing"
 	"time"
 
@@ -84,6 +86,7 @@ func TestForwardDNATMasquerade(t *testing.T) {
 			{Name: nft.ChainNATPostrouting, Type: nft.TypeNAT, Hook: nft.HookPostrouting, Priority: nft.PrioritySrcNAT, Rules: []nft.Rule{
 				{Match: []nft.Match{{Keys: []nft.Field{nft.MetaMark}, Mask: 0x4000, Value: "0x00004000"}}, Counter: true, Action: nft.Action{Kind: nft.ActMasquerade}},
 			}},
+			{Name: "svc-empty", Rules: []nft.Rule{{Action: nft.Action{Kind: nft.ActReject}}}},
 			{Name: "svc-web", Rules: []nft.Rule{
 				{Match: []nft.Match{{Keys: []nft.Field{nft.IPSaddr}, Set: "cluster-cidrs", Neg: true}}, MarkOr: 0x4000},
 				{Match: []nft.Match{{Keys: []nft.Field{nft.L4Proto}, Value: "tcp"}}, Action: nft.Action{Kind: nft.ActDNAT, Addr: "10.0.2.2", Port: 8080}},
@@ -91,7 +94,7 @@ func TestForwardDNATMasquerade(t *testing.T) {
 		},
 		Sets: []nft.Set{{Name: "cluster-cidrs", KeyType: []nft.DataType{nft.TypeIPv4Addr}, Interval: true, Elements: []nft.Element{{Key: "10.244.0.0/16"}}}},
 		Maps: []nft.Map{{Name: "service-ips", KeyType: []nft.DataType{nft.TypeIPv4Addr, nft.TypeInetProto, nft.TypeInetService}, DataType: []nft.DataType{nft.TypeVerdict},
-			Elements: []nft.Element{{Key: "10.96.0.10 . tcp . 80", Value: "goto svc-web"}}}},
+			Elements: []nft.Element{{Key: "10.96.0.10 . tcp . 80", Value: "goto svc-web"}, {Key: "10.96.0.11 . tcp . 80", Value: "goto svc-empty"}}}},
 	})
 
 	var l net.Listener
@@ -121,6 +124,22 @@ func TestForwardDNATMasquerade(t *testing.T) {
 		return conn.Close()
 	}); err != nil {
 		t.Fatal(err)
+	}
+	// A Service without endpoints answers a routed client with ICMP
+	// port-unreachable (plain reject, as kube-proxy), refused at once.
+	if err := client.Do(func(ns.NetNS) error {
+		start := time.Now()
+		conn, err := net.DialTimeout("tcp", "10.96.0.11:80", 2*time.Second)
+		if err == nil {
+			conn.Close()
+			return fmt.Errorf("connect to a Service without endpoints succeeded")
+		}
+		if !errors.Is(err, syscall.ECONNREFUSED) || time.Since(start) > time.Second {
+			return fmt.Errorf("connect to a Service without endpoints: %v after %v, want refused at once", err, time.Since(start))
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
 	}
 	if got := <-peer; got != "10.0.2.1" {
 		t.Errorf("server saw the client as %s, want the router's masquerade address 10.0.2.1", got)
