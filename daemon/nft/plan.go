@@ -187,16 +187,7 @@ func Plan(current, desired Table) Transaction {
 			tx.AddSets = append(tx.AddSets, s)
 			continue
 		}
-		del, add := diffElements(old.Elements, s.Elements)
-		op := ElementOp{Name: s.Name, KeyType: s.KeyType, Interval: s.Interval}
-		if len(del) > 0 {
-			op.Elements = del
-			tx.DeleteElements = append(tx.DeleteElements, op)
-		}
-		if len(add) > 0 {
-			op.Elements = add
-			tx.AddElements = append(tx.AddElements, op)
-		}
+		elementOps(&tx, ElementOp{Name: s.Name, KeyType: s.KeyType, Interval: s.Interval}, old.Elements, s.Elements)
 	}
 	for _, m := range des.Maps {
 		old, ok := curMaps[m.Name]
@@ -209,16 +200,7 @@ func Plan(current, desired Table) Transaction {
 			tx.AddMaps = append(tx.AddMaps, m)
 			continue
 		}
-		del, add := diffElements(old.Elements, m.Elements)
-		op := ElementOp{Name: m.Name, KeyType: m.KeyType, DataType: m.DataType}
-		if len(del) > 0 {
-			op.Elements = del
-			tx.DeleteElements = append(tx.DeleteElements, op)
-		}
-		if len(add) > 0 {
-			op.Elements = add
-			tx.AddElements = append(tx.AddElements, op)
-		}
+		elementOps(&tx, ElementOp{Name: m.Name, KeyType: m.KeyType, DataType: m.DataType}, old.Elements, m.Elements)
 	}
 	for _, s := range cur.Sets {
 		if _, ok := desSets[s.Name]; !ok {
@@ -340,4 +322,20 @@ func diffElements(cur, des []Element) (del, add []Element) {
 		}
 	}
 	return del, add
+}
+
+// elementOps queues on tx the element deletions and additions that turn cur into
+// des for the set or map op describes.
+func elementOps(tx *Transaction, op ElementOp, cur, des []Element) {
+	del, add := diffElements(cur, des)
+	if len(del) > 0 {
+		d := op
+		d.Elements = del
+		tx.DeleteElements = append(tx.DeleteElements, d)
+	}
+	if len(add) > 0 {
+		a := op
+		a.Elements = add
+		tx.AddElements = append(tx.AddElements, a)
+	}
 }
