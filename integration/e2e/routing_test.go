@@ -212,11 +212,19 @@ func (w *routeWatch) stop() ([]string, error) {
 	return append([]string(nil), w.deleted...), w.broke
 }
 
-// kill -9 of meridiand on one node, then a restart, while a TCP stream runs
+// kill -9 (and SIGTERM) of meridiand on one node, then a restart, while a TCP stream runs
 // between pods on two nodes: the stream keeps flowing and no node ever loses
 // a Meridian route (graceful restart on the peers, adoption on the restarted
 // node).
 func TestDaemonKillAndRestartKeepsTraffic(t *testing.T) {
+	// SIGKILL is a crash; SIGTERM is what a DaemonSet rollout sends, and
+	// meridiand is meant to leave its peers forwarding then too.
+	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
+		t.Run(sig.String(), func(t *testing.T) { restartKeepsTraffic(t, sig) })
+	}
+}
+
+func restartKeepsTraffic(t *testing.T, sig syscall.Signal) {
 	l := needLab(t)
 	c := client(t, l)
 	nodes := l.Nodes()
@@ -289,8 +297,8 @@ func TestDaemonKillAndRestartKeepsTraffic(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	before := daemonProcess(t, l, nodes[0].Name)
 	setPhase("daemon down")
-	if err := l.StopDaemon(nodes[0].Name, syscall.SIGKILL); err != nil {
-		t.Fatalf("kill meridiand on %s: %v", nodes[0].Name, err)
+	if err := l.StopDaemon(nodes[0].Name, sig); err != nil {
+		t.Fatalf("stop meridiand on %s with %s: %v", nodes[0].Name, sig, err)
 	}
 	time.Sleep(5 * time.Second)
 	setPhase("restarting")
