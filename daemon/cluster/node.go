@@ -184,3 +184,18 @@ func RemotePodCIDRs(self NodeInfo, nodes []NodeInfo) []netip.Prefix {
 	})
 	return slices.Compact(out)
 }
+
+// PodCIDROwners maps every node's pod CIDR to the node's InternalIP: the
+// only next hop a path for that CIDR may have.
+func PodCIDROwners(nodes []NodeInfo) map[netip.Prefix]netip.Addr {
+	owners := map[netip.Prefix]netip.Addr{}
+	for _, n := range nodes {
+		if !n.InternalIP.IsValid() {
+			continue
+		}
+		for _, p := range n.PodCIDRs {
+			owners[p] = n.InternalIP
+		}
+	}
+	return owners
+}

@@ -65,6 +65,9 @@ type Controller struct {
 	now        func() time.Time
 
 	trigger chan struct{}
+	// rejected holds the prefixes whose paths were last rejected, so each
+	// rejection is logged when it starts, not on every sync.
+	rejected map[netip.Prefix]bool
 	// ready is closed after the first sync that installed every route with
 	// BGP converged; the health endpoint and the Node condition use it.
 	ready chan struct{}
@@ -313,6 +316,15 @@ func (c *Controller) sync(ctx context.Context, lister corelisters.NodeLister, sp
 	if err != nil {
 		return errors.Join(append(errs, fmt.Errorf("read RIB: %w", err))...)
 	}
+	paths, hijacks := fromOwners(paths, cluster.PodCIDROwners(nodes))
+	rejected := map[netip.Prefix]bool{}
+	for _, s := range hijacks {
+		rejected[s.Prefix] = true
+		if !c.rejected[s.Prefix] {
+			c.log.Warn("path rejected: next hop is not the node that owns this pod CIDR", "prefix", s.Prefix, "reason", s.Reason)
+		}
+	}
+	c.rejected = rejected
 	desired, skipped := routes.Desired(paths, routes.Local{
 		PodCIDRs:        self.PodCIDRs,
 		NodeIP:          self.InternalIP,

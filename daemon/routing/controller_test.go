@@ -332,3 +332,43 @@ func TestControllerWaitsOnBadConfig(t *testing.T) {
 		})
 	}
 }
+
+func TestControllerRejectsPathsNotFromTheOwner(t *testing.T) {
+	app := &fakeApplier{}
+	h := start(t, app,
+		mkNode("n1", "198.18.0.11", "10.244.1.0/24", nil),
+		mkNode("n2", "198.18.0.12", "10.244.2.0/24", nil),
+		mkNode("n3", "198.18.0.13", "10.244.3.0/24", nil),
+	)
+	waitFor(t, "speaker", func() error {
+		if h.speaker() == nil {
+			return fmt.Errorf("no speaker")
+		}
+		return nil
+	})
+	n3 := netip.MustParseAddr("198.18.0.13")
+	h.speaker().set(func(s *fakeSpeaker) {
+		s.converged = true
+		s.paths = []bgp.Path{
+			// n3 announcing n2's CIDR must not draw n2's pod traffic.
+			{Prefix: netip.MustParsePrefix("10.244.2.0/24"), NextHop: n3, PeerAddress: n3, Best: true},
+			{Prefix: netip.MustParsePrefix("10.244.3.0/24"), NextHop: n3, PeerAddress: n3, Best: true},
+		}
+	})
+	waitFor(t, "only the owner's path installed", func() error {
+		a, _ := app.last()
+		var got []string
+		for _, r := range a.routes {
+			got = append(got, r.String())
+		}
+		want := []string{"blackhole 10.244.1.0/24 proto 201", "10.244.3.0/24 via 198.18.0.13 proto 201"}
+		if strings.Join(got, "|") != strings.Join(want, "|") {
+			return fmt.Errorf("applied %q, want %q", got, want)
+		}
+		return nil
+	})
+	time.Sleep(300 * time.Millisecond) // a few resyncs
+	if n := strings.Count(h.logs.String(), "next hop is not the node that owns"); n != 1 {
+		t.Errorf("rejection logged %d times, want once", n)
+	}
+}
