@@ -21,20 +21,10 @@ type kelem struct {
 // connection Dump already holds, decoding verdict values directly (google/
 // nftables hands them back as undecoded nested attributes).
 func (c *Conn) listElements(conn *netlink.Conn, set string) ([]kelem, error) {
-	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
-		{Type: unix.NFTA_SET_ELEM_LIST_TABLE, Data: []byte(nft.TableName + "\x00")},
-		{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: []byte(set + "\x00")},
-	})
-	if err != nil {
-		return nil, err
-	}
-	msgs, err := conn.Execute(netlink.Message{
-		Header: netlink.Header{
-			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETSETELEM),
-			Flags: netlink.Request | netlink.Dump,
-		},
-		Data: append([]byte{unix.NFPROTO_INET, unix.NFNETLINK_V0, 0, 0}, attrs...),
-	})
+	msgs, err := dump(conn, unix.NFT_MSG_GETSETELEM,
+		netlink.Attribute{Type: unix.NFTA_SET_ELEM_LIST_TABLE, Data: []byte(nft.TableName + "\x00")},
+		netlink.Attribute{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: []byte(set + "\x00")},
+	)
 	if err != nil {
 		return nil, fmt.Errorf("list elements of %s: %w", set, err)
 	}
@@ -113,17 +103,7 @@ type krule struct {
 // request, in chain order, instead of one request per chain (10k chains
 // took seconds that way).
 func listRules(conn *netlink.Conn) ([]krule, error) {
-	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_RULE_TABLE, Data: []byte(nft.TableName + "\x00")}})
-	if err != nil {
-		return nil, err
-	}
-	msgs, err := conn.Execute(netlink.Message{
-		Header: netlink.Header{
-			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETRULE),
-			Flags: netlink.Request | netlink.Dump,
-		},
-		Data: append([]byte{unix.NFPROTO_INET, unix.NFNETLINK_V0, 0, 0}, attrs...),
-	})
+	msgs, err := dump(conn, unix.NFT_MSG_GETRULE, netlink.Attribute{Type: unix.NFTA_RULE_TABLE, Data: []byte(nft.TableName + "\x00")})
 	if err != nil {
 		return nil, fmt.Errorf("list rules: %w", err)
 	}
@@ -159,4 +139,21 @@ func listRules(conn *netlink.Conn) ([]krule, error) {
 		}
 	}
 	return out, nil
+}
+
+// dump sends one nf_tables GET request with the dump flag for the inet
+// family: the raw form of the listings google/nftables gets wrong or does
+// one chain at a time.
+func dump(conn *netlink.Conn, msgType uint16, attrs ...netlink.Attribute) ([]netlink.Message, error) {
+	data, err := netlink.MarshalAttributes(attrs)
+	if err != nil {
+		return nil, err
+	}
+	return conn.Execute(netlink.Message{
+		Header: netlink.Header{
+			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | msgType),
+			Flags: netlink.Request | netlink.Dump,
+		},
+		Data: append([]byte{unix.NFPROTO_INET, unix.NFNETLINK_V0, 0, 0}, data...),
+	})
 }

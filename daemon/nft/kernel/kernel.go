@@ -397,17 +397,7 @@ type setInfo struct {
 // google/nftables v0.3.0 GetSets overwrites a verdict map's key type with
 // "verdict" (setsFromMsg), losing the key Meridian needs to read back.
 func listSets(conn *netlink.Conn) ([]setInfo, error) {
-	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_SET_TABLE, Data: []byte(nft.TableName + "\x00")}})
-	if err != nil {
-		return nil, fmt.Errorf("list sets: %w", err)
-	}
-	msgs, err := conn.Execute(netlink.Message{
-		Header: netlink.Header{
-			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETSET),
-			Flags: netlink.Request | netlink.Dump,
-		},
-		Data: append([]byte{unix.NFPROTO_INET, unix.NFNETLINK_V0, 0, 0}, attrs...),
-	})
+	msgs, err := dump(conn, unix.NFT_MSG_GETSET, netlink.Attribute{Type: unix.NFTA_SET_TABLE, Data: []byte(nft.TableName + "\x00")})
 	if err != nil {
 		return nil, fmt.Errorf("list sets: %w", err)
 	}
