@@ -40,6 +40,21 @@ func hostNetns() (netns.NsHandle, error) {
 	return h, nil
 }
 
+// hostHandle opens the host namespace and a netlink handle bound to it;
+// close releases both.
+func hostHandle() (netns.NsHandle, *netlink.Handle, func(), error) {
+	ns, err := hostNetns()
+	if err != nil {
+		return netns.None(), nil, nil, err
+	}
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		ns.Close()
+		return netns.None(), nil, nil, fmt.Errorf("netlink handle for host: %w", err)
+	}
+	return ns, h, func() { h.Close(); ns.Close() }, nil
+}
+
 // setLoopbackUp brings lo up in a namespace; etcd and the components'
 // health endpoints listen on 127.0.0.1.
 func setLoopbackUp(h *netlink.Handle) error {
@@ -98,16 +113,11 @@ func createEndpointNetns(name, port string, addr netip.Addr) error {
 
 // attachHost gives the host its one link into the lab.
 func attachHost() error {
-	ns, err := hostNetns()
+	ns, h, closeHost, err := hostHandle()
 	if err != nil {
 		return err
 	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return fmt.Errorf("netlink handle for host: %w", err)
-	}
-	defer h.Close()
+	defer closeHost()
 	return attachToBridge(hostPortName, ns, h, HostLink, HostIP)
 }
 
@@ -151,16 +161,11 @@ func attachToBridge(port string, peerNS netns.NsHandle, peerH *netlink.Handle, p
 // namespace takes the veth pair with it, so this only matters when the
 // fabric is already gone or the pair was left half-made.
 func deleteHostLink() error {
-	ns, err := hostNetns()
+	_, h, closeHost, err := hostHandle()
 	if err != nil {
 		return err
 	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return fmt.Errorf("netlink handle for host: %w", err)
-	}
-	defer h.Close()
+	defer closeHost()
 	link, err := h.LinkByName(HostLink)
 	if err != nil {
 		var notFound netlink.LinkNotFoundError
@@ -177,16 +182,11 @@ func deleteHostLink() error {
 
 // hostLinkExists reports whether mlab0 is present in the host namespace.
 func hostLinkExists() (bool, error) {
-	ns, err := hostNetns()
+	_, h, closeHost, err := hostHandle()
 	if err != nil {
 		return false, err
 	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return false, fmt.Errorf("netlink handle for host: %w", err)
-	}
-	defer h.Close()
+	defer closeHost()
 	_, err = h.LinkByName(HostLink)
 	var notFound netlink.LinkNotFoundError
 	if errors.As(err, &notFound) {
