@@ -270,6 +270,20 @@ func (s *Speaker) waitStarted(ctx context.Context) error {
 	}
 }
 
+// lockRunning waits for Run to have started and takes mu, failing once the
+// speaker is stopping; the Set* appliers share it.
+func (s *Speaker) lockRunning(ctx context.Context) (unlock func(), err error) {
+	if err := s.waitStarted(ctx); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return nil, ErrStopped
+	}
+	return s.mu.Unlock, nil
+}
+
 // SetPeers makes the configured neighbours exactly peers. It waits for
 // Run to have started. An invalid set is rejected whole; failures of
 // single neighbours are joined and leave the rest applied.
@@ -277,14 +291,11 @@ func (s *Speaker) SetPeers(ctx context.Context, peers []bgp.Peer) error {
 	if err := validatePeers(peers); err != nil {
 		return fmt.Errorf("invalid peers: %w", err)
 	}
-	if err := s.waitStarted(ctx); err != nil {
+	unlock, err := s.lockRunning(ctx)
+	if err != nil {
 		return err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closing {
-		return ErrStopped
-	}
+	defer unlock()
 
 	desired := make(map[netip.Addr]bgp.Peer, len(peers))
 	for _, p := range peers {
@@ -360,14 +371,11 @@ func (s *Speaker) SetAdvertisements(ctx context.Context, ads []bgp.Advertisement
 	if err := validateAdvertisements(ads); err != nil {
 		return fmt.Errorf("invalid advertisements: %w", err)
 	}
-	if err := s.waitStarted(ctx); err != nil {
+	unlock, err := s.lockRunning(ctx)
+	if err != nil {
 		return err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closing {
-		return ErrStopped
-	}
+	defer unlock()
 
 	desired := make(map[netip.Prefix]bgp.Advertisement, len(ads))
 	for _, a := range ads {
