@@ -5,11 +5,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/meridian-net/meridian/integration/namedns"
 )
 
 // netnsDir is where named network namespaces are bind-mounted, as iproute2
@@ -22,55 +23,13 @@ const etcNetnsDir = "/etc/netns"
 
 func netnsPath(name string) string { return filepath.Join(netnsDir, name) }
 
-// createNetns makes a named network namespace. netns.NewNamed unshares the
-// calling thread into the new namespace, so this runs on a locked thread
-// that is put back into its original namespace before it is unlocked. The
-// thread may be the process's main thread, whose namespace is what
-// /proc/PID/ns/net shows; and were it left in the new namespace, the Go
-// runtime would discard an ordinary thread but wedge the main one there.
-func createNetns(name string) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			// Nothing switched yet: the thread is fine to reuse.
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("create netns %s: open own netns: %w", name, err)
-			return
-		}
-		defer orig.Close()
-		h, err := netns.NewNamed(name)
-		if err == nil {
-			h.Close()
-		} else {
-			err = fmt.Errorf("create netns %s: %w", name, err)
-		}
-		if rerr := netns.Set(orig); rerr != nil {
-			// Stay locked: the runtime discards the thread on exit.
-			errc <- errors.Join(err, fmt.Errorf("create netns %s: restore thread netns: %w", name, rerr))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- err
-	}()
-	return <-errc
-}
+// createNetns makes a named network namespace without moving any thread of
+// this process (see namedns.Create).
+func createNetns(name string) error { return namedns.Create(name) }
 
 // deleteNetns removes a named network namespace; an absent one is not an
-// error. The kernel frees the namespace (and its links) once no process and
-// no open handle refers to it.
-func deleteNetns(name string) error {
-	p := netnsPath(name)
-	if err := unix.Unmount(p, unix.MNT_DETACH); err != nil &&
-		!errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("unmount netns %s: %w", name, err)
-	}
-	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove netns %s: %w", name, err)
-	}
-	return nil
-}
+// error.
+func deleteNetns(name string) error { return namedns.Delete(name) }
 
 // listNetns returns the named network namespaces whose names start with
 // prefix.

@@ -4,12 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/meridian-net/meridian/integration/namedns"
 )
 
 // ensureNetnsDir makes the netns directory a shared mount point, as
@@ -51,34 +52,7 @@ func createNetns(name string) error {
 		return fmt.Errorf("inspect %s: %w", path, err)
 	}
 
-	// netns.NewNamed unshares the calling thread into the new namespace.
-	// Do it on a thread of its own that goes back to the agent's netns and
-	// is only handed back to the scheduler if that worked; otherwise the
-	// thread stays locked and dies with the goroutine.
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("get current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		h, err := netns.NewNamed(name)
-		if rerr := netns.Set(orig); rerr != nil {
-			errc <- errors.Join(err, fmt.Errorf("return to agent netns: %w", rerr))
-			return
-		}
-		runtime.UnlockOSThread()
-		if err != nil {
-			errc <- fmt.Errorf("create netns %s: %w", name, err)
-			return
-		}
-		h.Close()
-		errc <- nil
-	}()
-	if err := <-errc; err != nil {
+	if err := namedns.Create(name); err != nil {
 		// A file without a mount may be left; the next attempt removes it.
 		return err
 	}
@@ -113,17 +87,7 @@ func setLoUp(name string) error {
 
 // deleteNetns unmounts and removes the named netns. An absent netns, or a
 // file that is no longer mounted, is not an error.
-func deleteNetns(name string) error {
-	path := podNetnsPath(name)
-	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil &&
-		!errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
-		return fmt.Errorf("unmount %s: %w", path, err)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove %s: %w", path, err)
-	}
-	return nil
-}
+func deleteNetns(name string) error { return namedns.Delete(name) }
 
 // netnsExists reports whether the named netns is mounted.
 func netnsExists(name string) bool {
