@@ -144,6 +144,10 @@ func (s *fakeState) apply(tx Transaction) error {
 			return fmt.Errorf("add set %s: exists: %w", set.Name, ErrInvalid)
 		}
 		els := set.Elements
+		if set.Dynamic {
+			// Only the packet path fills a dynamic set; see Set.
+			els = nil
+		}
 		set.Elements = nil
 		s.t.Sets = append(s.t.Sets, set)
 		if err := s.addElements(ElementOp{Name: set.Name, KeyType: set.KeyType, Interval: set.Interval, Elements: els}); err != nil {
@@ -271,6 +275,20 @@ func (s *fakeState) checkRule(r Rule) error {
 			return fmt.Errorf("set %s: %w", n, ErrNotFound)
 		}
 	}
+	for _, m := range r.Match {
+		if err := checkMatch(m); err != nil {
+			return fmt.Errorf("match %q: %w", m, err)
+		}
+	}
+	if u := r.Update; u != nil {
+		i := s.set(u.Set)
+		if i < 0 || !s.t.Sets[i].Dynamic {
+			return fmt.Errorf("update @%s: not a dynamic set: %w", u.Set, ErrInvalid)
+		}
+		if err := checkKeys(u.Keys, s.t.Sets[i].KeyType); err != nil {
+			return fmt.Errorf("update @%s: %w", u.Set, err)
+		}
+	}
 	if k := r.Action.Kind; k == ActJump || k == ActGoto {
 		if s.chain(r.Action.Chain) < 0 {
 			return fmt.Errorf("chain %s: %w", r.Action.Chain, ErrNotFound)
@@ -311,4 +329,98 @@ func (s *fakeState) chainReferenced(chain string) bool {
 		}
 	}
 	return false
+}
+
+// checkKeys reports whether fields can be looked up in (or added to) a set
+// keyed types, as the kernel would refuse a key of another length.
+func checkKeys(keys []Field, types []DataType) error {
+	if len(keys) != len(types) {
+		return fmt.Errorf("%d key fields for type %s: %w", len(keys), typeString(types), ErrInvalid)
+	}
+	for i, k := range keys {
+		t, ok := k.DataType()
+		if !ok {
+			return fmt.Errorf("field %q cannot be a set key: %w", k, ErrInvalid)
+		}
+		if t.Len() != types[i].Len() {
+			return fmt.Errorf("field %q is no %s: %w", k, types[i], ErrInvalid)
+		}
+	}
+	return nil
+}
+
+// checkMatch refuses what the kernel backend cannot render: fields that
+// are no set keys looked up in a set, and values a field cannot hold.
+func checkMatch(m Match) error {
+	if m.Set != "" {
+		for _, k := range m.Keys {
+			if _, ok := k.DataType(); !ok {
+				return fmt.Errorf("field %q cannot be a set key: %w", k, ErrInvalid)
+			}
+		}
+		return nil
+	}
+	if len(m.Keys) != 1 {
+		return fmt.Errorf("a value match takes one field: %w", ErrInvalid)
+	}
+	switch f := m.Keys[0]; f {
+	case FibSaddrType, FibDaddrType:
+		if !slices.Contains(FibAddrTypes, m.Value) {
+			return fmt.Errorf("unknown address type %q: %w", m.Value, ErrInvalid)
+		}
+	case IIFName, OIFName:
+		if err := CheckIfname(m.Value); err != nil {
+			return fmt.Errorf("%w: %w", err, ErrInvalid)
+		}
+	default:
+		if _, ok := f.ConstValue(); ok {
+			return fmt.Errorf("constant %s compared with a value: %w", f, ErrInvalid)
+		}
+		if _, ok := f.NumgenMod(); ok {
+			return fmt.Errorf("numgen compared with a value: %w", ErrInvalid)
+		}
+	}
+	return nil
+}
+
+// CheckIfname validates an iifname/oifname match value: an interface name
+// (at most 15 bytes, the kernel's IFNAMSIZ less its NUL) or a non-empty
+// prefix of one followed by "*".
+func CheckIfname(v string) error {
+	name, _ := strings.CutSuffix(v, "*")
+	switch {
+	case name == "":
+		return fmt.Errorf("empty interface name %q", v)
+	case len(name) > 15:
+		return fmt.Errorf("interface name %q longer than 15 bytes", v)
+	case strings.ContainsAny(name, "*\"\\\x00 /"):
+		return fmt.Errorf("bad interface name %q", v)
+	}
+	return nil
+}
+
+// RuleCounter is what a rule's counter has seen: the rule is the Index-th
+// (from 0) of Chain, and Comment its model comment.
+type RuleCounter struct {
+	Chain   string
+	Index   int
+	Comment string
+	Packets uint64
+	Bytes   uint64
+}
+
+// Counters returns a zero RuleCounter for every rule with Counter, in
+// chain name order, like kernel.Conn.Counters before any packet.
+func (f *Fake) Counters() ([]RuleCounter, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []RuleCounter
+	for _, c := range f.table.Sorted().Chains {
+		for i, r := range c.Rules {
+			if r.Counter {
+				out = append(out, RuleCounter{Chain: c.Name, Index: i, Comment: r.Comment})
+			}
+		}
+	}
+	return out, nil
 }

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 )
 
 // Names of the objects Meridian owns. Base chains are named <type>-<hook>.
@@ -86,11 +87,44 @@ type Chain struct {
 func (c Chain) Base() bool { return c.Type != "" }
 
 // Set is a named set. Elements are keys in canonical nft text (see Element).
+//
+// A Dynamic set is filled from the packet path by rules with an Update
+// (Service session affinity: "update @aff { ip saddr }"), its elements
+// expiring after Timeout (0: never). Meridian never lists, diffs or deletes
+// the elements of a Dynamic set: Plan ignores its Elements and Dump returns
+// none, so a sync keeps what the kernel learned. Changing Dynamic or
+// Timeout recreates the set (and so forgets its elements).
 type Set struct {
 	Name     string
 	KeyType  []DataType // more than one means a concatenation
 	Interval bool       // elements are prefixes (single ipv4_addr keys only)
+	Dynamic  bool
+	Timeout  time.Duration // element lifetime, whole milliseconds
 	Elements []Element
+}
+
+// flagsString is the set's flags as nft prints them, "" for none.
+func (s Set) flagsString() string {
+	var f []string
+	if s.Dynamic {
+		f = append(f, "dynamic")
+	}
+	if s.Interval {
+		f = append(f, "interval")
+	}
+	if s.Timeout > 0 {
+		f = append(f, "timeout")
+	}
+	return strings.Join(f, ",")
+}
+
+// timeoutString spells a timeout in seconds ("10800s"), or milliseconds
+// when it is not whole seconds; nft reads both.
+func timeoutString(d time.Duration) string {
+	if d%time.Second == 0 {
+		return fmt.Sprintf("%ds", d/time.Second)
+	}
+	return fmt.Sprintf("%dms", d/time.Millisecond)
 }
 
 // Map is a named map: DataType TypeVerdict makes it a verdict map (values
@@ -181,8 +215,11 @@ func elementsString(es []Element) string {
 func (s Set) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\tset %s {\n\t\ttype %s\n", s.Name, typeString(s.KeyType))
-	if s.Interval {
-		b.WriteString("\t\tflags interval\n")
+	if f := s.flagsString(); f != "" {
+		fmt.Fprintf(&b, "\t\tflags %s\n", f)
+	}
+	if s.Timeout > 0 {
+		fmt.Fprintf(&b, "\t\ttimeout %s\n", timeoutString(s.Timeout))
 	}
 	if len(s.Elements) > 0 {
 		fmt.Fprintf(&b, "\t\telements = { %s }\n", elementsString(s.Elements))

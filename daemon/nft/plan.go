@@ -111,8 +111,11 @@ func (tx Transaction) String() string {
 	}
 	for _, s := range tx.AddSets {
 		flags := ""
-		if s.Interval {
-			flags = " flags interval;"
+		if f := s.flagsString(); f != "" {
+			flags = " flags " + f + ";"
+		}
+		if s.Timeout > 0 {
+			flags += " timeout " + timeoutString(s.Timeout) + ";"
 		}
 		fmt.Fprintf(&b, "add set %s %s { type %s;%s }\n", tbl, s.Name, typeString(s.KeyType), flags)
 		if len(s.Elements) > 0 {
@@ -162,6 +165,7 @@ func Plan(current, desired Table) Transaction {
 		return Transaction{DeleteTable: true}
 	}
 	cur, des := current.Sorted(), desired.Sorted()
+	des.Sets = withoutDynamicElements(des.Sets)
 	curChains := byName(cur.Chains, func(c Chain) string { return c.Name })
 	for _, c := range des.Chains {
 		if old, ok := curChains[c.Name]; ok && (old.Type != c.Type || old.Hook != c.Hook || old.Priority != c.Priority) {
@@ -178,13 +182,19 @@ func Plan(current, desired Table) Transaction {
 	desMaps := byName(des.Maps, func(m Map) string { return m.Name })
 	for _, s := range des.Sets {
 		old, ok := curSets[s.Name]
-		if _, wasMap := curMaps[s.Name]; wasMap || (ok && (!slices.Equal(old.KeyType, s.KeyType) || old.Interval != s.Interval)) {
+		if _, wasMap := curMaps[s.Name]; wasMap || (ok && (!slices.Equal(old.KeyType, s.KeyType) || old.Interval != s.Interval ||
+			old.Dynamic != s.Dynamic || old.Timeout != s.Timeout)) {
 			tx.DeleteSets = append(tx.DeleteSets, s.Name)
 			recreated[s.Name] = true
 			ok = false
 		}
 		if !ok {
 			tx.AddSets = append(tx.AddSets, s)
+			continue
+		}
+		if s.Dynamic {
+			// Its elements are the kernel's (learned from packets): never
+			// planned, so a sync does not wipe them.
 			continue
 		}
 		elementOps(&tx, ElementOp{Name: s.Name, KeyType: s.KeyType, Interval: s.Interval}, old.Elements, s.Elements)
@@ -255,7 +265,7 @@ func Plan(current, desired Table) Transaction {
 // is there to delete first.
 func Full(desired Table, exists bool) Transaction {
 	d := desired.Sorted()
-	tx := Transaction{DeleteTable: exists, AddSets: d.Sets, AddMaps: d.Maps}
+	tx := Transaction{DeleteTable: exists, AddSets: withoutDynamicElements(d.Sets), AddMaps: d.Maps}
 	for _, c := range d.Chains {
 		tx.AddChains = append(tx.AddChains, Chain{Name: c.Name, Type: c.Type, Hook: c.Hook, Priority: c.Priority})
 		if len(c.Rules) > 0 {
@@ -263,6 +273,17 @@ func Full(desired Table, exists bool) Transaction {
 		}
 	}
 	return tx
+}
+
+// withoutDynamicElements drops the elements of Dynamic sets, which only
+// the kernel adds.
+func withoutDynamicElements(sets []Set) []Set {
+	for i := range sets {
+		if sets[i].Dynamic {
+			sets[i].Elements = nil
+		}
+	}
+	return sets
 }
 
 func byName[T any](xs []T, name func(T) string) map[string]T {
@@ -295,6 +316,9 @@ func (r Rule) references() []string {
 		if m.Set != "" {
 			out = append(out, m.Set)
 		}
+	}
+	if r.Update != nil {
+		out = append(out, r.Update.Set)
 	}
 	if r.Action.Kind == ActVMap {
 		out = append(out, r.Action.Map)

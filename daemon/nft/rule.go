@@ -20,7 +20,38 @@ const (
 	CTState   Field = "ct state"
 	MetaMark  Field = "meta mark"
 	numgenPfx       = "numgen random mod "
+
+	// FibSaddrType and FibDaddrType are the route type of the source or
+	// destination address ("fib daddr type local"); a Match compares them
+	// with one of FibAddrTypes. They cannot be set keys.
+	FibSaddrType Field = "fib saddr type"
+	FibDaddrType Field = "fib daddr type"
+
+	// IIFName and OIFName are the input and output interface names. A
+	// Match Value is a name or a prefix ending in "*" ("veth*"), as nft's
+	// wildcard. Rendered quoted, as nft prints them. They cannot be set keys.
+	IIFName Field = "iifname"
+	OIFName Field = "oifname"
 )
+
+// FibAddrTypes are the address types a fib ... type match accepts.
+var FibAddrTypes = []string{"unicast", "local", "broadcast", "multicast"}
+
+// Const is a constant used as one part of a concatenated lookup key, of
+// type mark, rendered as the decimal number: `7 . numgen random mod 3 vmap
+// @endpoints` looks up (7, random bucket) in one shared map keyed
+// mark . mark, so the number of maps stays constant as Services grow.
+func Const(v uint32) Field { return Field(strconv.FormatUint(uint64(v), 10)) }
+
+// ConstValue returns v for a Const field.
+func (f Field) ConstValue() (uint32, bool) {
+	s := string(f)
+	if s == "" || s[0] < '0' || s[0] > '9' || (len(s) > 1 && s[0] == '0') {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(s, 10, 32)
+	return uint32(n), err == nil
+}
 
 // Numgen is the field "numgen random mod n": a random number in [0, n),
 // used as a key into a map of endpoints.
@@ -51,15 +82,23 @@ func (f Field) DataType() (DataType, bool) {
 	if _, ok := f.NumgenMod(); ok {
 		return TypeMark, true
 	}
+	if _, ok := f.ConstValue(); ok {
+		return TypeMark, true
+	}
 	return "", false
 }
 
-var fields = []Field{IPSaddr, IPDaddr, L4Proto, THDport, THSport, CTState, MetaMark}
+var fields = []Field{IPSaddr, IPDaddr, L4Proto, THDport, THSport, CTState, MetaMark, FibSaddrType, FibDaddrType, IIFName, OIFName}
+
+// quoted reports whether the field's values are printed in double quotes.
+func (f Field) quoted() bool { return f == IIFName || f == OIFName }
 
 // Match is one condition of a rule. Exactly one of Value or Set is set:
 //   - Value compares a single field: an address or prefix for ip saddr/daddr,
 //     a protocol name, a port or port range ("8000-8080"), ct states joined by commas
 //     ("established,related"), or a mark (with Mask, "meta mark & mask == v").
+//     An address type (FibAddrTypes) for fib saddr/daddr type, an interface
+//     name or "prefix*" for iifname/oifname.
 //   - Set looks the (possibly concatenated) Keys up in a named set.
 type Match struct {
 	Keys  []Field
@@ -71,6 +110,9 @@ type Match struct {
 
 func (m Match) String() string {
 	keys := joinFields(m.Keys)
+	if len(m.Keys) == 1 && m.Keys[0].quoted() && m.Set == "" {
+		m.Value = `"` + m.Value + `"`
+	}
 	switch {
 	case m.Set != "" && m.Neg:
 		return keys + " != @" + m.Set
@@ -112,7 +154,11 @@ const (
 	ActGoto       ActionKind = "goto"
 	ActDNAT       ActionKind = "dnat"
 	ActMasquerade ActionKind = "masquerade"
-	ActVMap       ActionKind = "vmap"
+	// ActMasqueradeFullyRandom masquerades with a fully random source port
+	// mapping (NF_NAT_RANGE_PROTO_RANDOM_FULLY), as kube-proxy does, so
+	// concurrent connections from different pods do not race for a port.
+	ActMasqueradeFullyRandom ActionKind = "masquerade fully-random"
+	ActVMap                  ActionKind = "vmap"
 )
 
 // Action is the final statement of a rule: a verdict, NAT, or a verdict map
@@ -142,12 +188,22 @@ func (a Action) String() string {
 	return string(a.Kind)
 }
 
-// Rule is matches (all must hold), then an optional counter and mark, then
-// the action. Comment is stored as nft's own rule comment.
+// SetUpdate adds the packet's Keys to the Dynamic set Set, or refreshes
+// the timeout of an element already there: "update @aff { ip saddr }".
+type SetUpdate struct {
+	Set  string
+	Keys []Field
+}
+
+func (u SetUpdate) String() string { return "update @" + u.Set + " { " + joinFields(u.Keys) + " }" }
+
+// Rule is matches (all must hold), then an optional counter, mark and set
+// update, then the action. Comment is stored as nft's own rule comment.
 type Rule struct {
 	Match   []Match
 	Counter bool
 	MarkOr  uint32 // "meta mark set meta mark | MarkOr"; 0 means none
+	Update  *SetUpdate
 	Action  Action
 	Comment string
 }
@@ -163,6 +219,9 @@ func (r Rule) String() string {
 	}
 	if r.MarkOr != 0 {
 		parts = append(parts, fmt.Sprintf("meta mark set meta mark | 0x%08x", r.MarkOr))
+	}
+	if r.Update != nil {
+		parts = append(parts, r.Update.String())
 	}
 	if r.Action.Kind != ActNone {
 		parts = append(parts, r.Action.String())
@@ -187,6 +246,11 @@ func (r Rule) clone() Rule {
 		r.Match[i].Keys = slices.Clone(r.Match[i].Keys)
 	}
 	r.Action.Keys = slices.Clone(r.Action.Keys)
+	if r.Update != nil {
+		u := *r.Update
+		u.Keys = slices.Clone(u.Keys)
+		r.Update = &u
+	}
 	return r
 }
 
@@ -207,6 +271,10 @@ func ParseRule(s string) (Rule, error) {
 		case "accept", "drop", "reject", "return", "masquerade":
 			p.next()
 			r.Action = Action{Kind: ActionKind(t)}
+			if t == "masquerade" && p.peek() == "fully-random" {
+				p.next()
+				r.Action.Kind = ActMasqueradeFullyRandom
+			}
 			if t == "reject" && p.peek() == "with" {
 				if p.next() != "with" || p.next() != "tcp" || p.next() != "reset" {
 					return Rule{}, fmt.Errorf("parse rule %q: want \"reject with tcp reset\"", s)
@@ -217,6 +285,21 @@ func ParseRule(s string) (Rule, error) {
 		case "jump", "goto":
 			p.next()
 			r.Action = Action{Kind: ActionKind(t), Chain: p.next()}
+			continue
+		case "update":
+			p.next()
+			name, ok := strings.CutPrefix(p.next(), "@")
+			if !ok || name == "" || p.next() != "{" {
+				return Rule{}, fmt.Errorf("parse rule %q: want \"update @set { keys }\"", s)
+			}
+			keys, err := p.fields()
+			if err != nil {
+				return Rule{}, fmt.Errorf("parse rule %q: %w", s, err)
+			}
+			if p.next() != "}" {
+				return Rule{}, fmt.Errorf("parse rule %q: want \"}\" after update keys", s)
+			}
+			r.Update = &SetUpdate{Set: name, Keys: keys}
 			continue
 		case "dnat":
 			p.next()
@@ -279,6 +362,12 @@ func ParseRule(s string) (Rule, error) {
 		}
 		if name, ok := strings.CutPrefix(v, "@"); ok {
 			m.Set = name
+		} else if len(keys) == 1 && keys[0].quoted() {
+			uq, err := strconv.Unquote(v)
+			if err != nil {
+				return Rule{}, fmt.Errorf("parse rule %q: %s value %s: %w", s, keys[0], v, err)
+			}
+			m.Value = uq
 		} else {
 			m.Value = v
 		}
@@ -327,6 +416,17 @@ func (p *parser) field() (Field, error) {
 			return "", fmt.Errorf("bad numgen modulus %q", p.peekAt(3))
 		}
 		p.i += 4
+		return f, nil
+	}
+	if f := Field(p.peek()); f == IIFName || f == OIFName {
+		p.i++
+		return f, nil
+	}
+	if _, ok := Field(p.peek()).ConstValue(); ok {
+		return Field(p.next()), nil
+	}
+	if f := Field(p.peek() + " " + p.peekAt(1) + " " + p.peekAt(2)); f == FibSaddrType || f == FibDaddrType {
+		p.i += 3
 		return f, nil
 	}
 	f := Field(p.peek() + " " + p.peekAt(1))
