@@ -60,7 +60,53 @@ type Peer struct {
 	// two dialling GoBGP speakers can keep hitting each other's hold for
 	// tens of seconds after one of them restarts.
 	Passive bool
+
+	// LocalAddress is the source address of this session; invalid means
+	// Config.LocalAddress.
+	LocalAddress netip.Addr
+	// EBGPMultihopTTL is the TTL of packets to an eBGP neighbour that is
+	// not on a connected subnet; 0 leaves the default of 1.
+	EBGPMultihopTTL uint8
+	// Password is the TCP MD5 signature key (RFC 2385); empty for none.
+	Password string
+	// HoldTime and KeepaliveTime are offered in OPEN; 0 takes the
+	// speaker's defaults (90s, a third of the hold time).
+	HoldTime      time.Duration
+	KeepaliveTime time.Duration
+	// GracefulRestart overrides Config.GracefulRestartTime for this
+	// session: nil keeps the speaker's setting.
+	GracefulRestart *GracefulRestart
+	// MaxPrefixes limits what the neighbour may announce; 0 is no limit.
+	// With MaxPrefixRestart the speaker closes the session with a Cease
+	// (RFC 4486); Warn and Drop are enforced by ImportPolicy.
+	MaxPrefixes     uint32
+	MaxPrefixAction MaxPrefixAction
+	// RouteReflectorClient makes this node reflect routes to the
+	// neighbour (RFC 4456); RouteReflectorClusterID is the CLUSTER_ID
+	// used, invalid meaning the router ID.
+	RouteReflectorClient    bool
+	RouteReflectorClusterID netip.Addr
 }
+
+// GracefulRestart is a per-session graceful restart setting.
+type GracefulRestart struct {
+	Enabled     bool
+	RestartTime time.Duration
+}
+
+// MaxPrefixAction is what happens when a neighbour exceeds MaxPrefixes.
+type MaxPrefixAction string
+
+const (
+	// MaxPrefixRestart closes the session with a Cease "maximum number of
+	// prefixes reached" (RFC 4486 subcode 1); the speaker retries later.
+	MaxPrefixRestart MaxPrefixAction = "Restart"
+	// MaxPrefixWarn accepts everything and only reports the excess.
+	MaxPrefixWarn MaxPrefixAction = "Warn"
+	// MaxPrefixDrop keeps the session and refuses prefixes beyond the
+	// limit (lowest prefixes are kept, so the choice is stable).
+	MaxPrefixDrop MaxPrefixAction = "Drop"
+)
 
 // Advertisement is one prefix this node originates.
 type Advertisement struct {
@@ -85,6 +131,13 @@ type Path struct {
 	// Stale is true for a path kept from a peer that is restarting
 	// gracefully (RFC 4724 section 4.2).
 	Stale bool
+	// Origin is the ORIGIN attribute (0 IGP, 1 EGP, 2 incomplete) and MED
+	// the MULTI_EXIT_DISC (0 when absent); multipath compares them.
+	Origin uint8
+	MED    uint32
+	// Rejected is the ImportPolicy reason this path is refused, "" when
+	// it is accepted.
+	Rejected string
 }
 
 // PeerState is the observed state of one session.
@@ -94,6 +147,12 @@ type PeerState struct {
 	// EndOfRIB is true once the peer sent End-of-RIB for IPv4 unicast in
 	// the current session.
 	EndOfRIB bool
+	// Received counts the neighbour's IPv4 unicast paths in the RIB,
+	// Accepted those the import policy let through, and Rejected the
+	// others by reason (see the Reason* constants).
+	Received int
+	Accepted int
+	Rejected map[string]int
 }
 
 // Speaker is what the rest of Meridian needs from a BGP implementation.
@@ -104,8 +163,12 @@ type Speaker interface {
 	Run(ctx context.Context) error
 	SetPeers(ctx context.Context, peers []Peer) error
 	SetAdvertisements(ctx context.Context, ads []Advertisement) error
+	// SetImportPolicy decides which learned paths Paths marks Rejected
+	// and how Peers counts them. It never touches sessions.
+	SetImportPolicy(p ImportPolicy)
 	// Paths returns the paths learned from peers, best or not, for IPv4
-	// unicast. Locally originated paths are not included.
+	// unicast, each judged by the import policy (Path.Rejected). Locally
+	// originated paths are not included.
 	Paths(ctx context.Context) ([]Path, error)
 	Peers(ctx context.Context) ([]PeerState, error)
 	// Changes is signalled (coalesced, never blocking the speaker) when

@@ -101,6 +101,15 @@ func validatePeers(peers []bgp.Peer) error {
 		if err := validateASN(p.ASN); err != nil {
 			errs = append(errs, fmt.Errorf("peer %q (%s): %w", p.Name, p.Address, err))
 		}
+		if p.LocalAddress.IsValid() && !p.LocalAddress.Is4() {
+			errs = append(errs, fmt.Errorf("peer %q (%s): source address %s is not IPv4", p.Name, p.Address, p.LocalAddress))
+		}
+		if gr := p.GracefulRestart; gr != nil && gr.Enabled && (gr.RestartTime < time.Second || gr.RestartTime > maxRestartTime) {
+			errs = append(errs, fmt.Errorf("peer %q (%s): graceful restart time %s is outside 1s..%s", p.Name, p.Address, gr.RestartTime, maxRestartTime))
+		}
+		if p.HoldTime != 0 && p.HoldTime < 3*time.Second {
+			errs = append(errs, fmt.Errorf("peer %q (%s): hold time %s is neither 0 nor at least 3s (RFC 4271 section 4.2)", p.Name, p.Address, p.HoldTime))
+		}
 		if seen[p.Address] {
 			errs = append(errs, fmt.Errorf("peer %q: address %s is listed twice", p.Name, p.Address))
 		}
@@ -141,15 +150,27 @@ func restartSeconds(d time.Duration) uint32 {
 // bit and the Forwarding State bit (RFC 4724 section 4.1) and defer its
 // updates until End-of-RIB from all peers or DeferralTime.
 func peerToAPI(cfg bgp.Config, p bgp.Peer, localRestarting bool) *api.Peer {
-	gr := cfg.GracefulRestartTime > 0
+	grTime := cfg.GracefulRestartTime
+	if p.GracefulRestart != nil {
+		grTime = 0
+		if p.GracefulRestart.Enabled {
+			grTime = p.GracefulRestart.RestartTime
+		}
+	}
+	gr := grTime > 0
 	ap := &api.Peer{
 		Conf: &api.PeerConf{
 			NeighborAddress: p.Address.String(),
 			PeerAsn:         p.ASN,
 			Description:     p.Name,
+			// GoBGP sets TCP_MD5SIG (RFC 2385) for the neighbour on its
+			// listening and dialling sockets.
+			AuthPassword: p.Password,
 		},
 		Timers: &api.Timers{Config: &api.TimersConfig{
-			ConnectRetry: connectRetrySeconds,
+			ConnectRetry:      connectRetrySeconds,
+			HoldTime:          uint64(p.HoldTime / time.Second),
+			KeepaliveInterval: uint64(p.KeepaliveTime / time.Second),
 		}},
 		Transport: &api.Transport{
 			RemotePort:  uint32(p.Port),
@@ -162,11 +183,31 @@ func peerToAPI(cfg bgp.Config, p bgp.Peer, localRestarting bool) *api.Peer {
 			MpGracefulRestart: &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: gr}},
 		}},
 	}
-	if cfg.LocalAddress.IsValid() {
+	if p.HoldTime > 0 && p.KeepaliveTime == 0 {
+		ap.Timers.Config.KeepaliveInterval = uint64(p.HoldTime / time.Second / 3)
+	}
+	if p.MaxPrefixes > 0 && (p.MaxPrefixAction == bgp.MaxPrefixRestart || p.MaxPrefixAction == "") {
+		ap.AfiSafis[0].PrefixLimits = &api.PrefixLimit{Family: ipv4Unicast, MaxPrefixes: p.MaxPrefixes}
+	}
+	if p.EBGPMultihopTTL > 1 {
+		ap.EbgpMultihop = &api.EbgpMultihop{Enabled: true, MultihopTtl: uint32(p.EBGPMultihopTTL)}
+	}
+	if p.RouteReflectorClient {
+		ap.RouteReflector = &api.RouteReflector{RouteReflectorClient: true}
+		if p.RouteReflectorClusterID.IsValid() {
+			ap.RouteReflector.RouteReflectorClusterId = p.RouteReflectorClusterID.String()
+		} else {
+			ap.RouteReflector.RouteReflectorClusterId = cfg.RouterID.String()
+		}
+	}
+	switch {
+	case p.LocalAddress.IsValid():
+		ap.Transport.LocalAddress = p.LocalAddress.String()
+	case cfg.LocalAddress.IsValid():
 		ap.Transport.LocalAddress = cfg.LocalAddress.String()
 	}
 	if gr {
-		secs := restartSeconds(cfg.GracefulRestartTime)
+		secs := restartSeconds(grTime)
 		ap.GracefulRestart = &api.GracefulRestart{
 			Enabled:     true,
 			RestartTime: secs,
@@ -181,6 +222,20 @@ func peerToAPI(cfg bgp.Config, p bgp.Peer, localRestarting bool) *api.Peer {
 		}
 	}
 	return ap
+}
+
+// samePeer reports whether two desired neighbours configure the same
+// session.
+func samePeer(a, b bgp.Peer) bool {
+	ga, gb := a.GracefulRestart, b.GracefulRestart
+	a.GracefulRestart, b.GracefulRestart = nil, nil
+	if a != b {
+		return false
+	}
+	if (ga == nil) != (gb == nil) {
+		return false
+	}
+	return ga == nil || *ga == *gb
 }
 
 // advertisementToAPI renders a locally originated IPv4 unicast path.
@@ -260,6 +315,10 @@ func pathFromAPI(p *api.Path) (bgp.Path, error) {
 			}
 		case *bgppacket.PathAttributeLocalPref:
 			out.LocalPref = a.Value
+		case *bgppacket.PathAttributeOrigin:
+			out.Origin = a.Value
+		case *bgppacket.PathAttributeMultiExitDisc:
+			out.MED = a.Value
 		}
 	}
 	if !out.NextHop.IsValid() {

@@ -71,6 +71,11 @@ type Speaker struct {
 	peers    map[netip.Addr]bgp.Peer
 	peersSet bool
 	ads      map[netip.Prefix]bgp.Advertisement
+
+	// policyMu guards policy, which Paths and Peers read; it is separate
+	// from mu so a slow SetPeers does not hold up the API.
+	policyMu sync.RWMutex
+	policy   bgp.ImportPolicy
 }
 
 var _ bgp.Speaker = (*Speaker)(nil)
@@ -312,10 +317,10 @@ func (s *Speaker) SetPeers(ctx context.Context, peers []bgp.Peer) error {
 				errs = append(errs, err)
 				continue
 			}
-		case cur.ASN != p.ASN || cur.Port != p.Port || cur.Passive != p.Passive:
-			// A new ASN, port or dialling role means a new session:
-			// GoBGP's UpdatePeer would tear it down too but ignores the
-			// transport settings.
+		case !samePeer(cur, p):
+			// Any change means a new session for this neighbour only:
+			// GoBGP's UpdatePeer would tear it down for most of them
+			// anyway and ignores the transport settings and the MD5 key.
 			if err := s.deletePeer(ctx, cur); err != nil {
 				errs = append(errs, err)
 				continue
@@ -420,8 +425,21 @@ func (s *Speaker) SetAdvertisements(ctx context.Context, ads []bgp.Advertisement
 	return errors.Join(errs...)
 }
 
+// SetImportPolicy replaces the policy Paths and Peers judge paths by.
+func (s *Speaker) SetImportPolicy(p bgp.ImportPolicy) {
+	s.policyMu.Lock()
+	defer s.policyMu.Unlock()
+	s.policy = p
+}
+
+func (s *Speaker) importPolicy() bgp.ImportPolicy {
+	s.policyMu.RLock()
+	defer s.policyMu.RUnlock()
+	return s.policy
+}
+
 // Paths lists the IPv4 unicast paths learned from peers, best or not,
-// stale or not. Paths that cannot be decoded are reported in the error
+// stale or not, judged by the import policy. Paths that cannot be decoded are reported in the error
 // and left out.
 //
 // GoBGP v3.37 converts the paths outside its main loop, while its loop may
@@ -456,7 +474,7 @@ func (s *Speaker) Paths(ctx context.Context) ([]bgp.Path, error) {
 		return nil, fmt.Errorf("list paths: %w", err)
 	}
 	slices.SortFunc(out, comparePaths)
-	return out, errors.Join(errs...)
+	return s.importPolicy().Apply(out), errors.Join(errs...)
 }
 
 // Peers reports the observed state of every configured neighbour.
@@ -471,8 +489,16 @@ func (s *Speaker) Peers(ctx context.Context) ([]bgp.PeerState, error) {
 	}
 	s.mu.Unlock()
 
+	// Counts come from the RIB as it is now, judged by the current policy,
+	// so they say what is refused at present, not since when.
+	paths, err := s.Paths(ctx)
+	if err != nil && paths == nil {
+		return nil, err
+	}
+	counts := bgp.Count(paths)
+
 	var out []bgp.PeerState
-	err := s.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(ap *api.Peer) {
+	err = s.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(ap *api.Peer) {
 		a, err := netip.ParseAddr(ap.GetConf().GetNeighborAddress())
 		if err != nil {
 			return
@@ -489,6 +515,8 @@ func (s *Speaker) Peers(ctx context.Context) ([]bgp.PeerState, error) {
 			}
 		}
 		st, _ := peerStateFromAPI(ap, p)
+		c := counts[a]
+		st.Received, st.Accepted, st.Rejected = c.Received, c.Accepted, c.Rejected
 		out = append(out, st)
 	})
 	if err != nil {

@@ -20,6 +20,13 @@ import (
 // per rack or per node put it here, as Calico's per-node ASN does).
 const ASNAnnotation = "meridian.io/asn"
 
+// RouteReflectorLabel=true makes a node a route reflector (RFC 4456): with
+// the node-to-node mesh off, reflectors peer with every node and reflect
+// between their clients; other nodes peer with the reflectors only. A
+// label rather than an annotation, so BGPPeer node selectors can pick
+// reflectors too.
+const RouteReflectorLabel = "meridian.io/route-reflector"
+
 // Reasons a node cannot be used yet. They are stable strings: logs,
 // events and tests key on them.
 var (
@@ -34,13 +41,17 @@ type NodeInfo struct {
 	PodCIDRs   []netip.Prefix
 	// ASN is the node's own ASN from its annotation; 0 means the default.
 	ASN uint32
+	// Labels are the Node's labels, which BGPPeer node selectors match.
+	Labels map[string]string
+	// RouteReflector is set by the label RouteReflectorLabel=true.
+	RouteReflector bool
 }
 
 // FromNode extracts a NodeInfo and reports why the node is not usable.
 // A node without a pod CIDR still yields its name and address, so peers can
 // be set up before the controller manager allocated the CIDR.
 func FromNode(n *corev1.Node) (NodeInfo, error) {
-	info := NodeInfo{Name: n.Name}
+	info := NodeInfo{Name: n.Name, Labels: n.Labels, RouteReflector: n.Labels[RouteReflectorLabel] == "true"}
 	for _, a := range n.Status.Addresses {
 		if a.Type != corev1.NodeInternalIP {
 			continue
