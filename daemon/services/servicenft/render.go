@@ -1,0 +1,417 @@
+// Package servicenft renders the pure Service model (services.Model) into
+// Meridian's nftables model (nft.Table), in place of kube-proxy's nftables
+// mode. Render is pure and deterministic: equal models give equal tables, so
+// a restarted meridiand computes the table already in the kernel and the
+// Syncer adopts it without sending anything.
+//
+// The result is a fragment of table inet meridian: every object it names
+// starts with "services", "svc-", "ep-" or "aff-", so it merges (nft.Merge)
+// with the policy fragment, whose names start with "pol".
+//
+// # Layout
+//
+// The number of sets and maps is constant as Services grow (per-Service
+// sets made kube-proxy's full sync grow with the square of the Service
+// count, /work/shared/notes/nftables-scale.md), except one dynamic set per
+// endpoint of a Service with session affinity, as kube-proxy.
+//
+//	chain services-nat-prerouting  { type nat hook prerouting priority dstnat; jump services }
+//	chain services-nat-output      { type nat hook output priority -100; jump services }
+//	chain services {
+//	    ip daddr . meta l4proto . th dport @services-masq-always mark |= 0x4000
+//	    ip daddr . meta l4proto . th dport @services-masq-offcluster ip saddr != @services-cluster-cidrs mark |= 0x4000
+//	    ip daddr . meta l4proto . th dport vmap @services-frontends }
+//	map services-frontends { ipv4_addr . inet_proto . inet_service : verdict }
+//	    ClusterIPs, externalIPs, load balancer IPs, NodePorts on node addresses:
+//	    goto svc-<id> (or svc-ext-<id> for externalTrafficPolicy Local)
+//	chain svc-ext-<id> { ip saddr @services-cluster-cidrs goto svc-<cluster id>
+//	                     fib saddr type local mark |= 0x4000 goto svc-<cluster id>
+//	                     goto svc-<local id> }
+//	chain svc-<id>     { [ip saddr @aff-<id>-<ep> goto ep-<id>-<ep>] ...
+//	                     <id> . numgen random mod <N> vmap @services-endpoints }
+//	map services-endpoints { mark . mark : verdict }   # target id . bucket : goto ep-<id>-<ep>
+//	chain ep-<id>-<ep> { ip saddr <ep> mark |= 0x4000        # hairpin
+//	                     [update @aff-<id>-<ep> { ip saddr }]
+//	                     meta l4proto <proto> dnat ip to <ep>:<port> }
+//	chain services-filter-input   { type filter hook input priority -10;   ct state new ... vmap @services-no-endpoints }
+//	chain services-filter-forward { type filter hook forward priority -10; ct state new ... vmap @services-no-endpoints }
+//	chain services-filter-output  { type filter hook output priority -90;  ct state new ... vmap @services-no-endpoints }
+//	map services-no-endpoints { ipv4_addr . inet_proto . inet_service : verdict }
+//	    frontends of targets without endpoints: goto services-reject, or drop
+//	    for a Local policy left without local endpoints
+//	chain services-reject { meta l4proto tcp reject with tcp reset; reject }
+//	chain services-nat-postrouting { type nat hook postrouting priority srcnat;
+//	    meta mark & 0x4000 == 0x4000 masquerade fully-random
+//	    ip saddr @services-nat-outgoing ip daddr != @services-nat-outgoing masquerade fully-random }
+//
+// Rejects live in filter chains because the nat hooks see only a
+// connection's first packet and reject is refused there by nft; the output
+// check runs after nat output (dstnat + 10) so that node-originated traffic
+// short-circuited to a cluster target is already translated when checked.
+//
+// Target ids key the shared endpoint map and name the chains. They come
+// from a 32-bit FNV-1a hash of the TargetKey, so they do not depend on the
+// order of Services or on a counter kept across restarts: one endpoint
+// change rewrites only that target's chains and elements.
+package servicenft
+
+import (
+	"fmt"
+	"hash/fnv"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/meridian-net/meridian/daemon/nft"
+	"github.com/meridian-net/meridian/daemon/services"
+)
+
+// Names of the fixed objects of the services fragment.
+const (
+	ChainNATPrerouting  = "services-nat-prerouting"
+	ChainNATOutput      = "services-nat-output"
+	ChainNATPostrouting = "services-nat-postrouting"
+	ChainFilterInput    = "services-filter-input"
+	ChainFilterForward  = "services-filter-forward"
+	ChainFilterOutput   = "services-filter-output"
+	// ChainServices dispatches by destination in both nat base chains.
+	ChainServices = "services"
+	// ChainReject answers a connection to a Service without endpoints.
+	ChainReject = "services-reject"
+
+	MapFrontends    = "services-frontends"
+	MapEndpoints    = "services-endpoints"
+	MapNoEndpoints  = "services-no-endpoints"
+	SetMasqAlways   = "services-masq-always"
+	SetMasqOffClust = "services-masq-offcluster"
+	SetClusterCIDRs = "services-cluster-cidrs"
+	SetNATOutgoing  = "services-nat-outgoing"
+)
+
+// Priorities of the filter checks: before other filter chains on input and
+// forward (as kube-proxy's -110 relative to its nat), after nat output on
+// output so a short-circuited packet is seen with its endpoint address.
+const (
+	PriorityFilterCheck = nft.PriorityFilter - 10
+	PriorityOutputCheck = nft.PriorityDstNAT + 10
+)
+
+// Config is what the table needs beyond the model.
+type Config struct {
+	// MasqueradeMark is the packet mark bit that asks nat postrouting to
+	// masquerade (kube-proxy's 0x4000). It must not overlap bits other
+	// parts of the node use.
+	MasqueradeMark uint32
+}
+
+// DefaultConfig is kube-proxy's mark.
+func DefaultConfig() Config { return Config{MasqueradeMark: 0x4000} }
+
+var frontendKey = []nft.DataType{nft.TypeIPv4Addr, nft.TypeInetProto, nft.TypeInetService}
+var frontendFields = []nft.Field{nft.IPDaddr, nft.L4Proto, nft.THDport}
+
+// TargetIDs assigns every key a stable 32-bit id: its FNV-1a hash, unless
+// another key hashes to the same value. Keys whose hash no other key
+// shares always keep it; within a colliding group the smallest key keeps
+// the hash and the others, in sorted order, take the next id no key owns
+// (linear probing), so ids depend only on the set of keys.
+func TargetIDs(keys []services.TargetKey) map[services.TargetKey]uint32 {
+	return assignIDs(keys, func(k services.TargetKey) uint32 {
+		h := fnv.New32a()
+		h.Write([]byte(k))
+		return h.Sum32()
+	})
+}
+
+func assignIDs(keys []services.TargetKey, hashOf func(services.TargetKey) uint32) map[services.TargetKey]uint32 {
+	keys = slices.Clone(keys)
+	slices.Sort(keys)
+	keys = slices.Compact(keys)
+	hash := make(map[services.TargetKey]uint32, len(keys))
+	owners := make(map[uint32]int, len(keys))
+	for _, k := range keys {
+		hash[k] = hashOf(k)
+		owners[hash[k]]++
+	}
+	ids := make(map[services.TargetKey]uint32, len(keys))
+	used := make(map[uint32]bool, len(keys))
+	// First every key's own hash (the smallest key of a colliding group
+	// comes first in sorted order), then the rest probe.
+	var probe []services.TargetKey
+	for _, k := range keys {
+		if used[hash[k]] {
+			probe = append(probe, k)
+			continue
+		}
+		ids[k], used[hash[k]] = hash[k], true
+	}
+	for _, k := range probe {
+		id := hash[k] + 1
+		for used[id] || owners[id] > 0 {
+			id++
+		}
+		ids[k], used[id] = id, true
+	}
+	return ids
+}
+
+// TargetChain names the chain of target id.
+func TargetChain(id uint32) string { return fmt.Sprintf("svc-%08x", id) }
+
+// ExtChain names the chain that short-circuits pods and the node for an
+// externalTrafficPolicy Local target id.
+func ExtChain(id uint32) string { return fmt.Sprintf("svc-ext-%08x", id) }
+
+// EndpointChain names the chain that DNATs target id to e.
+func EndpointChain(id uint32, e services.Endpoint) string {
+	return fmt.Sprintf("ep-%08x-%s", id, endpointSuffix(e))
+}
+
+// AffinitySet names the dynamic set of clients pinned to e in target id.
+func AffinitySet(id uint32, e services.Endpoint) string {
+	return fmt.Sprintf("aff-%08x-%s", id, endpointSuffix(e))
+}
+
+// endpointSuffix spells addr and port with dashes only, so that the name
+// needs no quoting in nft's syntax.
+func endpointSuffix(e services.Endpoint) string {
+	return strings.NewReplacer(".", "-", ":", "-").Replace(e.Addr.String()) + "-" + strconv.Itoa(int(e.Port))
+}
+
+func protoName(p services.Protocol) string { return nft.ProtoName(byte(p)) }
+
+func frontendElem(f services.Frontend) string {
+	return fmt.Sprintf("%s . %s . %d", f.Addr, protoName(f.Protocol), f.Port)
+}
+
+// Render computes the services fragment of table inet meridian for m.
+// IPv6 Service ports, node addresses and CIDRs are left out: the nft model
+// is IPv4-only for now.
+func Render(m *services.Model, cfg Config) nft.Table {
+	if cfg.MasqueradeMark == 0 {
+		cfg.MasqueradeMark = DefaultConfig().MasqueradeMark
+	}
+	r := renderer{cfg: cfg}
+	r.index(m)
+	return r.table(m)
+}
+
+type renderer struct {
+	cfg     Config
+	ids     map[services.TargetKey]uint32
+	targets map[services.TargetKey]*services.Target
+}
+
+func v4(p services.ServicePort) bool { return p.Family == services.IPv4 }
+
+func (r *renderer) index(m *services.Model) {
+	r.targets = map[services.TargetKey]*services.Target{}
+	var keys []services.TargetKey
+	for i := range m.Services {
+		for j := range m.Services[i].Ports {
+			p := &m.Services[i].Ports[j]
+			for k := range p.Targets {
+				t := &p.Targets[k]
+				// Ids count IPv6 targets too, so that rendering them
+				// later moves no IPv4 target's id.
+				keys = append(keys, t.Key)
+				if v4(*p) {
+					r.targets[t.Key] = t
+				}
+			}
+		}
+	}
+	r.ids = TargetIDs(keys)
+}
+
+// dnat reports whether key names a target that translates.
+func (r *renderer) dnat(key services.TargetKey) bool {
+	t, ok := r.targets[key]
+	return ok && t.Verdict == services.VerdictDNAT && len(t.Endpoints) > 0
+}
+
+func (r *renderer) table(m *services.Model) nft.Table {
+	mark := r.cfg.MasqueradeMark
+	var (
+		chains              []nft.Chain
+		frontends, noEps    []nft.Element
+		endpoints           []nft.Element
+		masqAlways, masqOff []nft.Element
+		affinity            []nft.Set
+	)
+	extDone := map[uint32]bool{}
+	for i := range m.Services {
+		for _, p := range m.Services[i].Ports {
+			if !v4(p) {
+				continue
+			}
+			for _, f := range p.Frontends {
+				key := frontendElem(f)
+				switch f.Masquerade {
+				case services.MasqueradeAlways:
+					masqAlways = append(masqAlways, nft.Element{Key: key})
+				case services.MasqueradeOffCluster:
+					masqOff = append(masqOff, nft.Element{Key: key})
+				}
+				if t := r.targets[f.Target]; t != nil && !r.dnat(f.Target) {
+					v := "goto " + ChainReject
+					if t.Verdict == services.VerdictDrop {
+						v = "drop"
+					}
+					noEps = append(noEps, nft.Element{Key: key, Value: v})
+				}
+				switch {
+				case f.PodTarget != "" && r.dnat(f.PodTarget):
+					id := r.ids[f.Target]
+					frontends = append(frontends, nft.Element{Key: key, Value: "goto " + ExtChain(id)})
+					if !extDone[id] {
+						extDone[id] = true
+						chains = append(chains, r.extChain(f))
+					}
+				case r.dnat(f.Target):
+					frontends = append(frontends, nft.Element{Key: key, Value: "goto " + TargetChain(r.ids[f.Target])})
+				}
+			}
+			for _, t := range p.Targets {
+				if !r.dnat(t.Key) {
+					continue
+				}
+				id := r.ids[t.Key]
+				tc := nft.Chain{Name: TargetChain(id)}
+				for b, e := range t.Endpoints {
+					ec := EndpointChain(id, e)
+					endpoints = append(endpoints, nft.Element{Key: fmt.Sprintf("%d . %d", id, b), Value: "goto " + ec})
+					epc := nft.Chain{Name: ec, Rules: []nft.Rule{
+						// Hairpin: an endpoint reaching itself through the
+						// Service must be masqueraded, or it answers itself
+						// from its own address and the client drops the reply.
+						{Match: []nft.Match{{Keys: []nft.Field{nft.IPSaddr}, Value: e.Addr.String()}}, MarkOr: mark},
+					}}
+					if t.Affinity != nil {
+						as := AffinitySet(id, e)
+						affinity = append(affinity, affinitySet(as, t.Affinity))
+						tc.Rules = append(tc.Rules, nft.Rule{
+							Match:  []nft.Match{{Keys: []nft.Field{nft.IPSaddr}, Set: as}},
+							Action: nft.Action{Kind: nft.ActGoto, Chain: ec},
+						})
+						epc.Rules = append(epc.Rules, nft.Rule{Update: &nft.SetUpdate{Set: as, Keys: []nft.Field{nft.IPSaddr}}})
+					}
+					epc.Rules = append(epc.Rules, nft.Rule{
+						Match:  []nft.Match{{Keys: []nft.Field{nft.L4Proto}, Value: protoName(p.Protocol)}},
+						Action: nft.Action{Kind: nft.ActDNAT, Addr: e.Addr.String(), Port: e.Port},
+					})
+					chains = append(chains, epc)
+				}
+				tc.Rules = append(tc.Rules, nft.Rule{Action: nft.Action{
+					Kind: nft.ActVMap, Keys: []nft.Field{nft.Const(id), nft.Numgen(uint32(len(t.Endpoints)))}, Map: MapEndpoints,
+				}})
+				chains = append(chains, tc)
+			}
+		}
+	}
+
+	markRule := func(ms ...nft.Match) nft.Rule { return nft.Rule{Match: ms, MarkOr: mark} }
+	check := []nft.Rule{{
+		Match:  []nft.Match{{Keys: []nft.Field{nft.CTState}, Value: "new"}},
+		Action: nft.Action{Kind: nft.ActVMap, Keys: frontendFields, Map: MapNoEndpoints},
+	}}
+	jumpServices := []nft.Rule{{Action: nft.Action{Kind: nft.ActJump, Chain: ChainServices}}}
+	chains = append(chains,
+		nft.Chain{Name: ChainNATPrerouting, Type: nft.TypeNAT, Hook: nft.HookPrerouting, Priority: nft.PriorityDstNAT, Rules: jumpServices},
+		nft.Chain{Name: ChainNATOutput, Type: nft.TypeNAT, Hook: nft.HookOutput, Priority: nft.PriorityDstNAT, Rules: jumpServices},
+		nft.Chain{Name: ChainServices, Rules: []nft.Rule{
+			markRule(nft.Match{Keys: frontendFields, Set: SetMasqAlways}),
+			markRule(nft.Match{Keys: frontendFields, Set: SetMasqOffClust}, nft.Match{Keys: []nft.Field{nft.IPSaddr}, Neg: true, Set: SetClusterCIDRs}),
+			{Action: nft.Action{Kind: nft.ActVMap, Keys: frontendFields, Map: MapFrontends}},
+		}},
+		nft.Chain{Name: ChainNATPostrouting, Type: nft.TypeNAT, Hook: nft.HookPostrouting, Priority: nft.PrioritySrcNAT, Rules: []nft.Rule{
+			{Match: []nft.Match{{Keys: []nft.Field{nft.MetaMark}, Mask: mark, Value: fmt.Sprintf("0x%08x", mark)}}, Action: nft.Action{Kind: nft.ActMasqueradeFullyRandom}},
+			// NATOutgoing: pods reaching beyond the cluster leave with the
+			// node's address. An empty set disables it.
+			{Match: []nft.Match{{Keys: []nft.Field{nft.IPSaddr}, Set: SetNATOutgoing}, {Keys: []nft.Field{nft.IPDaddr}, Neg: true, Set: SetNATOutgoing}}, Action: nft.Action{Kind: nft.ActMasqueradeFullyRandom}},
+		}},
+		nft.Chain{Name: ChainFilterInput, Type: nft.TypeFilter, Hook: nft.HookInput, Priority: PriorityFilterCheck, Rules: check},
+		nft.Chain{Name: ChainFilterForward, Type: nft.TypeFilter, Hook: nft.HookForward, Priority: PriorityFilterCheck, Rules: check},
+		nft.Chain{Name: ChainFilterOutput, Type: nft.TypeFilter, Hook: nft.HookOutput, Priority: PriorityOutputCheck, Rules: check},
+		nft.Chain{Name: ChainReject, Rules: []nft.Rule{
+			{Match: []nft.Match{{Keys: []nft.Field{nft.L4Proto}, Value: "tcp"}}, Action: nft.Action{Kind: nft.ActRejectTCP}},
+			{Action: nft.Action{Kind: nft.ActReject}},
+		}},
+	)
+
+	sets := []nft.Set{
+		{Name: SetMasqAlways, KeyType: frontendKey, Elements: masqAlways},
+		{Name: SetMasqOffClust, KeyType: frontendKey, Elements: masqOff},
+		{Name: SetClusterCIDRs, KeyType: []nft.DataType{nft.TypeIPv4Addr}, Interval: true, Elements: prefixElems(m.ClusterCIDRs)},
+		{Name: SetNATOutgoing, KeyType: []nft.DataType{nft.TypeIPv4Addr}, Interval: true, Elements: prefixElems(m.NATOutgoing)},
+	}
+	sets = append(sets, affinity...)
+	verdict := []nft.DataType{nft.TypeVerdict}
+	return nft.Table{
+		Chains: chains,
+		Sets:   sets,
+		Maps: []nft.Map{
+			{Name: MapFrontends, KeyType: frontendKey, DataType: verdict, Elements: frontends},
+			{Name: MapEndpoints, KeyType: []nft.DataType{nft.TypeMark, nft.TypeMark}, DataType: verdict, Elements: endpoints},
+			{Name: MapNoEndpoints, KeyType: frontendKey, DataType: verdict, Elements: noEps},
+		},
+	}.Sorted()
+}
+
+// extChain is kube-proxy's short-circuit for externalTrafficPolicy Local:
+// pods and the node itself are served by the cluster target as if their
+// packet had gone out to the load balancer and come back; the rest by the
+// local target (or, when that has no endpoint, by the drop check in filter).
+func (r *renderer) extChain(f services.Frontend) nft.Chain {
+	pod := TargetChain(r.ids[f.PodTarget])
+	node := nft.Rule{Match: []nft.Match{{Keys: []nft.Field{nft.FibSaddrType}, Value: "local"}}, Action: nft.Action{Kind: nft.ActGoto, Chain: pod}}
+	if f.Masquerade == services.MasqueradeNodeSource {
+		// The node's own address as source would reach a remote endpoint
+		// that routes its reply straight back to the node; masquerading
+		// picks the outgoing interface's address instead.
+		node.MarkOr = r.cfg.MasqueradeMark
+	}
+	c := nft.Chain{Name: ExtChain(r.ids[f.Target]), Rules: []nft.Rule{
+		{Match: []nft.Match{{Keys: []nft.Field{nft.IPSaddr}, Set: SetClusterCIDRs}}, Action: nft.Action{Kind: nft.ActGoto, Chain: pod}},
+		node,
+	}}
+	if r.dnat(f.Target) {
+		c.Rules = append(c.Rules, nft.Rule{Action: nft.Action{Kind: nft.ActGoto, Chain: TargetChain(r.ids[f.Target])}})
+	}
+	return c
+}
+
+func affinitySet(name string, a *services.Affinity) nft.Set {
+	// kube-proxy's timeout: an idle client forgets its endpoint after
+	// sessionAffinityConfig.clientIP.timeoutSeconds; each new connection
+	// refreshes it (update, not add).
+	return nft.Set{Name: name, KeyType: []nft.DataType{nft.TypeIPv4Addr}, Dynamic: true, Timeout: time.Duration(a.TimeoutSeconds) * time.Second}
+}
+
+// prefixElems lists the IPv4 prefixes of ps as interval set elements,
+// leaving out those inside another (the kernel refuses overlapping
+// intervals), a /32 as its address (as the kernel dump spells it).
+func prefixElems(ps []netip.Prefix) []nft.Element {
+	var v4 []netip.Prefix
+	for _, p := range ps {
+		if p.Addr().Is4() {
+			v4 = append(v4, p.Masked())
+		}
+	}
+	var out []nft.Element
+	for i, p := range v4 {
+		if slices.ContainsFunc(v4, func(o netip.Prefix) bool {
+			return o != p && o.Bits() <= p.Bits() && o.Contains(p.Addr())
+		}) || slices.Index(v4, p) != i {
+			continue
+		}
+		k := p.String()
+		if p.IsSingleIP() {
+			k = p.Addr().String()
+		}
+		out = append(out, nft.Element{Key: k})
+	}
+	return out
+}
