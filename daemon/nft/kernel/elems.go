@@ -92,11 +92,15 @@ func (c *Conn) listElements(conn *netlink.Conn, set string) ([]kelem, error) {
 	return out, nil
 }
 
-// krule is one kernel rule as dumped: only what Dump reads back.
+// krule is one kernel rule as dumped: only what Dump and Counters read
+// back.
 type krule struct {
 	chain    string
 	handle   uint64
 	userData []byte
+	counter  bool // the rule has a counter expression
+	packets  uint64
+	bytes    uint64
 }
 
 // listRules dumps every rule of table inet meridian in one NFT_MSG_GETRULE
@@ -129,6 +133,8 @@ func listRules(conn *netlink.Conn) ([]krule, error) {
 				r.handle = ad.Uint64()
 			case unix.NFTA_RULE_USERDATA:
 				r.userData = ad.Bytes()
+			case unix.NFTA_RULE_EXPRESSIONS:
+				ad.Nested(r.decodeCounter)
 			}
 		}
 		if err := ad.Err(); err != nil {
@@ -139,6 +145,46 @@ func listRules(conn *netlink.Conn) ([]krule, error) {
 		}
 	}
 	return out, nil
+}
+
+// decodeCounter finds the counter expression in a rule's expression list
+// (NFTA_LIST_ELEM { NFTA_EXPR_NAME "counter", NFTA_EXPR_DATA { bytes,
+// packets } }) and keeps its values.
+func (r *krule) decodeCounter(list *netlink.AttributeDecoder) error {
+	for list.Next() {
+		list.Nested(func(e *netlink.AttributeDecoder) error {
+			e.ByteOrder = binary.BigEndian
+			var name string
+			var data []byte
+			for e.Next() {
+				switch e.Type() {
+				case unix.NFTA_EXPR_NAME:
+					name = e.String()
+				case unix.NFTA_EXPR_DATA:
+					data = e.Bytes()
+				}
+			}
+			if name != "counter" {
+				return nil
+			}
+			d, err := netlink.NewAttributeDecoder(data)
+			if err != nil {
+				return err
+			}
+			d.ByteOrder = binary.BigEndian
+			r.counter = true
+			for d.Next() {
+				switch d.Type() {
+				case unix.NFTA_COUNTER_BYTES:
+					r.bytes = d.Uint64()
+				case unix.NFTA_COUNTER_PACKETS:
+					r.packets = d.Uint64()
+				}
+			}
+			return d.Err()
+		})
+	}
+	return nil
 }
 
 // dump sends one nf_tables GET request with the dump flag for the inet

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -165,11 +166,15 @@ func (c *Conn) Apply(tx nft.Transaction) error {
 	for _, name := range tx.DeleteSets {
 		nc.DelSet(&nftables.Set{Table: tbl, Name: name})
 	}
-	addSet := func(name string, kt, dt []nft.DataType, interval bool, elems []nft.Element) error {
+	addSet := func(name string, kt, dt []nft.DataType, interval bool, elems []nft.Element, dynamic bool, timeout time.Duration) error {
 		s, err := setRef(tbl, name, kt, dt, interval)
 		if err != nil {
 			return err
 		}
+		// Dynamic: NFT_SET_EVAL, a set rules may add to (dynset). Timeout:
+		// NFT_SET_TIMEOUT and the lifetime the kernel gives each element
+		// added without one of its own.
+		s.Dynamic, s.HasTimeout, s.Timeout = dynamic, timeout > 0, timeout
 		els, err := encodeElements(nft.ElementOp{Name: name, KeyType: kt, DataType: dt, Interval: interval, Elements: elems}, true)
 		if err != nil {
 			return fmt.Errorf("elements of %s: %w", name, err)
@@ -186,12 +191,16 @@ func (c *Conn) Apply(tx nft.Transaction) error {
 		return nil
 	}
 	for _, s := range tx.AddSets {
-		if err := addSet(s.Name, s.KeyType, nil, s.Interval, s.Elements); err != nil {
+		els := s.Elements
+		if s.Dynamic {
+			els = nil // see nft.Set: only the packet path fills it
+		}
+		if err := addSet(s.Name, s.KeyType, nil, s.Interval, els, s.Dynamic, s.Timeout); err != nil {
 			return fmt.Errorf("apply nft transaction: %w", err)
 		}
 	}
 	for _, m := range tx.AddMaps {
-		if err := addSet(m.Name, m.KeyType, m.DataType, false, m.Elements); err != nil {
+		if err := addSet(m.Name, m.KeyType, m.DataType, false, m.Elements, false, 0); err != nil {
 			return fmt.Errorf("apply nft transaction: %w", err)
 		}
 	}
@@ -349,6 +358,12 @@ func (c *Conn) Dump() (nft.Table, error) {
 		if s.anonymous {
 			continue
 		}
+		if s.dynamic {
+			// What the packet path learned (session affinity) is not part
+			// of the model: returning it would make Plan delete it.
+			out.Sets = append(out.Sets, nft.Set{Name: s.name, KeyType: s.keyType, Interval: s.interval, Dynamic: true, Timeout: s.timeout})
+			continue
+		}
 		kels, err := c.listElements(conn, s.name)
 		if err != nil {
 			return nft.Table{}, fmt.Errorf("dump nft table: %w", err)
@@ -360,10 +375,43 @@ func (c *Conn) Dump() (nft.Table, error) {
 		if s.isMap {
 			out.Maps = append(out.Maps, nft.Map{Name: s.name, KeyType: s.keyType, DataType: s.dataType, Elements: els})
 		} else {
-			out.Sets = append(out.Sets, nft.Set{Name: s.name, KeyType: s.keyType, Interval: s.interval, Elements: els})
+			out.Sets = append(out.Sets, nft.Set{Name: s.name, KeyType: s.keyType, Interval: s.interval, Timeout: s.timeout, Elements: els})
 		}
 	}
 	return out.Sorted(), nil
+}
+
+// Counters reads the counter of every rule of table inet meridian that has
+// one, in one netlink dump: Index is the rule's position in its chain and
+// Comment its model comment, which is how callers tell rules apart. A
+// missing table has no counters.
+func (c *Conn) Counters() ([]nft.RuleCounter, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: c.netnsFd})
+	if err != nil {
+		return nil, fmt.Errorf("read nft counters: dial netlink: %w", err)
+	}
+	defer conn.Close()
+	rules, err := listRules(conn)
+	if errors.Is(err, unix.ENOENT) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read nft counters: %w", err)
+	}
+	var out []nft.RuleCounter
+	index := map[string]int{}
+	for _, kr := range rules {
+		i := index[kr.chain]
+		index[kr.chain]++
+		if !kr.counter {
+			continue
+		}
+		comment, _ := userdata.GetString(kr.userData, userdata.TypeComment)
+		out = append(out, nft.RuleCounter{Chain: kr.chain, Index: i, Comment: comment, Packets: kr.packets, Bytes: kr.bytes})
+	}
+	return out, nil
 }
 
 // ruleFromKernel reads the model back from the rule's userdata. A rule
@@ -389,6 +437,8 @@ type setInfo struct {
 	anonymous bool
 	interval  bool
 	isMap     bool
+	dynamic   bool
+	timeout   time.Duration
 	keyType   []nft.DataType
 	dataType  []nft.DataType
 }
@@ -424,6 +474,9 @@ func listSets(conn *netlink.Conn) ([]setInfo, error) {
 				s.anonymous = f&unix.NFT_SET_ANONYMOUS != 0
 				s.interval = f&unix.NFT_SET_INTERVAL != 0
 				s.isMap = f&unix.NFT_SET_MAP != 0
+				s.dynamic = f&unix.NFT_SET_EVAL != 0
+			case unix.NFTA_SET_TIMEOUT:
+				s.timeout = time.Duration(ad.Uint64()) * time.Millisecond
 			case unix.NFTA_SET_KEY_TYPE:
 				s.keyType, err = typesFromMagic(ad.Uint32())
 			case unix.NFTA_SET_DATA_TYPE:

@@ -41,7 +41,55 @@ func loadField(f nft.Field, reg uint32) ([]expr.Any, error) {
 	if n, ok := f.NumgenMod(); ok {
 		return []expr.Any{&expr.Numgen{Register: reg, Modulus: n, Type: unix.NFT_NG_RANDOM}}, nil
 	}
+	if v, ok := f.ConstValue(); ok {
+		// A mark-typed constant in its part of the key: host byte order,
+		// like the mark elements it is compared with.
+		return []expr.Any{&expr.Immediate{Register: reg, Data: u32(v)}}, nil
+	}
 	return nil, fmt.Errorf("unknown field %q", f)
+}
+
+// regIfname is NFT_REG_1, a 16-byte register: an interface name is
+// IFNAMSIZ bytes.
+const regIfname = 1
+
+// fibTypes are the route types (RTN_*) of nft's fib ... type values.
+var fibTypes = map[string]uint32{
+	"unicast":   unix.RTN_UNICAST,
+	"local":     unix.RTN_LOCAL,
+	"broadcast": unix.RTN_BROADCAST,
+	"multicast": unix.RTN_MULTICAST,
+}
+
+// renderFib is "fib saddr|daddr type [!=] t": the route type the FIB
+// gives the address, as nft renders it (host byte order result).
+func renderFib(m nft.Match) ([]expr.Any, error) {
+	t, ok := fibTypes[m.Value]
+	if !ok {
+		return nil, fmt.Errorf("unknown address type %q", m.Value)
+	}
+	fib := &expr.Fib{Register: reg32, ResultADDRTYPE: true, FlagSADDR: m.Keys[0] == nft.FibSaddrType, FlagDADDR: m.Keys[0] == nft.FibDaddrType}
+	return []expr.Any{fib, &expr.Cmp{Op: cmpOp(m.Neg), Register: reg32, Data: u32(t)}}, nil
+}
+
+// renderIfname is "iifname|oifname [!=] name": the whole zero-padded name
+// for an exact match, only the prefix bytes for "prefix*", as nft does.
+func renderIfname(m nft.Match) ([]expr.Any, error) {
+	if err := nft.CheckIfname(m.Value); err != nil {
+		return nil, err
+	}
+	key := expr.MetaKeyIIFNAME
+	if m.Keys[0] == nft.OIFName {
+		key = expr.MetaKeyOIFNAME
+	}
+	var data []byte
+	if prefix, ok := strings.CutSuffix(m.Value, "*"); ok {
+		data = []byte(prefix)
+	} else {
+		data = make([]byte, unix.IFNAMSIZ)
+		copy(data, m.Value)
+	}
+	return []expr.Any{&expr.Meta{Key: key, Register: regIfname}, &expr.Cmp{Op: cmpOp(m.Neg), Register: regIfname, Data: data}}, nil
 }
 
 func loadKeys(keys []nft.Field) ([]expr.Any, error) {
@@ -80,6 +128,12 @@ func renderMatch(m nft.Match, setIDs map[string]uint32) ([]expr.Any, error) {
 		return nil, fmt.Errorf("a value match takes one field, got %d", len(m.Keys))
 	}
 	f := m.Keys[0]
+	switch f {
+	case nft.FibSaddrType, nft.FibDaddrType:
+		return renderFib(m)
+	case nft.IIFName, nft.OIFName:
+		return renderIfname(m)
+	}
 	load, err := loadField(f, reg32)
 	if err != nil {
 		return nil, err
@@ -174,6 +228,9 @@ func usesIP(r nft.Rule) bool {
 			return true
 		}
 	}
+	if r.Update != nil && has(r.Update.Keys) {
+		return true
+	}
 	return has(r.Action.Keys) || r.Action.Kind == nft.ActDNAT
 }
 
@@ -203,6 +260,15 @@ func renderRule(r nft.Rule, setIDs map[string]uint32) ([]expr.Any, error) {
 			&expr.Bitwise{SourceRegister: reg32, DestRegister: reg32, Len: 4, Mask: u32(^r.MarkOr), Xor: u32(r.MarkOr)},
 			&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: reg32})
 	}
+	if u := r.Update; u != nil {
+		load, err := loadKeys(u.Keys)
+		if err != nil {
+			return nil, fmt.Errorf("update @%s: %w", u.Set, err)
+		}
+		out = append(out, load...)
+		// No timeout of its own: the kernel gives the element the set's.
+		out = append(out, &expr.Dynset{SrcRegKey: reg32, SetName: u.Set, SetID: setIDs[u.Set], Operation: unix.NFT_DYNSET_OP_UPDATE})
+	}
 	a := r.Action
 	switch a.Kind {
 	case nft.ActNone:
@@ -224,6 +290,8 @@ func renderRule(r nft.Rule, setIDs map[string]uint32) ([]expr.Any, error) {
 		out = append(out, &expr.Reject{Type: unix.NFT_REJECT_TCP_RST})
 	case nft.ActMasquerade:
 		out = append(out, &expr.Masq{})
+	case nft.ActMasqueradeFullyRandom:
+		out = append(out, &expr.Masq{FullyRandom: true})
 	case nft.ActDNAT:
 		addr, err := netip.ParseAddr(a.Addr)
 		if err != nil || !addr.Is4() {
