@@ -261,27 +261,40 @@ func TestAffinitySetLearns(t *testing.T) {
 	n, c := newNS(t)
 	loUp(t, n)
 	to := []nft.Match{{Keys: []nft.Field{nft.IPDaddr}, Value: "127.0.0.1"}}
+	svcKey := func(id uint32) []nft.Field { return []nft.Field{nft.Const(id), nft.IPSaddr} }
 	desired := nft.Table{
-		Sets: []nft.Set{{Name: "aff", KeyType: []nft.DataType{nft.TypeIPv4Addr}, Dynamic: true, Timeout: time.Hour}},
+		Sets: []nft.Set{
+			{Name: "aff", KeyType: []nft.DataType{nft.TypeIPv4Addr}, Dynamic: true, Timeout: time.Hour},
+			// One set shared by all Services: (service id . client).
+			{Name: "aff-all", KeyType: []nft.DataType{nft.TypeMark, nft.TypeIPv4Addr}, Dynamic: true, Timeout: 10 * time.Second},
+		},
 		Chains: []nft.Chain{outputChain(
 			udpRule("40003", to, nft.Rule{Match: []nft.Match{{Keys: []nft.Field{nft.IPSaddr}, Set: "aff"}}, Counter: true, Comment: "affine"}),
+			udpRule("40003", to, nft.Rule{Match: []nft.Match{{Keys: svcKey(7), Set: "aff-all"}}, Counter: true, Comment: "affine 7"}),
+			udpRule("40003", to, nft.Rule{Match: []nft.Match{{Keys: svcKey(8), Set: "aff-all"}}, Counter: true, Comment: "affine 8"}),
 			udpRule("40003", to, nft.Rule{Counter: true, Update: &nft.SetUpdate{Set: "aff", Keys: []nft.Field{nft.IPSaddr}}, Comment: "update"}),
+			udpRule("40003", to, nft.Rule{Update: &nft.SetUpdate{Set: "aff-all", Keys: svcKey(7)}}),
 		)},
 	}
 	mustApply(t, c, desired)
-	nftHasRules(t, nftList(t, n, "list", "table", "inet", "meridian"), desired, nil)
-	if els := affElements(t, c, n); len(els) != 0 {
+	nftHasRules(t, nftList(t, n, "list", "table", "inet", "meridian"), desired, func(r nft.Rule) bool {
+		return (len(r.Match) > 3 && r.Match[3].Set == "aff-all") || (r.Update != nil && r.Update.Set == "aff-all")
+	})
+	if els := affElements(t, c, n, "aff"); len(els) != 0 {
 		t.Fatalf("fresh set holds %v", els)
 	}
 	sendUDP(t, n, "127.0.0.1:40003", 1)
 	if got := counts(t, c); got["affine"] != 0 || got["update"] != 1 {
 		t.Fatalf("first packet: counters %v, want it only at the update", got)
 	}
-	if els := affElements(t, c, n); !slices.Equal(els, []string{"127.0.0.1"}) {
+	if els := affElements(t, c, n, "aff"); !slices.Equal(els, []string{"127.0.0.1"}) {
 		t.Fatalf("set after the first packet = %v, want the packet's source", els)
 	}
+	if els := affElements(t, c, n, "aff-all", nft.TypeMark, nft.TypeIPv4Addr); !slices.Equal(els, []string{"7 . 127.0.0.1"}) {
+		t.Fatalf("shared set after the first packet = %v, want service 7 and the packet's source", els)
+	}
 	sendUDP(t, n, "127.0.0.1:40003", 1)
-	if got := counts(t, c); got["affine"] != 1 {
+	if got := counts(t, c); got["affine"] != 1 || got["affine 7"] != 1 || got["affine 8"] != 0 {
 		t.Fatalf("second packet: counters %v, want it matched by ip saddr @aff", got)
 	}
 
@@ -293,32 +306,35 @@ func TestAffinitySetLearns(t *testing.T) {
 	if len(tx.DeleteElements)+len(tx.DeleteSets) != 0 {
 		t.Errorf("sync touches the dynamic set:\n%s", tx)
 	}
-	if els := affElements(t, c, n); !slices.Equal(els, []string{"127.0.0.1"}) {
+	if els := affElements(t, c, n, "aff"); !slices.Equal(els, []string{"127.0.0.1"}) {
 		t.Fatalf("set after syncs = %v, want the learned element kept", els)
 	}
 	if listed := nftList(t, n, "list", "set", "inet", "meridian", "aff"); !strings.Contains(listed, "127.0.0.1 expires") {
 		t.Errorf("nft lists the learned element without its timeout:\n%s", listed)
 	}
 	sendUDP(t, n, "127.0.0.1:40003", 1)
-	if got := counts(t, c); got["affine"] != 2 {
+	if got := counts(t, c); got["affine"] != 2 || got["affine 7"] != 2 {
 		t.Errorf("third packet: counters %v, want affinity still matching", got)
 	}
 }
 
-// affElements reads the dynamic set's elements with the raw dump Dump
-// deliberately skips for it.
-func affElements(t *testing.T, c *Conn, n ns.NetNS) []string {
+// affElements reads a dynamic set's elements (keyed types, ipv4_addr by
+// default) with the raw dump Dump deliberately skips for it.
+func affElements(t *testing.T, c *Conn, n ns.NetNS, set string, types ...nft.DataType) []string {
 	t.Helper()
 	conn, err := mnl.Dial(unix.NETLINK_NETFILTER, &mnl.Config{NetNS: int(n.Fd())})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	kels, err := c.listElements(conn, "aff")
+	kels, err := c.listElements(conn, set)
 	if err != nil {
 		t.Fatal(err)
 	}
-	els, err := decodeElements(setInfo{keyType: []nft.DataType{nft.TypeIPv4Addr}}, kels)
+	if len(types) == 0 {
+		types = []nft.DataType{nft.TypeIPv4Addr}
+	}
+	els, err := decodeElements(setInfo{keyType: types}, kels)
 	if err != nil {
 		t.Fatal(err)
 	}
