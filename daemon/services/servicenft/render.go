@@ -177,8 +177,10 @@ func AffinitySet(id uint32, e services.Endpoint) string {
 // endpointSuffix spells addr and port with dashes only, so that the name
 // needs no quoting in nft's syntax.
 func endpointSuffix(e services.Endpoint) string {
-	return strings.NewReplacer(".", "-", ":", "-").Replace(e.Addr.String()) + "-" + strconv.Itoa(int(e.Port))
+	return dashes.Replace(e.Addr.String()) + "-" + strconv.Itoa(int(e.Port))
 }
+
+var dashes = strings.NewReplacer(".", "-", ":", "-")
 
 func protoName(p services.Protocol) string { return nft.ProtoName(byte(p)) }
 
@@ -234,10 +236,15 @@ func (r *renderer) dnat(key services.TargetKey) bool {
 
 func (r *renderer) table(m *services.Model) nft.Table {
 	mark := r.cfg.MasqueradeMark
+	nTargets, nEndpoints := 0, 0
+	for _, t := range r.targets {
+		nTargets++
+		nEndpoints += len(t.Endpoints)
+	}
 	var (
-		chains              []nft.Chain
+		chains              = make([]nft.Chain, 0, 8+2*nTargets+nEndpoints)
 		frontends, noEps    []nft.Element
-		endpoints           []nft.Element
+		endpoints           = make([]nft.Element, 0, nEndpoints)
 		masqAlways, masqOff []nft.Element
 		affinity            []nft.Set
 	)
@@ -357,7 +364,7 @@ func (r *renderer) table(m *services.Model) nft.Table {
 			{Name: MapEndpoints, KeyType: []nft.DataType{nft.TypeMark, nft.TypeMark}, DataType: verdict, Elements: endpoints},
 			{Name: MapNoEndpoints, KeyType: frontendKey, DataType: verdict, Elements: noEps},
 		},
-	}.Sorted()
+	}
 }
 
 // extChain is kube-proxy's short-circuit for externalTrafficPolicy Local:
