@@ -1,0 +1,275 @@
+package servicenft
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/testutils"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+
+	"github.com/meridian-net/meridian/daemon/nft"
+	"github.com/meridian-net/meridian/daemon/nft/kernel"
+	"github.com/meridian-net/meridian/daemon/services"
+)
+
+// newNS returns a throw-away network namespace with lo up, removed when
+// the test ends (also on failure).
+func newNS(t *testing.T) ns.NetNS {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for network namespaces")
+	}
+	n, err := testutils.NewNS()
+	if err != nil {
+		t.Fatalf("new netns: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = n.Close()
+		_ = testutils.UnmountNS(n)
+	})
+	h := handle(t, n)
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkSetUp(lo); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func handle(t *testing.T, n ns.NetNS) *netlink.Handle {
+	t.Helper()
+	h, err := netlink.NewHandleAt(netns.NsHandle(int(n.Fd())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	return h
+}
+
+// veth links node to peer (peer side eth0), addresses both ends in a /24
+// and routes the peer's default via the node.
+func veth(t *testing.T, node, peer ns.NetNS, name, nodeAddr, peerAddr string) {
+	t.Helper()
+	hn, hp := handle(t, node), handle(t, peer)
+	if err := hn.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(peer.Fd()))}); err != nil {
+		t.Fatalf("veth %s: %v", name, err)
+	}
+	for _, side := range []struct {
+		h          *netlink.Handle
+		link, addr string
+	}{{hn, name, nodeAddr}, {hp, "eth0", peerAddr}} {
+		l, err := side.h.LinkByName(side.link)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, _ := netlink.ParseAddr(side.addr + "/24")
+		if err := side.h.AddrAdd(l, a); err != nil {
+			t.Fatal(err)
+		}
+		if err := side.h.LinkSetUp(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := hp.RouteAdd(&netlink.Route{Gw: net.ParseIP(nodeAddr)}); err != nil {
+		t.Fatalf("default route of %s: %v", peerAddr, err)
+	}
+}
+
+// serve answers every connection on :8080 in n with "<name> <client ip>".
+func serve(t *testing.T, n ns.NetNS, name string) {
+	t.Helper()
+	var l net.Listener
+	if err := n.Do(func(ns.NetNS) error {
+		var err error
+		l, err = net.Listen("tcp4", ":8080")
+		return err
+	}); err != nil {
+		t.Fatalf("listen in %s: %v", name, err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			fmt.Fprintf(c, "%s %s\n", name, c.RemoteAddr().(*net.TCPAddr).IP)
+			c.Close()
+		}
+	}()
+}
+
+// ask connects from n to addr and returns what the server said, or the
+// dial error.
+func ask(n ns.NetNS, addr string) (string, error) {
+	var reply string
+	err := n.Do(func(ns.NetNS) error {
+		c, err := net.DialTimeout("tcp4", addr, 2*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		reply = strings.TrimSpace(line)
+		return err
+	})
+	return reply, err
+}
+
+// TestKernelPackets: a client, a node (holding the rendered table) and two
+// endpoint namespaces:
+//
+//	client 10.99.1.2 --- 10.99.1.1 node 10.99.2.1 --- 10.99.2.2 ep1
+//	                                    10.99.3.1 --- 10.99.3.2 ep2
+//
+// with cluster CIDRs 10.99.2.0/24 and 10.99.3.0/24 (the endpoints are the
+// "pods").
+func TestKernelPackets(t *testing.T) {
+	node, client, ep1, ep2 := newNS(t), newNS(t), newNS(t), newNS(t)
+	veth(t, node, client, "to-client", "10.99.1.1", "10.99.1.2")
+	veth(t, node, ep1, "to-ep1", "10.99.2.1", "10.99.2.2")
+	veth(t, node, ep2, "to-ep2", "10.99.3.1", "10.99.3.2")
+	if err := node.Do(func(ns.NetNS) error {
+		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// The node reaches ClusterIPs through its nat output hook; it needs a
+	// route for the lookup before DNAT (kube-proxy relies on the default).
+	hn := handle(t, node)
+	toClient, err := hn.LinkByName("to-client")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, vips, _ := net.ParseCIDR("10.96.0.0/16")
+	if err := hn.RouteAdd(&netlink.Route{LinkIndex: toClient.Attrs().Index, Dst: vips, Scope: netlink.SCOPE_LINK}); err != nil {
+		t.Fatal(err)
+	}
+	serve(t, ep1, "ep1")
+	serve(t, ep2, "ep2")
+
+	both := []ep{{addr: "10.99.2.2", node: "node-b"}, {addr: "10.99.3.2", node: "node-c"}}
+	snap := services.Snapshot{
+		Services: []*corev1.Service{
+			svc("default", "web", "10.96.0.10", nodePortType(30080)),
+			svc("default", "sticky", "10.96.0.11", affinity(60)),
+			svc("default", "empty", "10.96.0.12"),
+			svc("default", "self", "10.96.0.13"),
+		},
+		EndpointSlices: []*discoveryv1.EndpointSlice{
+			v4slice("default", "web", "web-1", 8080, both...),
+			v4slice("default", "sticky", "sticky-1", 8080, both...),
+			v4slice("default", "self", "self-1", 8080, both[0]),
+		},
+		Config: services.DefaultConfig(),
+		Node: services.Node{Name: "node-a", Addresses: []netip.Addr{netip.MustParseAddr("10.99.1.1")},
+			ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.99.2.0/24"), netip.MustParsePrefix("10.99.3.0/24")}},
+	}
+	m, problems := services.Desired(snap)
+	desired := Render(m, DefaultConfig())
+	conn := kernel.New(int(node.Fd()), slog.New(slog.DiscardHandler))
+	if _, err := nft.NewSyncer(conn, slog.New(slog.DiscardHandler)).Sync(desired); err != nil {
+		t.Fatalf("apply rendered table: %v\nproblems %v\n%s", err, problems, desired)
+	}
+
+	t.Run("ClusterIPSpreadsAndMasqueradesOffClusterClients", func(t *testing.T) {
+		hits := map[string]int{}
+		for range 24 {
+			reply, err := ask(client, "10.96.0.10:80")
+			if err != nil {
+				t.Fatalf("connect to the ClusterIP: %v", err)
+			}
+			hits[reply]++
+		}
+		// The client is outside the cluster CIDRs: masqueraded to the
+		// node's address toward each endpoint. 24 picks all on one
+		// endpoint has probability 2^-23.
+		if hits["ep1 10.99.2.1"] == 0 || hits["ep2 10.99.3.1"] == 0 || len(hits) != 2 {
+			t.Errorf("replies %v, want both endpoints, each seeing the node's address", hits)
+		}
+	})
+	t.Run("NoEndpointsRefusedAtOnce", func(t *testing.T) {
+		for _, from := range []struct {
+			name string
+			n    ns.NetNS
+		}{{"routed client", client}, {"node itself", node}} {
+			start := time.Now()
+			_, err := ask(from.n, "10.96.0.12:80")
+			if !errors.Is(err, syscall.ECONNREFUSED) || time.Since(start) > time.Second {
+				t.Errorf("%s to a Service without endpoints: %v after %v, want connection refused at once", from.name, err, time.Since(start))
+			}
+		}
+	})
+	t.Run("Hairpin", func(t *testing.T) {
+		// ep1 reaches itself through the Service: without the hairpin
+		// masquerade it would answer its own address directly and the
+		// connection would never be established.
+		reply, err := ask(ep1, "10.96.0.13:80")
+		if err != nil {
+			t.Fatalf("hairpin connect: %v", err)
+		}
+		if reply != "ep1 10.99.2.1" {
+			t.Errorf("hairpin reply %q, want ep1 seeing the node's address", reply)
+		}
+	})
+	t.Run("SessionAffinity", func(t *testing.T) {
+		first, err := ask(client, "10.96.0.11:80")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 16 {
+			reply, err := ask(client, "10.96.0.11:80")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if reply != first {
+				t.Fatalf("connect %d went to %q, first to %q: affinity not kept", i, reply, first)
+			}
+		}
+	})
+	t.Run("NodePort", func(t *testing.T) {
+		reply, err := ask(client, "10.99.1.1:30080")
+		if err != nil {
+			t.Fatalf("connect to the NodePort: %v", err)
+		}
+		if reply != "ep1 10.99.2.1" && reply != "ep2 10.99.3.1" {
+			t.Errorf("NodePort reply %q, want an endpoint seeing the node's address", reply)
+		}
+	})
+	t.Run("FromTheNode", func(t *testing.T) {
+		reply, err := ask(node, "10.96.0.10:80")
+		if err != nil {
+			t.Fatalf("node to ClusterIP: %v", err)
+		}
+		if !strings.HasPrefix(reply, "ep") {
+			t.Errorf("reply %q", reply)
+		}
+	})
+	t.Run("RestartSendsNothing", func(t *testing.T) {
+		// A restarted meridiand: a fresh Syncer reads the kernel back and
+		// plans against it.
+		res, err := nft.NewSyncer(conn, slog.New(slog.DiscardHandler)).Sync(Render(m, DefaultConfig()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !res.Dumped || res.Ops != 0 {
+			t.Errorf("second apply: %+v, want a dump and zero ops", res)
+		}
+	})
+}
