@@ -1,6 +1,7 @@
 // Package routing keeps a node's BGP speaker and kernel routes in step with
-// the cluster: it peers with every other Node, advertises this node's pod
-// CIDR and installs the best paths it learns. One goroutine owns all of it;
+// the cluster: it peers with the other Nodes (full mesh or through route
+// reflectors) and the BGPPeers that select this node, advertises this
+// node's pod CIDR and installs the accepted best paths it learns. One goroutine owns all of it;
 // informer callbacks and speaker events only wake it up.
 package routing
 
@@ -9,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"time"
@@ -16,10 +18,15 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
 
 	"github.com/meridian-net/meridian/bgp"
 	"github.com/meridian-net/meridian/daemon/cluster"
@@ -52,12 +59,20 @@ type Config struct {
 	// routes for the graceful-restart time and a rolling upgrade does not
 	// drop traffic to this node's pods.
 	WithdrawOnStop bool
+	// ClusterCIDRs bound what peers may teach this node when the
+	// BGPConfiguration names no acceptedPrefixes (kube-controller-manager's
+	// --cluster-cidr). Empty: only the nodes' pod CIDRs are accepted.
+	ClusterCIDRs []netip.Prefix
+	// CRDSyncTimeout bounds how long Run waits for the first list of
+	// BGPConfiguration and BGPPeer before running on defaults; 0 is 5s.
+	CRDSyncTimeout time.Duration
 }
 
 // Controller is the node's routing loop.
 type Controller struct {
 	cfg        Config
 	client     kubernetes.Interface
+	dyn        dynamic.Interface
 	applier    RouteApplier
 	newSpeaker NewSpeaker
 	writeState NodeStateWriter
@@ -65,22 +80,39 @@ type Controller struct {
 	now        func() time.Time
 
 	trigger chan struct{}
-	// rejected holds the prefixes whose paths were last rejected, so each
+	// rejected holds the paths last refused by the import policy, so each
 	// rejection is logged when it starts, not on every sync.
-	rejected map[netip.Prefix]bool
+	rejected map[rejection]bool
+	// overLimit holds the Warn-action peers last seen above their limit.
+	overLimit map[netip.Addr]bool
+	// skipped holds the BGPPeers last left out on this node.
+	skipped map[cluster.PeerSkip]bool
+	crds    *crdSource
+	record  func(obj runtime.Object, eventType, reason, msg string)
 	// ready is closed after the first sync that installed every route with
 	// BGP converged; the health endpoint and the Node condition use it.
 	ready chan struct{}
 }
 
-// New wires a controller; Run starts it.
-func New(cfg Config, client kubernetes.Interface, applier RouteApplier, newSpeaker NewSpeaker, writeState NodeStateWriter, log *slog.Logger) *Controller {
+type rejection struct {
+	prefix netip.Prefix
+	peer   netip.Addr
+	reason string
+}
+
+// New wires a controller; Run starts it. dyn reads BGPConfiguration and
+// BGPPeer objects; nil runs the node mesh with the flags' defaults only.
+func New(cfg Config, client kubernetes.Interface, dyn dynamic.Interface, applier RouteApplier, newSpeaker NewSpeaker, writeState NodeStateWriter, log *slog.Logger) *Controller {
 	if cfg.ResyncPeriod == 0 {
 		cfg.ResyncPeriod = 30 * time.Second
+	}
+	if cfg.CRDSyncTimeout == 0 {
+		cfg.CRDSyncTimeout = 5 * time.Second
 	}
 	return &Controller{
 		cfg:        cfg,
 		client:     client,
+		dyn:        dyn,
 		applier:    applier,
 		newSpeaker: newSpeaker,
 		writeState: writeState,
@@ -133,10 +165,27 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
+	if c.dyn != nil {
+		crds, err := newCRDSource(c.dyn, c.client, c.cfg.NodeName, c.log, c.wake)
+		if err != nil {
+			return err
+		}
+		c.crds = crds
+		crds.start(ctx)
+		defer crds.factory.Shutdown()
+		broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+		broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: c.client.CoreV1().Events("")})
+		defer broadcaster.Shutdown()
+		recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "meridiand", Host: c.cfg.NodeName})
+		c.record = func(obj runtime.Object, eventType, reason, msg string) { recorder.Event(obj, eventType, reason, msg) }
+	}
 	for !cache.WaitForCacheSync(ctx.Done(), nodeInformer.Informer().HasSynced) {
 		if ctx.Err() != nil {
 			return nil
 		}
+	}
+	if c.crds != nil && !c.crds.waitSynced(ctx, c.cfg.CRDSyncTimeout) && ctx.Err() == nil {
+		c.log.Warn("BGPConfiguration and BGPPeer not listed in time; starting with defaults", "waited", c.cfg.CRDSyncTimeout)
 	}
 
 	// Routes already in the kernel with our protocol mean a previous
@@ -241,11 +290,6 @@ func (c *Controller) sync(ctx context.Context, lister corelisters.NodeLister, sp
 	if selfErr != nil && !errors.Is(selfErr, cluster.ErrNoPodCIDR) {
 		return fmt.Errorf("%w: node %s: %w", errBadConfig, c.cfg.NodeName, selfErr)
 	}
-	asn := cluster.EffectiveASN(self, c.cfg.DefaultASN)
-	if err := cluster.ValidateASN(asn); err != nil {
-		return fmt.Errorf("%w: node %s: %w", errBadConfig, c.cfg.NodeName, err)
-	}
-
 	all, err := lister.List(labels.Everything())
 	if err != nil {
 		return fmt.Errorf("list nodes: %w", err)
@@ -257,6 +301,20 @@ func (c *Controller) sync(ctx context.Context, lister corelisters.NodeLister, sp
 			continue
 		}
 		nodes = append(nodes, info)
+	}
+
+	settings := cluster.DefaultSettings(c.cfg.DefaultASN)
+	var specs []cluster.PeerSpec
+	if c.crds != nil {
+		var results []objectResult
+		settings, specs, results = c.crds.snapshot(ctx, nodes, c.cfg.DefaultASN)
+		c.crds.report(ctx, results, c.record)
+	}
+	plan := cluster.Desired(self, nodes, settings, specs, c.cfg.ClusterCIDRs)
+	c.logSkipped(plan.Skipped)
+	asn := plan.ASN
+	if err := cluster.ValidateASN(asn); err != nil {
+		return fmt.Errorf("%w: node %s: %w", errBadConfig, c.cfg.NodeName, err)
 	}
 
 	want := bgp.Config{
@@ -297,6 +355,7 @@ func (c *Controller) sync(ctx context.Context, lister corelisters.NodeLister, sp
 		c.log.Info("BGP speaker started", "routerID", want.RouterID, "asn", want.ASN, "restarting", restarting)
 	}
 	speaker := (*sp).speaker
+	speaker.SetImportPolicy(plan.Policy)
 
 	if !slices.Equal(*lastState, self.PodCIDRs) && len(self.PodCIDRs) > 0 {
 		if err := c.writeState(self.Name, self.PodCIDRs); err != nil {
@@ -306,7 +365,7 @@ func (c *Controller) sync(ctx context.Context, lister corelisters.NodeLister, sp
 	}
 
 	var errs []error
-	if err := speaker.SetPeers(ctx, cluster.Peers(self, nodes, c.cfg.DefaultASN)); err != nil {
+	if err := speaker.SetPeers(ctx, plan.Peers); err != nil {
 		errs = append(errs, fmt.Errorf("set BGP peers: %w", err))
 	}
 	if err := speaker.SetAdvertisements(ctx, cluster.Advertisements(self)); err != nil {
@@ -316,19 +375,12 @@ func (c *Controller) sync(ctx context.Context, lister corelisters.NodeLister, sp
 	if err != nil {
 		return errors.Join(append(errs, fmt.Errorf("read RIB: %w", err))...)
 	}
-	paths, hijacks := fromOwners(paths, cluster.PodCIDROwners(nodes))
-	rejected := map[netip.Prefix]bool{}
-	for _, s := range hijacks {
-		rejected[s.Prefix] = true
-		if !c.rejected[s.Prefix] {
-			c.log.Warn("path rejected: next hop is not the node that owns this pod CIDR", "prefix", s.Prefix, "reason", s.Reason)
-		}
-	}
-	c.rejected = rejected
-	desired, skipped := routes.Desired(paths, routes.Local{
+	c.logRejections(paths)
+	c.checkLimits(plan.Peers, paths)
+	desired, skipped := routes.Desired(bgp.Multipath(paths), routes.Local{
 		PodCIDRs:        self.PodCIDRs,
 		NodeIP:          self.InternalIP,
-		AllowedPrefixes: cluster.RemotePodCIDRs(self, nodes),
+		AllowedPrefixes: plan.Policy.Allowed,
 	})
 	for _, s := range skipped {
 		c.log.Debug("path not installed", "prefix", s.Prefix, "reason", s.Reason)
@@ -366,6 +418,52 @@ func (c *Controller) sync(ctx context.Context, lister corelisters.NodeLister, sp
 	return errors.Join(errs...)
 }
 
+// logRejections logs each refused path once, when it starts being refused.
+func (c *Controller) logRejections(paths []bgp.Path) {
+	now := map[rejection]bool{}
+	for _, p := range paths {
+		if p.Rejected == "" {
+			continue
+		}
+		r := rejection{prefix: p.Prefix.Masked(), peer: p.PeerAddress, reason: p.Rejected}
+		now[r] = true
+		if !c.rejected[r] {
+			c.log.Warn("path rejected by import policy", "prefix", r.prefix, "peer", r.peer, "next_hop", p.NextHop, "reason", r.reason)
+		}
+	}
+	c.rejected = now
+}
+
+// checkLimits reports peers with the Warn action above their prefix limit
+// (Restart is GoBGP's, Drop the import policy's).
+func (c *Controller) checkLimits(peers []bgp.Peer, paths []bgp.Path) {
+	counts := bgp.Count(paths)
+	now := map[netip.Addr]bool{}
+	for _, p := range peers {
+		if p.MaxPrefixAction != bgp.MaxPrefixWarn || p.MaxPrefixes == 0 {
+			continue
+		}
+		if n := counts[p.Address].Accepted; n > int(p.MaxPrefixes) {
+			now[p.Address] = true
+			if !c.overLimit[p.Address] {
+				c.log.Warn("peer exceeds its prefix limit", "peer", p.Address, "name", p.Name, "accepted", n, "limit", p.MaxPrefixes)
+			}
+		}
+	}
+	c.overLimit = now
+}
+
+func (c *Controller) logSkipped(skips []cluster.PeerSkip) {
+	now := map[cluster.PeerSkip]bool{}
+	for _, s := range skips {
+		now[s] = true
+		if !c.skipped[s] {
+			c.log.Warn("BGPPeer not configured on this node", "bgppeer", s.Name, "reason", s.Reason)
+		}
+	}
+	c.skipped = now
+}
+
 func sameSpeakerConfig(a, b bgp.Config) bool {
 	return a.RouterID == b.RouterID && a.ASN == b.ASN && a.ListenPort == b.ListenPort && a.LocalAddress == b.LocalAddress &&
 		slices.Equal(a.ListenAddresses, b.ListenAddresses) && a.GracefulRestartTime == b.GracefulRestartTime
@@ -373,6 +471,10 @@ func sameSpeakerConfig(a, b bgp.Config) bool {
 
 func relevantChange(o, n *corev1.Node) bool {
 	if o.Annotations[cluster.ASNAnnotation] != n.Annotations[cluster.ASNAnnotation] {
+		return true
+	}
+	// BGPPeer node selectors and the reflector role read labels.
+	if !maps.Equal(o.Labels, n.Labels) {
 		return true
 	}
 	if !slices.Equal(o.Spec.PodCIDRs, n.Spec.PodCIDRs) || o.Spec.PodCIDR != n.Spec.PodCIDR {

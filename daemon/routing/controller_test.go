@@ -12,8 +12,16 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	dynamicfake "k8s.io/client-go/dynamic/fake"
 	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/meridian-net/meridian/api/crd/v1alpha1"
 
 	"github.com/meridian-net/meridian/bgp"
 	"github.com/meridian-net/meridian/daemon/cluster"
@@ -28,6 +36,7 @@ type fakeSpeaker struct {
 	peers     []bgp.Peer
 	ads       []bgp.Advertisement
 	paths     []bgp.Path
+	policy    bgp.ImportPolicy
 	converged bool
 	changes   chan struct{}
 }
@@ -45,10 +54,17 @@ func (s *fakeSpeaker) SetAdvertisements(_ context.Context, a []bgp.Advertisement
 	s.ads = a
 	return nil
 }
+func (s *fakeSpeaker) SetImportPolicy(p bgp.ImportPolicy) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.policy = p
+}
+
+// Paths judges the paths by the policy, as the real speaker does.
 func (s *fakeSpeaker) Paths(context.Context) ([]bgp.Path, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.paths, nil
+	return s.policy.Apply(s.paths), nil
 }
 func (s *fakeSpeaker) Peers(context.Context) ([]bgp.PeerState, error) { return nil, nil }
 func (s *fakeSpeaker) Changes() <-chan struct{}                       { return s.changes }
@@ -117,6 +133,7 @@ func mkNode(name, ip, cidr string, ann map[string]string) *corev1.Node {
 
 type harness struct {
 	client   *fake.Clientset
+	dyn      dynamic.Interface
 	applier  *fakeApplier
 	mu       sync.Mutex
 	speakers []*fakeSpeaker
@@ -128,8 +145,12 @@ type harness struct {
 }
 
 func start(t *testing.T, applier *fakeApplier, nodes ...*corev1.Node) *harness {
+	return startWith(t, applier, nil, nodes...)
+}
+
+func startWith(t *testing.T, applier *fakeApplier, dyn dynamic.Interface, nodes ...*corev1.Node) *harness {
 	t.Helper()
-	h := &harness{client: fake.NewClientset(), applier: applier, states: map[string][]netip.Prefix{}, logs: &syncBuffer{}}
+	h := &harness{client: fake.NewClientset(), dyn: dyn, applier: applier, states: map[string][]netip.Prefix{}, logs: &syncBuffer{}}
 	for _, n := range nodes {
 		if _, err := h.client.CoreV1().Nodes().Create(context.Background(), n, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
@@ -149,7 +170,7 @@ func start(t *testing.T, applier *fakeApplier, nodes ...*corev1.Node) *harness {
 		return nil
 	}
 	log := slog.New(slog.NewTextHandler(h.logs, nil))
-	h.ctrl = New(Config{NodeName: "n1", DefaultASN: 64512, BGPPort: 179, GracefulRestartTime: time.Minute, ResyncPeriod: 100 * time.Millisecond}, h.client, applier, newSpeaker, write, log)
+	h.ctrl = New(Config{NodeName: "n1", DefaultASN: 64512, BGPPort: 179, GracefulRestartTime: time.Minute, ResyncPeriod: 100 * time.Millisecond, CRDSyncTimeout: time.Second}, h.client, h.dyn, applier, newSpeaker, write, log)
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel, h.done = cancel, make(chan struct{})
 	go func() { defer close(h.done); _ = h.ctrl.Run(ctx) }()
@@ -368,7 +389,165 @@ func TestControllerRejectsPathsNotFromTheOwner(t *testing.T) {
 		return nil
 	})
 	time.Sleep(300 * time.Millisecond) // a few resyncs
-	if n := strings.Count(h.logs.String(), "next hop is not the node that owns"); n != 1 {
+	if n := strings.Count(h.logs.String(), "reason=nextHopNotOwner"); n != 1 {
 		t.Errorf("rejection logged %d times, want once", n)
+	}
+}
+
+func unstructuredOf(t *testing.T, obj runtime.Object) *unstructured.Unstructured {
+	t.Helper()
+	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &unstructured.Unstructured{Object: m}
+}
+
+func acceptedCondition(t *testing.T, dyn dynamic.Interface, gvr schema.GroupVersionResource, name string) (*metav1.Condition, error) {
+	u, err := dyn.Resource(gvr).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		return nil, err
+	}
+	var p v1alpha1.BGPPeer
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &p); err != nil {
+		return nil, err
+	}
+	c := meta.FindStatusCondition(p.Status.Conditions, v1alpha1.ConditionAccepted)
+	if c == nil {
+		return nil, fmt.Errorf("no Accepted condition in %v", p.Status)
+	}
+	return c, nil
+}
+
+// BGPPeers select nodes, bad ones are reported in their status, and a peer
+// that turns bad keeps its last good session.
+func TestControllerBGPPeers(t *testing.T) {
+	// An empty scheme: the fake then keeps the objects unstructured, as
+	// the API server's JSON is.
+	sc := runtime.NewScheme()
+	tor := &v1alpha1.BGPPeer{
+		TypeMeta:   metav1.TypeMeta{APIVersion: v1alpha1.SchemeGroupVersion.String(), Kind: "BGPPeer"},
+		ObjectMeta: metav1.ObjectMeta{Name: "tor", Generation: 1},
+		Spec: v1alpha1.BGPPeerSpec{PeerIP: "198.18.0.201", ASNumber: 65100,
+			Password: &v1alpha1.SecretKeySelector{Namespace: "kube-system", Name: "bgp", Key: "pw"}},
+	}
+	other := &v1alpha1.BGPPeer{
+		TypeMeta:   metav1.TypeMeta{APIVersion: v1alpha1.SchemeGroupVersion.String(), Kind: "BGPPeer"},
+		ObjectMeta: metav1.ObjectMeta{Name: "rack-b", Generation: 1},
+		Spec: v1alpha1.BGPPeerSpec{PeerIP: "198.18.0.202", ASNumber: 65100,
+			NodeSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"rack": "b"}}},
+	}
+	cfg := &v1alpha1.BGPConfiguration{
+		TypeMeta:   metav1.TypeMeta{APIVersion: v1alpha1.SchemeGroupVersion.String(), Kind: "BGPConfiguration"},
+		ObjectMeta: metav1.ObjectMeta{Name: "default", Generation: 1},
+		Spec:       v1alpha1.BGPConfigurationSpec{ASNumber: 65000, AcceptedPrefixes: []v1alpha1.CIDR{"10.244.0.0/16"}},
+	}
+	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(sc, map[schema.GroupVersionResource]string{
+		bgpPeersGVR:          "BGPPeerList",
+		bgpConfigurationsGVR: "BGPConfigurationList",
+	}, unstructuredOf(t, tor), unstructuredOf(t, other), unstructuredOf(t, cfg))
+
+	app := &fakeApplier{}
+	n1 := mkNode("n1", "198.18.0.11", "10.244.1.0/24", nil)
+	n1.Labels = map[string]string{"rack": "a"}
+	h := startWith(t, app, dyn, n1, mkNode("n2", "198.18.0.12", "10.244.2.0/24", nil))
+
+	// No Secret yet: the ToR is refused and reported, the mesh runs.
+	waitFor(t, "tor refused", func() error {
+		c, err := acceptedCondition(t, dyn, bgpPeersGVR, "tor")
+		if err != nil {
+			return err
+		}
+		if c.Status != metav1.ConditionFalse || c.Reason != "SecretNotFound" {
+			return fmt.Errorf("condition %+v", c)
+		}
+		return nil
+	})
+	waitFor(t, "speaker with the BGPConfiguration's ASN", func() error {
+		s := h.speaker()
+		if s == nil {
+			return fmt.Errorf("no speaker")
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.cfg.ASN != 65000 || len(s.peers) != 1 || s.peers[0].Name != "n2" {
+			return fmt.Errorf("asn %d peers %+v", s.cfg.ASN, s.peers)
+		}
+		return nil
+	})
+
+	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "bgp"}, Data: map[string][]byte{"pw": []byte("s3cret")}}
+	if _, err := h.client.CoreV1().Secrets("kube-system").Create(context.Background(), secret, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "tor peered with its password", func() error {
+		s := h.speaker()
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if len(s.peers) != 2 || s.peers[1].Name != "bgppeer/tor" || s.peers[1].Password != "s3cret" || s.peers[1].ASN != 65100 {
+			return fmt.Errorf("peers %+v", s.peers)
+		}
+		return nil
+	})
+	waitFor(t, "tor accepted", func() error {
+		c, err := acceptedCondition(t, dyn, bgpPeersGVR, "tor")
+		if err != nil {
+			return err
+		}
+		if c.Status != metav1.ConditionTrue {
+			return fmt.Errorf("condition %+v", c)
+		}
+		return nil
+	})
+
+	// The Secret goes away: the object is refused again, but the session
+	// keeps its last good settings.
+	if err := h.client.CoreV1().Secrets("kube-system").Delete(context.Background(), "bgp", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "tor refused, last good in effect", func() error {
+		c, err := acceptedCondition(t, dyn, bgpPeersGVR, "tor")
+		if err != nil {
+			return err
+		}
+		if c.Status != metav1.ConditionFalse || !strings.Contains(c.Message, "last accepted version stays in effect") {
+			return fmt.Errorf("condition %+v", c)
+		}
+		return nil
+	})
+	s := h.speaker()
+	s.mu.Lock()
+	if len(s.peers) != 2 || s.peers[1].Password != "s3cret" {
+		t.Errorf("peers after the Secret went away = %+v, want the last good ToR session", s.peers)
+	}
+	s.mu.Unlock()
+
+	// The ToR's paths go through the import policy: the allowed prefix is
+	// installed, the default route and a piece of n2's pod CIDR are not.
+	torIP := netip.MustParseAddr("198.18.0.201")
+	s.set(func(s *fakeSpeaker) {
+		s.converged = true
+		s.paths = []bgp.Path{
+			{Prefix: netip.MustParsePrefix("0.0.0.0/0"), NextHop: torIP, PeerAddress: torIP, Best: true},
+			{Prefix: netip.MustParsePrefix("10.244.2.128/25"), NextHop: torIP, PeerAddress: torIP, Best: true},
+			{Prefix: netip.MustParsePrefix("10.244.200.0/24"), NextHop: torIP, PeerAddress: torIP, Best: true},
+		}
+	})
+	waitFor(t, "only the allowed ToR prefix installed", func() error {
+		a, _ := app.last()
+		var got []string
+		for _, r := range a.routes {
+			got = append(got, r.String())
+		}
+		want := []string{"blackhole 10.244.1.0/24 proto 201", "10.244.200.0/24 via 198.18.0.201 proto 201"}
+		if strings.Join(got, "|") != strings.Join(want, "|") {
+			return fmt.Errorf("applied %q, want %q", got, want)
+		}
+		return nil
+	})
+	for _, reason := range []string{"reason=defaultRoute", "reason=podCIDRMoreSpecific"} {
+		if !strings.Contains(h.logs.String(), reason) {
+			t.Errorf("log lacks %s", reason)
+		}
 	}
 }

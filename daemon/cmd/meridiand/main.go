@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -107,13 +108,19 @@ func run(ctx context.Context, log *slog.Logger, nodeName, kubeconfig string, asn
 	writeState := func(name string, cidrs []netip.Prefix) error {
 		return ipam.NodeState{NodeName: name, PodCIDRs: cidrs}.Write(stateDir)
 	}
+	// BGPConfiguration and BGPPeer are read as unstructured objects and
+	// converted to the api/crd/v1alpha1 types.
+	crdClient, err := dynamic.NewForConfig(restCfg)
+	if err != nil {
+		return fmt.Errorf("create Kubernetes dynamic client: %w", err)
+	}
 	ctrl := routing.New(routing.Config{
 		NodeName:            nodeName,
 		DefaultASN:          asn,
 		BGPPort:             bgpPort,
 		GracefulRestartTime: grTime,
 		WithdrawOnStop:      withdraw,
-	}, client, applier, newSpeaker, writeState, log)
+	}, client, crdClient, applier, newSpeaker, writeState, log)
 	log.Info("meridiand starting", "node", nodeName, "asn", asn, "stateDir", stateDir, "apiSocket", apiSocket)
 
 	var api sync.WaitGroup
