@@ -9,7 +9,7 @@ DEBS := etcd-server frr bird2 containernetworking-plugins iperf3 nftables iprout
 	netcat-openbsd tcpdump iputils-ping conntrack wget curl
 LAB_NODES ?= 3
 
-.PHONY: all build meridian tools deps lab lab-down test unit-test integration-test bench fuzz api fmt vet clean
+.PHONY: all build meridian tools deps lab lab-down test unit-test integration-test chart-test chart-crds image bench fuzz api fmt vet clean
 
 all: build
 
@@ -42,7 +42,7 @@ lab: deps build
 lab-down:
 	$(BIN)/meridian-lab down
 
-test: deps build unit-test integration-test
+test: deps build unit-test integration-test chart-test
 
 # Every package outside integration/, with the race detector; kernel tests
 # in throw-away namespaces run when root and skip otherwise. Packages that
@@ -51,13 +51,37 @@ test: deps build unit-test integration-test
 # the detector reports however our code behaves.
 GOBGP_PKGS := ./bgp/gobgp ./daemon/cmd/meridiand
 unit-test:
-	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /integration/ | grep -v -e '/bgp/gobgp$$' -e '/daemon/cmd/meridiand$$')
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /integration/ | grep -v -e '/bgp/gobgp$$' -e '/daemon/cmd/meridiand$$' -e '/charts$$')
 	$(GO) test -count=1 $(GOBGP_PKGS)
 
 # The kernel and lab tests, which fail instead of skipping when the lab
 # cannot run.
 integration-test:
 	MERIDIAN_BIN_DIR=$(BIN) MERIDIAN_REQUIRE_LAB=1 $(GO) test -count=1 -timeout 30m -p 1 ./integration/...
+
+# The Helm chart: helm lint, helm template with the default values and with
+# charts/meridian/ci/all-values.yaml, schema refusals, and the rendered objects
+# decoded into typed Kubernetes objects. bin/helm comes from `make tools`;
+# MERIDIAN_REQUIRE_LAB=1 makes its absence a failure instead of a skip.
+chart-test:
+	MERIDIAN_BIN_DIR=$(BIN) MERIDIAN_REQUIRE_LAB=1 $(GO) test -count=1 ./charts/...
+
+# Refreshes the chart's copy of the CRDs after hack/gen-crds.sh; chart-test
+# fails while the two differ.
+chart-crds:
+	rm -f charts/meridian/crds/*.yaml
+	cp api/crd/manifests/*.yaml charts/meridian/crds/
+
+# bin/meridian-image.tar: meridiand, meridianctl, meridian-cni and the chart's
+# CNI installer in one image, written by hack/image without a container
+# engine (docker-archive; `ctr images import`, `docker load`). Tagged
+# ghcr.io/meridian-net/meridian:<appVersion of charts/meridian>, the chart's
+# default image; IMAGE_REF overrides it.
+IMAGE_REF ?=
+image: meridian
+	$(GOFLAGS_STATIC) $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./hack/image/meridian-install-cni
+	$(GO) run ./hack/image --output $(BIN)/meridian-image.tar --bin-dir $(BIN) \
+		--chart charts/meridian/Chart.yaml $(if $(IMAGE_REF),--ref $(IMAGE_REF))
 
 # Measures on a fresh lab and leaves it running.
 bench: deps build
