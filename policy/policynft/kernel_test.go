@@ -373,6 +373,31 @@ func TestKernelPolicy(t *testing.T) {
 		t.Logf("x/a ingress: %+v", d)
 	})
 
+	t.Run("hairpin through a Service", func(t *testing.T) {
+		// x/b is ingress isolated (default deny). Through a virtual IP
+		// DNATed back to itself it reaches itself, as policy always lets a
+		// pod do; masquerade keeps its kernel from calling its own source
+		// address martian, as a Service's hairpin does.
+		nat := nft.Table{Chains: []nft.Chain{
+			{Name: "test-nat-prerouting", Type: nft.TypeNAT, Hook: nft.HookPrerouting, Priority: nft.PriorityDstNAT, Rules: []nft.Rule{
+				{Match: []nft.Match{{Keys: []nft.Field{nft.IPDaddr}, Value: "10.96.0.1"}, {Keys: []nft.Field{nft.L4Proto}, Value: "tcp"}}, Action: nft.Action{Kind: nft.ActDNAT, Addr: "10.98.0.3", Port: 80}},
+			}},
+			{Name: "test-nat-postrouting", Type: nft.TypeNAT, Hook: nft.HookPostrouting, Priority: nft.PrioritySrcNAT, Rules: []nft.Rule{
+				{Match: []nft.Match{{Keys: []nft.Field{nft.IPSaddr}, Value: "10.98.0.3"}, {Keys: []nft.Field{nft.IPDaddr}, Value: "10.98.0.3"}}, Action: nft.Action{Kind: nft.ActMasquerade}},
+			}},
+		}}
+		merged, err := nft.Merge(cur, nat)
+		mustDo(t, err, "merge")
+		apply(t, node.conn, &cur, merged)
+		if !probe(t, node.pods["10.98.0.3"], policy.Packet{Src: addr("10.98.0.3"), Dst: addr("10.96.0.1"), Protocol: corev1.ProtocolTCP, DstPort: 80}) {
+			t.Error("x/b could not reach itself through the virtual IP")
+		}
+		if probe(t, node.pods["10.98.0.2"], policy.Packet{Src: addr("10.98.0.2"), Dst: addr("10.96.0.1"), Protocol: corev1.ProtocolTCP, DstPort: 80}) {
+			t.Error("x/a reached x/b through the virtual IP: policy was judged before DNAT")
+		}
+		apply(t, node.conn, &cur, Render(m))
+	})
+
 	t.Run("policy change keeps open connection", func(t *testing.T) {
 		var c net.Conn
 		mustDo(t, node.pods["10.98.0.4"].Do(func(ns.NetNS) error {
@@ -424,4 +449,24 @@ func TestKernelPolicy(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestKernelTransitions applies every golden case's table after every
+// other to the kernel, which must take each plan and hold the render.
+func TestKernelTransitions(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a network namespace")
+	}
+	conn := kernel.New(int(newNetNS(t).Fd()), slog.New(slog.DiscardHandler))
+	var cur nft.Table
+	for _, a := range renderCases {
+		for _, b := range renderCases {
+			apply(t, conn, &cur, Render(compile(t, a.policies)))
+			apply(t, conn, &cur, Render(compile(t, b.policies)))
+		}
+	}
+	mustDo(t, conn.Apply(nft.Plan(cur, nft.Table{})), "delete the table")
+	if got, _ := conn.Dump(); !got.Empty() {
+		t.Errorf("table left after Plan to empty:\n%s", got)
+	}
 }

@@ -185,3 +185,24 @@ func TestFailClosedOnlyIsolatedDirections(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestFakeTransitions applies every golden case's table after every other
+// to the Fake, which refuses deleting a chain a map element still jumps to
+// or a set a rule still references.
+func TestFakeTransitions(t *testing.T) {
+	f := nft.NewFake()
+	var cur nft.Table
+	for _, a := range renderCases {
+		for _, b := range renderCases {
+			for _, next := range []nft.Table{Render(compile(t, a.policies)), Render(compile(t, b.policies))} {
+				if err := f.Apply(nft.Plan(cur, next)); err != nil {
+					t.Fatalf("%s -> %s: %v", a.name, b.name, err)
+				}
+				cur = next
+			}
+			if got, _ := f.Dump(); got.String() != cur.String() {
+				t.Fatalf("%s -> %s: fake holds\n%s", a.name, b.name, got)
+			}
+		}
+	}
+}
