@@ -171,6 +171,7 @@ func TestKernelPackets(t *testing.T) {
 			svc("default", "sticky", "10.96.0.11", affinity(60)),
 			svc("default", "empty", "10.96.0.12"),
 			svc("default", "self", "10.96.0.13"),
+			svc("default", "empty-udp", "10.96.0.14", ports(sport("dns", corev1.ProtocolUDP, 53))),
 		},
 		EndpointSlices: []*discoveryv1.EndpointSlice{
 			v4slice("default", "web", "web-1", 8080, both...),
@@ -213,6 +214,30 @@ func TestKernelPackets(t *testing.T) {
 			_, err := ask(from.n, "10.96.0.12:80")
 			if !errors.Is(err, syscall.ECONNREFUSED) || time.Since(start) > time.Second {
 				t.Errorf("%s to a Service without endpoints: %v after %v, want connection refused at once", from.name, err, time.Since(start))
+			}
+		}
+	})
+	t.Run("NoEndpointsUDPPortUnreachable", func(t *testing.T) {
+		// ICMP port unreachable turns into ECONNREFUSED on the client's
+		// connected UDP socket. The node routes 10.96.0.0/16 back out of
+		// the client's interface: a check in forward would be silenced by
+		// the ICMP redirect's rate limit (see the package doc).
+		for i := range 3 {
+			err := client.Do(func(ns.NetNS) error {
+				c, err := net.Dial("udp4", "10.96.0.14:53")
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(time.Second))
+				if _, err := c.Write([]byte("q")); err != nil {
+					return err
+				}
+				_, err = c.Read(make([]byte, 16))
+				return err
+			})
+			if !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Errorf("UDP query %d to a Service without endpoints: %v, want connection refused", i, err)
 			}
 		}
 	})

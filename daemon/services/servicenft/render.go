@@ -33,9 +33,9 @@
 //	chain ep-<id>-<ep> { ip saddr <ep> mark |= 0x4000        # hairpin
 //	                     [update @aff-<id>-<ep> { ip saddr }]
 //	                     meta l4proto <proto> dnat ip to <ep>:<port> }
-//	chain services-filter-input   { type filter hook input priority -10;   ct state new ... vmap @services-no-endpoints }
-//	chain services-filter-forward { type filter hook forward priority -10; ct state new ... vmap @services-no-endpoints }
-//	chain services-filter-output  { type filter hook output priority -90;  ct state new ... vmap @services-no-endpoints }
+//	chain services-filter-prerouting { type filter hook prerouting priority dstnat + 10;
+//	                                   ct state new ip daddr . meta l4proto . th dport vmap @services-no-endpoints }
+//	chain services-filter-output     { type filter hook output priority -90; (the same rule) }
 //	map services-no-endpoints { ipv4_addr . inet_proto . inet_service : verdict }
 //	    frontends of targets without endpoints: goto services-reject, or drop
 //	    for a Local policy left without local endpoints
@@ -44,10 +44,17 @@
 //	    meta mark & 0x4000 == 0x4000 masquerade fully-random
 //	    ip saddr @services-nat-outgoing ip daddr != @services-nat-outgoing masquerade fully-random }
 //
-// Rejects live in filter chains because the nat hooks see only a
-// connection's first packet and reject is refused there by nft; the output
-// check runs after nat output (dstnat + 10) so that node-originated traffic
-// short-circuited to a cluster target is already translated when checked.
+// Rejects live in filter chains (nft refuses reject in nat chains), right
+// after the nat chains of the same hooks (dstnat + 10): a packet that was
+// translated (an endpoint chosen, or pods and the node short-circuited
+// past an empty Local target) no longer carries the frontend address, so
+// the no-endpoints map sees only what nat left alone. The check is in
+// prerouting rather than forward and input (kube-proxy's place) because a
+// routed client whose route back leaves by the interface the packet came
+// in gets an ICMP redirect from the forward path first, and that uses up
+// the per-host ICMP rate limit: the port unreachable that follows is never
+// sent (IcmpOutRateLimitHost), and a UDP client waits for its timeout.
+// Rejecting in prerouting happens before routing, so no redirect.
 //
 // Target ids key the shared endpoint map and name the chains. They come
 // from a 32-bit FNV-1a hash of the TargetKey, so they do not depend on the
@@ -70,12 +77,11 @@ import (
 
 // Names of the fixed objects of the services fragment.
 const (
-	ChainNATPrerouting  = "services-nat-prerouting"
-	ChainNATOutput      = "services-nat-output"
-	ChainNATPostrouting = "services-nat-postrouting"
-	ChainFilterInput    = "services-filter-input"
-	ChainFilterForward  = "services-filter-forward"
-	ChainFilterOutput   = "services-filter-output"
+	ChainNATPrerouting    = "services-nat-prerouting"
+	ChainNATOutput        = "services-nat-output"
+	ChainNATPostrouting   = "services-nat-postrouting"
+	ChainFilterPrerouting = "services-filter-prerouting"
+	ChainFilterOutput     = "services-filter-output"
 	// ChainServices dispatches by destination in both nat base chains.
 	ChainServices = "services"
 	// ChainReject answers a connection to a Service without endpoints.
@@ -90,13 +96,9 @@ const (
 	SetNATOutgoing  = "services-nat-outgoing"
 )
 
-// Priorities of the filter checks: before other filter chains on input and
-// forward (as kube-proxy's -110 relative to its nat), after nat output on
-// output so a short-circuited packet is seen with its endpoint address.
-const (
-	PriorityFilterCheck = nft.PriorityFilter - 10
-	PriorityOutputCheck = nft.PriorityDstNAT + 10
-)
+// PriorityCheck is the priority of the no-endpoints checks: right after
+// Meridian's nat chains of the same hook.
+const PriorityCheck = nft.PriorityDstNAT + 10
 
 // Config is what the table needs beyond the model.
 type Config struct {
@@ -339,9 +341,8 @@ func (r *renderer) table(m *services.Model) nft.Table {
 			// node's address. An empty set disables it.
 			{Match: []nft.Match{{Keys: []nft.Field{nft.IPSaddr}, Set: SetNATOutgoing}, {Keys: []nft.Field{nft.IPDaddr}, Neg: true, Set: SetNATOutgoing}}, Action: nft.Action{Kind: nft.ActMasqueradeFullyRandom}},
 		}},
-		nft.Chain{Name: ChainFilterInput, Type: nft.TypeFilter, Hook: nft.HookInput, Priority: PriorityFilterCheck, Rules: check},
-		nft.Chain{Name: ChainFilterForward, Type: nft.TypeFilter, Hook: nft.HookForward, Priority: PriorityFilterCheck, Rules: check},
-		nft.Chain{Name: ChainFilterOutput, Type: nft.TypeFilter, Hook: nft.HookOutput, Priority: PriorityOutputCheck, Rules: check},
+		nft.Chain{Name: ChainFilterPrerouting, Type: nft.TypeFilter, Hook: nft.HookPrerouting, Priority: PriorityCheck, Rules: check},
+		nft.Chain{Name: ChainFilterOutput, Type: nft.TypeFilter, Hook: nft.HookOutput, Priority: PriorityCheck, Rules: check},
 		nft.Chain{Name: ChainReject, Rules: []nft.Rule{
 			{Match: []nft.Match{{Keys: []nft.Field{nft.L4Proto}, Value: "tcp"}}, Action: nft.Action{Kind: nft.ActRejectTCP}},
 			{Action: nft.Action{Kind: nft.ActReject}},

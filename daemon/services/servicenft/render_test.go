@@ -114,7 +114,7 @@ var renderCases = []renderCase{
 			wantEq(t, "frontends", len(findMap(t, tbl, MapFrontends).Elements), 0)
 			wantSlice(t, "svc chains", chainsWithPrefix(tbl, "svc-"), nil)
 			wantSlice(t, "reject chain", chainRules(t, tbl, ChainReject), []string{"meta l4proto tcp reject with tcp reset", "reject"})
-			for _, c := range []string{ChainFilterInput, ChainFilterForward, ChainFilterOutput} {
+			for _, c := range []string{ChainFilterPrerouting, ChainFilterOutput} {
 				wantSlice(t, c, chainRules(t, tbl, c), []string{"ct state new ip daddr . meta l4proto . th dport vmap @services-no-endpoints"})
 			}
 		},
@@ -274,7 +274,7 @@ var renderCases = []renderCase{
 		check: func(t *testing.T, m *services.Model, tbl nft.Table) {
 			// The fixed layout is there without Services, so the first
 			// Service adds elements only.
-			wantEq(t, "chains", len(tbl.Chains), 8)
+			wantEq(t, "chains", len(tbl.Chains), 7)
 			wantEq(t, "maps", len(tbl.Maps), 3)
 		},
 	},

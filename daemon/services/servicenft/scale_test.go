@@ -42,7 +42,7 @@ func TestScaleOneEndpointChange(t *testing.T) {
 	wantEq(t, "sets", len(t1.Sets), 4)
 	wantEq(t, "maps", len(t1.Maps), 3)
 	wantEq(t, "endpoint elements", len(findMap(t, t1, MapEndpoints).Elements), n*eps)
-	wantEq(t, "chains", len(t1.Chains), 8+n+n*eps)
+	wantEq(t, "chains", len(t1.Chains), 7+n+n*eps)
 	full := nft.Full(t1, false)
 
 	// Service 4711's last endpoint moves to a new address (same bucket).
