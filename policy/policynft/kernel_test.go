@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
+	"regexp"
 	"slices"
 	"testing"
 	"time"
@@ -469,4 +471,35 @@ func TestKernelTransitions(t *testing.T) {
 	if got, _ := conn.Dump(); !got.Empty() {
 		t.Errorf("table left after Plan to empty:\n%s", got)
 	}
+}
+
+// TestKernelNFTList applies a table with every kind of object Render writes
+// and compares what the nft binary lists (what an operator reads) with
+// testdata/kernel-table.nft.
+func TestKernelNFTList(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a network namespace")
+	}
+	if _, err := exec.LookPath("nsenter"); err != nil {
+		t.Skip("nsenter not installed")
+	}
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("nft not installed")
+	}
+	n := newNetNS(t)
+	conn := kernel.New(int(n.Fd()), slog.New(slog.DiscardHandler))
+	var pols []*networkingv1.NetworkPolicy
+	for _, c := range renderCases {
+		if c.name != "invalid-fails-closed" {
+			pols = append(pols, c.policies...)
+		}
+	}
+	var cur nft.Table
+	apply(t, conn, &cur, Render(compile(t, pols)))
+	out, err := exec.Command("nsenter", "--net="+n.Path(), "nft", "list", "table", "inet", "meridian").CombinedOutput()
+	if err != nil {
+		t.Fatalf("nft list: %v\n%s", err, out)
+	}
+	got := regexp.MustCompile(`# handle \d+`).ReplaceAllString(string(out), "")
+	golden(t, "kernel-table.nft", got)
 }

@@ -206,7 +206,10 @@ func checkFragment(t *testing.T, tbl nft.Table) {
 
 func golden(t *testing.T, name, got string) {
 	t.Helper()
-	path := filepath.Join("testdata", name+".golden")
+	path := filepath.Join("testdata", name)
+	if filepath.Ext(name) == "" {
+		path += ".golden"
+	}
 	if *update {
 		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
 			t.Fatal(err)
