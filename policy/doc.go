@@ -12,8 +12,9 @@
 //     namespaceSelector, and a podSelector; requirements and values sorted) so
 //     equal selectors in different policies share one set, named
 //     "sel-<hash>". Members are the IPs of the live, non-host-network pods it
-//     matches. In nftables: `set sel-… { type ipv4_addr; }` (plus an ipv6
-//     twin), referenced as `ip saddr @sel-…` / `ip daddr @sel-…`.
+//     matches. In nftables: `set pol-sel-… { type ipv4_addr; }`, referenced
+//     as `ip saddr @pol-sel-…` / `ip daddr @pol-sel-…` (IPv4 only for now:
+//     the nft model has no IPv6 fields).
 //   - BlockSets: one per distinct ipBlock, its CIDR minus its excepts as
 //     sorted, non-overlapping ranges: `set cidr-… { type ipv4_addr; flags
 //     interval; }`. An ipBlock matches by address only, so it matches pod IPs
@@ -33,11 +34,11 @@
 //     else protocol + range or protocol + PortSet) and carries its policy's
 //     namespace/name and rule index.
 //
-// The renderer is expected to build a verdict map from a local pod's IP to
-// its per-pod chains (`ip daddr vmap @ingress-pods`, `ip saddr vmap
-// @egress-pods`), so a packet meets only its own pod's rules. A pod's chain
-// holds one rule per allow rule, each with a named counter for the policy
-// and rule, and ends in a counted drop attributed to the isolating policies;
+// The renderer, package policynft, builds a verdict map from a local pod's
+// IP to its per-pod chains (`ip daddr vmap @pol-ingress`, `ip saddr vmap
+// @pol-egress`), so a packet meets only its own pod's rules. A pod's chain
+// holds one rule per allow rule (per peer and port), each counted and
+// commented with the policy and rule index, and ends in a counted drop attributed to the isolating policies;
 // pods that are not isolated get no map entry. Pod churn and relabelling
 // change set elements only, never chains, unless a pod starts or stops being
 // selected. Established and related traffic, and traffic from the node to
