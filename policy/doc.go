@@ -38,7 +38,8 @@
 // IP to its per-pod chains (`ip daddr vmap @pol-ingress`, `ip saddr vmap
 // @pol-egress`), so a packet meets only its own pod's rules. A pod's chain
 // holds one rule per allow rule (per peer and port), each counted and
-// commented with the policy and rule index, and ends in a counted drop attributed to the isolating policies;
+// commented with the policy and rule index, and ends in a counted drop
+// attributed to the isolating policies;
 // pods that are not isolated get no map entry. Pod churn and relabelling
 // change set elements only, never chains, unless a pod starts or stops being
 // selected. Established and related traffic, and traffic from the node to
