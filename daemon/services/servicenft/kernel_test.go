@@ -158,8 +158,11 @@ func TestKernelPackets(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, vips, _ := net.ParseCIDR("10.96.0.0/16")
-	if err := hn.RouteAdd(&netlink.Route{LinkIndex: toClient.Attrs().Index, Dst: vips, Scope: netlink.SCOPE_LINK}); err != nil {
-		t.Fatal(err)
+	_, lbs, _ := net.ParseCIDR("10.99.9.0/24")
+	for _, dst := range []*net.IPNet{vips, lbs} {
+		if err := hn.RouteAdd(&netlink.Route{LinkIndex: toClient.Attrs().Index, Dst: dst, Scope: netlink.SCOPE_LINK}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	serve(t, ep1, "ep1")
 	serve(t, ep2, "ep2")
@@ -172,11 +175,14 @@ func TestKernelPackets(t *testing.T) {
 			svc("default", "empty", "10.96.0.12"),
 			svc("default", "self", "10.96.0.13"),
 			svc("default", "empty-udp", "10.96.0.14", ports(sport("dns", corev1.ProtocolUDP, 53))),
+			// Its only endpoint is on another node.
+			svc("default", "local", "10.96.0.15", loadBalancer(30015, "10.99.9.9"), etpLocal),
 		},
 		EndpointSlices: []*discoveryv1.EndpointSlice{
 			v4slice("default", "web", "web-1", 8080, both...),
 			v4slice("default", "sticky", "sticky-1", 8080, both...),
 			v4slice("default", "self", "self-1", 8080, both[0]),
+			v4slice("default", "local", "local-1", 8080, both[1]),
 		},
 		Config: services.DefaultConfig(),
 		Node: services.Node{Name: "node-a", Addresses: []netip.Addr{netip.MustParseAddr("10.99.1.1")},
@@ -284,6 +290,22 @@ func TestKernelPackets(t *testing.T) {
 		}
 		if !strings.HasPrefix(reply, "ep") {
 			t.Errorf("reply %q", reply)
+		}
+	})
+	t.Run("ExternalTrafficPolicyLocal", func(t *testing.T) {
+		// No endpoint on this node: an outside client is dropped (so a
+		// load balancer's health check moves it elsewhere).
+		if reply, err := ask(client, "10.99.9.9:80"); err == nil || errors.Is(err, syscall.ECONNREFUSED) {
+			t.Errorf("outside client to a Local load balancer IP without local endpoints: %q, %v; want a drop (timeout)", reply, err)
+		}
+		// A pod is short-circuited to the cluster's endpoints, its
+		// address kept.
+		if reply, err := ask(ep1, "10.99.9.9:80"); err != nil || reply != "ep2 10.99.2.2" {
+			t.Errorf("pod to the load balancer IP: %q, %v; want ep2 seeing the pod", reply, err)
+		}
+		// The node too, masqueraded.
+		if reply, err := ask(node, "10.99.9.9:80"); err != nil || reply != "ep2 10.99.3.1" {
+			t.Errorf("node to the load balancer IP: %q, %v; want ep2 seeing the node's address", reply, err)
 		}
 	})
 	t.Run("RestartSendsNothing", func(t *testing.T) {
