@@ -333,14 +333,8 @@ func TestKernelPolicy(t *testing.T) {
 	}
 
 	t.Run("counters", func(t *testing.T) {
-		cc, ok := any(node.conn).(interface {
-			Counters() ([]nft.RuleCounter, error)
-		})
-		if !ok {
-			t.Skip("kernel.Conn has no Counters yet")
-		}
 		read := func() map[string]DropCount {
-			cs, err := cc.Counters()
+			cs, err := node.conn.Counters()
 			mustDo(t, err, "counters")
 			out := map[string]DropCount{}
 			for _, d := range Drops(cs) {
