@@ -1,6 +1,12 @@
 // Command meridiand is Meridian's node daemon: it runs in the host network
 // of every node, peers over BGP with the other nodes and installs the routes
 // to their pods.
+//
+// Go 1.24 and later open listeners as MPTCP, which refuses TCP_MD5SIG
+// (ENOPROTOOPT), so GoBGP could not put BGPPeer passwords (RFC 2385) on its
+// listening socket; BGP is plain TCP.
+//
+//go:debug multipathtcp=0
 package main
 
 import (
