@@ -20,6 +20,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apiextensionsclient "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -286,10 +287,19 @@ func (r *router) start(t *testing.T, argv ...string) {
 // has to speak BGP) peering eBGP with every node and originating networks.
 func (r *router) startFRR(t *testing.T, asn int, nodes []lab.Node, networks []netip.Prefix) {
 	t.Helper()
+	r.startFRRWithPassword(t, asn, nodes, networks, "")
+}
+
+// startFRRWithPassword is startFRR with a TCP MD5 key on every session.
+func (r *router) startFRRWithPassword(t *testing.T, asn int, nodes []lab.Node, networks []netip.Prefix, password string) {
+	t.Helper()
 	var b strings.Builder
 	fmt.Fprintf(&b, "frr defaults datacenter\nhostname %s\nlog stdout informational\nrouter bgp %d\n bgp router-id %s\n no bgp ebgp-requires-policy\n no bgp network import-check\n bgp graceful-restart\n", r.name, asn, r.ip)
 	for _, n := range nodes {
 		fmt.Fprintf(&b, " neighbor %s remote-as %d\n neighbor %s timers 3 9\n", n.IP, 64512, n.IP)
+		if password != "" {
+			fmt.Fprintf(&b, " neighbor %s password %s\n", n.IP, password)
+		}
 	}
 	b.WriteString(" address-family ipv4 unicast\n")
 	for _, p := range networks {
@@ -313,6 +323,27 @@ func (r *router) vtysh(command string) ([]byte, error) {
 		return nil, fmt.Errorf("vtysh -c %q: %w: %s", command, err, out)
 	}
 	return out, nil
+}
+
+// frrPeer is one neighbour in FRR's summary.
+type frrPeer struct {
+	State string `json:"state"`
+	// EstablishedEpoch is when the session last came up; a flap moves it.
+	EstablishedEpoch int64 `json:"peerUptimeEstablishedEpoch"`
+}
+
+func (r *router) frrPeers() (map[string]frrPeer, error) {
+	out, err := r.vtysh("show bgp ipv4 unicast summary json")
+	if err != nil {
+		return nil, err
+	}
+	var sum struct {
+		Peers map[string]frrPeer `json:"peers"`
+	}
+	if err := json.Unmarshal(out, &sum); err != nil {
+		return nil, fmt.Errorf("decode %s: %w", out, err)
+	}
+	return sum.Peers, nil
 }
 
 // frrRoutes is FRR's IPv4 unicast table: prefix -> next hops of valid paths.
@@ -406,6 +437,22 @@ func meridianRoutes(t *testing.T, node lab.Node) map[netip.Prefix][]netip.Addr {
 	return got
 }
 
+func acceptedOf(dyn dynamic.Interface, name string) (*metav1.Condition, error) {
+	u, err := dyn.Resource(bgpPeersGVR).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		return nil, err
+	}
+	var p v1alpha1.BGPPeer
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &p); err != nil {
+		return nil, err
+	}
+	cond := meta.FindStatusCondition(p.Status.Conditions, v1alpha1.ConditionAccepted)
+	if cond == nil {
+		return nil, fmt.Errorf("no Accepted condition: %+v", p.Status)
+	}
+	return cond, nil
+}
+
 func logHas(l *lab.Lab, node string, parts ...string) bool {
 	b, err := os.ReadFile(l.LogPath("meridiand-" + node))
 	if err != nil {
@@ -483,20 +530,114 @@ func TestBGPPeersWithToRs(t *testing.T) {
 		}
 	})
 
+	t.Run("md5", func(t *testing.T) {
+		// FRR with a key, and one with a different key than the Secret's:
+		// the first session comes up, the second stays down.
+		md5IP, wrongIP := netip.MustParseAddr("198.18.0.204"), netip.MustParseAddr("198.18.0.205")
+		good := newRouterNetns(t, "tor4", md5IP)
+		good.startFRRWithPassword(t, torASN, nodes, nil, "s3cret-key")
+		wrong := newRouterNetns(t, "tor5", wrongIP)
+		wrong.startFRRWithPassword(t, torASN, nodes, nil, "other-key")
+		ctx := context.Background()
+		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "e2e-bgp-md5"}, StringData: map[string]string{"password": "s3cret-key"}}
+		if _, err := c.CoreV1().Secrets("kube-system").Create(ctx, sec, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.CoreV1().Secrets("kube-system").Delete(ctx, sec.Name, metav1.DeleteOptions{}) })
+		for _, p := range []struct {
+			name string
+			ip   netip.Addr
+		}{{"tor4-md5", md5IP}, {"tor5-md5-wrong", wrongIP}} {
+			peer := bgpPeer(p.name, p.ip, torASN)
+			peer.Spec.Password = &v1alpha1.SecretKeySelector{Namespace: "kube-system", Name: sec.Name, Key: "password"}
+			createObject(t, dyn, peer)
+			name := p.name
+			t.Cleanup(func() { _ = dyn.Resource(bgpPeersGVR).Delete(context.Background(), name, metav1.DeleteOptions{}) })
+		}
+		eventually(t, 90*time.Second, "MD5 sessions established", func() error {
+			peers, err := good.frrPeers()
+			if err != nil {
+				return err
+			}
+			for _, n := range nodes {
+				if peers[n.IP.String()].State != "Established" {
+					return fmt.Errorf("%s: %+v", n.Name, peers)
+				}
+			}
+			return nil
+		})
+		// By now the same nodes had every chance to reach tor5 too.
+		peers, err := wrong.frrPeers()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range nodes {
+			if peers[n.IP.String()].State == "Established" {
+				t.Errorf("%s: session with a mismatched MD5 key is up: %+v", n.Name, peers)
+			}
+		}
+	})
+
+	t.Run("bad object keeps sessions", func(t *testing.T) {
+		var before map[string]frrPeer
+		eventually(t, 90*time.Second, "tor1's sessions up", func() error {
+			var err error
+			if before, err = tor1.frrPeers(); err != nil {
+				return err
+			}
+			for _, n := range nodes {
+				if before[n.IP.String()].State != "Established" {
+					return fmt.Errorf("%s: %+v", n.Name, before)
+				}
+			}
+			return nil
+		})
+		bad := bgpPeer("e2e-bad-secret", netip.MustParseAddr("198.18.0.206"), torASN)
+		bad.Spec.Password = &v1alpha1.SecretKeySelector{Namespace: "kube-system", Name: "e2e-does-not-exist", Key: "password"}
+		createObject(t, dyn, bad)
+		eventually(t, 60*time.Second, "bad BGPPeer refused in its status", func() error {
+			cond, err := acceptedOf(dyn, bad.Name)
+			if err != nil {
+				return err
+			}
+			if cond.Status != metav1.ConditionFalse || cond.Reason != "SecretNotFound" {
+				return fmt.Errorf("condition %+v", cond)
+			}
+			return nil
+		})
+		eventually(t, 30*time.Second, "Warning event for the bad BGPPeer", func() error {
+			evs, err := c.CoreV1().Events("default").List(context.Background(), metav1.ListOptions{})
+			if err != nil {
+				return err
+			}
+			for _, e := range evs.Items {
+				if e.InvolvedObject.Kind == "BGPPeer" && e.InvolvedObject.Name == bad.Name && e.Reason == "SecretNotFound" && e.Type == corev1.EventTypeWarning {
+					return nil
+				}
+			}
+			return fmt.Errorf("no event among %d", len(evs.Items))
+		})
+		after, err := tor1.frrPeers()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range nodes {
+			b, a := before[n.IP.String()], after[n.IP.String()]
+			if a.State != "Established" || a.EstablishedEpoch != b.EstablishedEpoch {
+				t.Errorf("%s's session with tor1 flapped over an unrelated bad BGPPeer: before %+v, after %+v", n.Name, b, a)
+			}
+		}
+	})
+
 	t.Run("status", func(t *testing.T) {
 		for _, name := range []string{"tor1", "tor2", "tor3-bird"} {
 			eventually(t, 90*time.Second, "BGPPeer "+name+" Accepted", func() error {
-				u, err := dyn.Resource(bgpPeersGVR).Get(context.Background(), name, metav1.GetOptions{})
+				cond, err := acceptedOf(dyn, name)
 				if err != nil {
 					return err
 				}
-				var p v1alpha1.BGPPeer
-				if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &p); err != nil {
-					return err
-				}
-				cond := meta.FindStatusCondition(p.Status.Conditions, v1alpha1.ConditionAccepted)
-				if cond == nil || cond.Status != metav1.ConditionTrue {
-					return fmt.Errorf("conditions %+v", p.Status.Conditions)
+				if cond.Status != metav1.ConditionTrue {
+					return fmt.Errorf("condition %+v", cond)
 				}
 				return nil
 			})
