@@ -56,6 +56,14 @@
 // sent (IcmpOutRateLimitHost), and a UDP client waits for its timeout.
 // Rejecting in prerouting happens before routing, so no redirect.
 //
+// Frontends whose target has no endpoint are left out of
+// services-frontends (nothing to translate) and listed in
+// services-no-endpoints instead.
+//
+// IPv4 only for now: IPv6 Service ports, node addresses and cluster CIDRs
+// are skipped (the nft model has no ipv6_addr yet); target ids already
+// count IPv6 targets so that adding them will not move IPv4 ids.
+//
 // Target ids key the shared endpoint map and name the chains. They come
 // from a 32-bit FNV-1a hash of the TargetKey, so they do not depend on the
 // order of Services or on a counter kept across restarts: one endpoint

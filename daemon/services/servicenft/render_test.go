@@ -379,6 +379,9 @@ func TestTargetIDCollisions(t *testing.T) {
 // target keys (a birthday search, about 80k keys) and checks both keys get
 // distinct ids.
 func TestTargetIDsRealCollision(t *testing.T) {
+	if testing.Short() {
+		t.Skip("birthday search over ~80k keys")
+	}
 	seen := map[uint32]services.TargetKey{}
 	var keys []services.TargetKey
 	var a, b services.TargetKey
