@@ -32,6 +32,7 @@ import (
 	"github.com/meridian-net/meridian/bgp/gobgp"
 	"github.com/meridian-net/meridian/cni-plugin/ipam"
 	"github.com/meridian-net/meridian/daemon/apiserver"
+	"github.com/meridian-net/meridian/daemon/metrics"
 	"github.com/meridian-net/meridian/daemon/routes"
 	"github.com/meridian-net/meridian/daemon/routing"
 )
@@ -48,6 +49,8 @@ func main() {
 		apiSocket  = flag.String("api-socket", "/var/run/meridian/meridian.sock", "Unix socket of the gRPC API (mode 0600); empty disables the API")
 		withdraw   = flag.Bool("withdraw-on-stop", false, "on SIGTERM, close BGP sessions with a hard reset so peers withdraw this node's routes at once (default: peers keep them for the graceful-restart time, so restarts and upgrades do not drop traffic)")
 	)
+	var dp dataplaneFlags
+	dp.register()
 	flag.Parse()
 
 	var level slog.Level
@@ -67,13 +70,15 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := run(ctx, log, *nodeName, *kubeconfig, uint32(*asn), int32(*bgpPort), *grTime, *stateDir, *apiSocket, *withdraw); err != nil {
+	if err := run(ctx, log, *nodeName, *kubeconfig, uint32(*asn), int32(*bgpPort), *grTime, *stateDir, *apiSocket, *withdraw, dp); err != nil {
 		log.Error("meridiand stopped", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, log *slog.Logger, nodeName, kubeconfig string, asn uint32, bgpPort int32, grTime time.Duration, stateDir, apiSocket string, withdraw bool) error {
+func run(ctx context.Context, log *slog.Logger, nodeName, kubeconfig string, asn uint32, bgpPort int32, grTime time.Duration, stateDir, apiSocket string, withdraw bool, dp dataplaneFlags) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	var restCfg *rest.Config
 	var err error
 	if kubeconfig != "" {
@@ -139,11 +144,34 @@ func run(ctx context.Context, log *slog.Logger, nodeName, kubeconfig string, asn
 			}
 		})
 	}
+	m := metrics.New()
+	m.WatchBGP(func() ([]bgp.PeerState, error) { return current.Peers(ctx) }, log)
+	m.WatchIPAM(ipamUsage(stateDir), log)
+	dpCtrl, health := newDataplane(ctx, dp, nodeName, client, h, m, log)
+	defer health.Close()
+	if dp.metricsAddr != "" {
+		checks := []metrics.Check{
+			{Name: "routes", Ready: metrics.Closed(ctrl.Ready(), "routes not installed with BGP converged yet")},
+			{Name: "nftables", Ready: metrics.Closed(dpCtrl.Ready(), "Services and NetworkPolicy not programmed yet")},
+		}
+		api.Go(func() {
+			if err := m.Serve(ctx, dp.metricsAddr, checks, log); err != nil {
+				log.Error("metrics and health not served", "subsys", "metrics", "err", err)
+			}
+		})
+	}
+	// Routing and the dataplane are independent: a stuck API watch or a
+	// refused nftables transaction in one does not hold up the other.
+	var dpErr error
+	api.Go(func() { dpErr = dpCtrl.Run(ctx) })
 	err = ctrl.Run(ctx)
+	// Routing only returns early on a setup error; take the rest down too.
+	cancel()
 	api.Wait()
-	// Kernel routes stay as they are: the next meridiand adopts them.
-	log.Info("meridiand stopping; kernel routes left in place", "withdrawSessions", withdraw)
-	return err
+	// Kernel routes and table inet meridian stay as they are: the next
+	// meridiand adopts them.
+	log.Info("meridiand stopping; kernel routes and nftables left in place", "withdrawSessions", withdraw)
+	return errors.Join(err, dpErr)
 }
 
 // currentSpeaker is the speaker the routing controller built last, for the
