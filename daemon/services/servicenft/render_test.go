@@ -79,10 +79,12 @@ var renderCases = []renderCase{
 			id := id(m, web+"/cluster")
 			svcChain := TargetChain(id)
 			wantElem(t, tbl, MapFrontends, "10.96.0.20 . tcp . 80", "goto "+svcChain)
-			wantSlice(t, "target chain", chainRules(t, tbl, svcChain), []string{fmt.Sprintf("%d . numgen random mod 2 vmap @services-endpoints", id)})
 			ep0 := fmt.Sprintf("ep-%08x-10-244-1-5-8080", id)
-			wantElem(t, tbl, MapEndpoints, fmt.Sprintf("%d . 0", id), "goto "+ep0)
-			wantElem(t, tbl, MapEndpoints, fmt.Sprintf("%d . 1", id), fmt.Sprintf("goto ep-%08x-10-244-2-7-8080", id))
+			wantSlice(t, "target chain", chainRules(t, tbl, svcChain), []string{
+				"numgen random mod 2 @services-first-bucket goto " + ep0,
+				fmt.Sprintf("goto ep-%08x-10-244-2-7-8080", id),
+			})
+			wantSlice(t, "first bucket", setKeys(t, tbl, SetFirstBucket), []string{"0"})
 			wantSlice(t, "endpoint chain", chainRules(t, tbl, ep0), []string{
 				"ip saddr 10.244.1.5 meta mark set meta mark | 0x00004000",
 				"meta l4proto tcp dnat ip to 10.244.1.5:8080",
@@ -97,8 +99,8 @@ var renderCases = []renderCase{
 				"meta mark & 0x00004000 == 0x00004000 masquerade fully-random",
 				"ip saddr @services-nat-outgoing ip daddr != @services-nat-outgoing masquerade fully-random",
 			})
-			// No affinity: no sets beyond the four fixed ones.
-			wantEq(t, "sets", len(tbl.Sets), 4)
+			// No affinity: no sets beyond the five fixed ones.
+			wantEq(t, "sets", len(tbl.Sets), 5)
 		},
 	},
 	{
@@ -149,8 +151,7 @@ var renderCases = []renderCase{
 				"fib saddr type local meta mark set meta mark | 0x00004000 goto " + TargetChain(cluster),
 				"goto " + TargetChain(local),
 			})
-			wantSlice(t, "local target", chainRules(t, tbl, TargetChain(local)), []string{fmt.Sprintf("%d . numgen random mod 1 vmap @services-endpoints", local)})
-			wantElem(t, tbl, MapEndpoints, fmt.Sprintf("%d . 0", local), fmt.Sprintf("goto ep-%08x-10-244-1-5-8080", local))
+			wantSlice(t, "local target", chainRules(t, tbl, TargetChain(local)), []string{fmt.Sprintf("goto ep-%08x-10-244-1-5-8080", local)})
 			// The client address is kept: no masquerade for external frontends.
 			wantSlice(t, "masq always", setKeys(t, tbl, SetMasqAlways), []string{})
 		},
@@ -201,7 +202,8 @@ var renderCases = []renderCase{
 			wantSlice(t, "target chain", chainRules(t, tbl, TargetChain(id)), []string{
 				"ip saddr @" + a0 + " goto " + e0,
 				"ip saddr @" + a1 + " goto " + e1,
-				fmt.Sprintf("%d . numgen random mod 2 vmap @services-endpoints", id),
+				"numgen random mod 2 @services-first-bucket goto " + e0,
+				"goto " + e1,
 			})
 			wantSlice(t, "endpoint chain", chainRules(t, tbl, e1), []string{
 				"ip saddr 10.244.2.7 meta mark set meta mark | 0x00004000",
@@ -212,7 +214,7 @@ var renderCases = []renderCase{
 			wantEq(t, "dynamic", s.Dynamic, true)
 			wantEq(t, "timeout", s.Timeout.String(), "10m0s")
 			// Only the Service with affinity has affinity sets.
-			wantEq(t, "sets", len(tbl.Sets), 4+2)
+			wantEq(t, "sets", len(tbl.Sets), 5+2)
 		},
 	},
 	{
@@ -241,7 +243,7 @@ var renderCases = []renderCase{
 		},
 		check: func(t *testing.T, m *services.Model, tbl nft.Table) {
 			wantEq(t, "frontends", len(findMap(t, tbl, MapFrontends).Elements), 1)
-			wantEq(t, "endpoints", len(findMap(t, tbl, MapEndpoints).Elements), 1)
+			wantEq(t, "endpoint chains", len(chainsWithPrefix(tbl, "ep-")), 1)
 			if strings.Contains(tbl.String(), "fd") {
 				t.Errorf("IPv6 in the table:\n%s", tbl)
 			}
@@ -275,7 +277,8 @@ var renderCases = []renderCase{
 			// The fixed layout is there without Services, so the first
 			// Service adds elements only.
 			wantEq(t, "chains", len(tbl.Chains), 7)
-			wantEq(t, "maps", len(tbl.Maps), 3)
+			wantEq(t, "maps", len(tbl.Maps), 2)
+			wantEq(t, "sets", len(tbl.Sets), 5)
 		},
 	},
 }
