@@ -325,25 +325,23 @@ func (r *router) vtysh(command string) ([]byte, error) {
 	return out, nil
 }
 
-// frrPeer is one neighbour in FRR's summary.
+// frrPeer is one neighbour as FRR reports it.
 type frrPeer struct {
-	State string `json:"state"`
-	// EstablishedEpoch is when the session last came up; a flap moves it.
-	EstablishedEpoch int64 `json:"peerUptimeEstablishedEpoch"`
+	State string `json:"bgpState"`
+	// Established counts how often the session came up; a flap raises it.
+	Established int `json:"connectionsEstablished"`
 }
 
 func (r *router) frrPeers() (map[string]frrPeer, error) {
-	out, err := r.vtysh("show bgp ipv4 unicast summary json")
+	out, err := r.vtysh("show bgp neighbors json")
 	if err != nil {
 		return nil, err
 	}
-	var sum struct {
-		Peers map[string]frrPeer `json:"peers"`
-	}
-	if err := json.Unmarshal(out, &sum); err != nil {
+	var peers map[string]frrPeer
+	if err := json.Unmarshal(out, &peers); err != nil {
 		return nil, fmt.Errorf("decode %s: %w", out, err)
 	}
-	return sum.Peers, nil
+	return peers, nil
 }
 
 // frrRoutes is FRR's IPv4 unicast table: prefix -> next hops of valid paths.
@@ -623,7 +621,7 @@ func TestBGPPeersWithToRs(t *testing.T) {
 		}
 		for _, n := range nodes {
 			b, a := before[n.IP.String()], after[n.IP.String()]
-			if a.State != "Established" || a.EstablishedEpoch != b.EstablishedEpoch {
+			if a.State != "Established" || a.Established != b.Established {
 				t.Errorf("%s's session with tor1 flapped over an unrelated bad BGPPeer: before %+v, after %+v", n.Name, b, a)
 			}
 		}
