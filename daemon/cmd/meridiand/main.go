@@ -131,6 +131,9 @@ func run(ctx context.Context, log *slog.Logger, nodeName, kubeconfig string, asn
 		BGPPort:             bgpPort,
 		GracefulRestartTime: grTime,
 		WithdrawOnStop:      withdraw,
+		// The import policy's allowed set when BGPConfiguration names no
+		// acceptedPrefixes.
+		ClusterCIDRs: dp.clusterCIDRs,
 	}, client, crdClient, applier, newSpeaker, writeState, log)
 	log.Info("meridiand starting", "node", nodeName, "asn", asn, "stateDir", stateDir, "apiSocket", apiSocket)
 
