@@ -422,3 +422,39 @@ func fnv32a(s string) uint32 {
 	}
 	return h
 }
+
+// TestPickRulesUniform: following a target chain's rules, each endpoint is
+// taken with probability exactly 1/n.
+func TestPickRulesUniform(t *testing.T) {
+	for n := 1; n <= 7; n++ {
+		var eps []ep
+		for i := range n {
+			eps = append(eps, ep{addr: fmt.Sprintf("10.244.1.%d", i+1), node: "node-b"})
+		}
+		m := renderCase{svcs: []*corev1.Service{svc("default", "web", "10.96.0.20")}, slices: []*discoveryv1.EndpointSlice{v4slice("default", "web", "web-1", 8080, eps...)}}.model(t)
+		tbl := Render(m, DefaultConfig())
+		rest := 1.0 // probability of reaching the current rule
+		got := map[string]float64{}
+		for _, r := range chainRules(t, tbl, TargetChain(id(m, web+"/cluster"))) {
+			var k int
+			var chain string
+			if _, err := fmt.Sscanf(r, "numgen random mod %d @services-first-bucket goto %s", &k, &chain); err == nil {
+				got[chain] += rest / float64(k)
+				rest -= rest / float64(k)
+			} else if _, err := fmt.Sscanf(r, "goto %s", &chain); err == nil {
+				got[chain] += rest
+				rest = 0
+			} else {
+				t.Fatalf("unexpected rule %q", r)
+			}
+		}
+		if len(got) != n || rest != 0 {
+			t.Fatalf("n=%d: %d endpoints reached, %v left over", n, len(got), rest)
+		}
+		for c, p := range got {
+			if d := p - 1/float64(n); d > 1e-12 || d < -1e-12 {
+				t.Errorf("n=%d: %s taken with probability %v, want 1/%d", n, c, p, n)
+			}
+		}
+	}
+}
