@@ -385,3 +385,56 @@ func TestSlogLogger(t *testing.T) {
 		t.Errorf("debug handler: GetLevel = %v", debug.GetLevel())
 	}
 }
+
+func TestPeerToAPISessionSettings(t *testing.T) {
+	cfg := validConfig()
+	cfg.LocalAddress = netip.MustParseAddr("10.0.0.1")
+	p := bgp.Peer{
+		Name: "bgppeer/tor", Address: netip.MustParseAddr("10.0.1.1"), ASN: 65100,
+		LocalAddress: netip.MustParseAddr("10.0.0.9"), EBGPMultihopTTL: 3, Password: "s3cret",
+		HoldTime: 9 * time.Second, GracefulRestart: &bgp.GracefulRestart{Enabled: true, RestartTime: 30 * time.Second},
+		MaxPrefixes: 100, RouteReflectorClient: true,
+	}
+	ap := peerToAPI(cfg, p, false)
+	if ap.Conf.AuthPassword != "s3cret" || ap.Transport.LocalAddress != "10.0.0.9" {
+		t.Errorf("conf %v transport %v", ap.Conf, ap.Transport)
+	}
+	if ap.EbgpMultihop == nil || !ap.EbgpMultihop.Enabled || ap.EbgpMultihop.MultihopTtl != 3 {
+		t.Errorf("multihop %v", ap.EbgpMultihop)
+	}
+	// Keepalive defaults to a third of the hold time.
+	if ap.Timers.Config.HoldTime != 9 || ap.Timers.Config.KeepaliveInterval != 3 {
+		t.Errorf("timers %v", ap.Timers.Config)
+	}
+	if ap.GracefulRestart == nil || ap.GracefulRestart.RestartTime != 30 {
+		t.Errorf("per-peer restart time: %v", ap.GracefulRestart)
+	}
+	// Restart is the default action, and the one GoBGP enforces.
+	if pl := ap.AfiSafis[0].PrefixLimits; pl == nil || pl.MaxPrefixes != 100 {
+		t.Errorf("prefix limit %v", pl)
+	}
+	if rr := ap.RouteReflector; rr == nil || !rr.RouteReflectorClient || rr.RouteReflectorClusterId != cfg.RouterID.String() {
+		t.Errorf("route reflector %v: want client with the router ID as cluster ID", rr)
+	}
+
+	p.GracefulRestart = &bgp.GracefulRestart{Enabled: false}
+	p.MaxPrefixAction = bgp.MaxPrefixDrop
+	ap = peerToAPI(cfg, p, false)
+	if ap.GracefulRestart != nil || ap.AfiSafis[0].MpGracefulRestart.Config.Enabled {
+		t.Errorf("graceful restart off for this peer but rendered: %v", ap.GracefulRestart)
+	}
+	if ap.AfiSafis[0].PrefixLimits != nil {
+		t.Errorf("Drop is the import policy's, but GoBGP got a limit: %v", ap.AfiSafis[0].PrefixLimits)
+	}
+
+	// samePeer sees every setting, the graceful restart pointer by value.
+	q := p
+	q.GracefulRestart = &bgp.GracefulRestart{Enabled: false}
+	if !samePeer(p, q) {
+		t.Error("equal peers with distinct GracefulRestart pointers differ")
+	}
+	q.Password = "other"
+	if samePeer(p, q) {
+		t.Error("a new password is not a change")
+	}
+}
