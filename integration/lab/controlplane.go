@@ -196,11 +196,20 @@ func (l *Lab) waitAPIServerReady(ctx context.Context) error {
 }
 
 // meridiandRules is what meridiand does with the API: watch Nodes, publish
-// its node's status (conditions) and record Events.
+// its node's status (conditions), watch what Service NAT and NetworkPolicy
+// are computed from, read its BGP resources (and the Secrets BGPPeers name
+// for TCP MD5 passwords), report on them, and record Events. The chart's
+// ClusterRole grants the same; a verb missing here fails the lab's tests.
 func meridiandRules() []rbacv1.PolicyRule {
 	return []rbacv1.PolicyRule{
 		{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "watch"}},
 		{APIGroups: []string{""}, Resources: []string{"nodes/status"}, Verbs: []string{"patch", "update"}},
+		{APIGroups: []string{""}, Resources: []string{"pods", "namespaces", "services"}, Verbs: []string{"list", "watch"}},
+		{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"list", "watch"}},
+		{APIGroups: []string{"networking.k8s.io"}, Resources: []string{"networkpolicies"}, Verbs: []string{"list", "watch"}},
+		{APIGroups: []string{"meridian.io"}, Resources: []string{"bgpconfigurations", "bgppeers"}, Verbs: []string{"get", "list", "watch"}},
+		{APIGroups: []string{"meridian.io"}, Resources: []string{"bgpconfigurations/status", "bgppeers/status"}, Verbs: []string{"update", "patch"}},
+		{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"get"}},
 		{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
 		{APIGroups: []string{"events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
 	}
