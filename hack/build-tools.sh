@@ -1,22 +1,48 @@
 #!/usr/bin/env bash
-# Builds the Kubernetes control plane and kubectl that the lab runs, from the
-# tools module (integration/tools) through the Go module proxy. The binaries
-# are rebuilt only when the tools module changes: a stamp records the hash of
-# go.mod/go.sum they were built from, and Go's build cache makes a rebuild
-# after a change cheap anyway.
+# Builds the third-party programs the lab and the benchmarks run, through the
+# Go module proxy, into bin/ (or $1):
+#   integration/tools                        kube-apiserver, kube-controller-manager,
+#                                            kube-scheduler, kubectl, kube-proxy
+#   integration/tools/coredns                coredns (with its kubernetes plugin)
+#   integration/tools/helm                   helm
+#   integration/tools/kube-network-policies  kube-network-policies
+# CoreDNS, Helm and kube-network-policies live in modules of their own: in the
+# Kubernetes module, CoreDNS and Helm would raise the etcd client, gRPC,
+# OpenTelemetry, golang.org/x and kustomize under the control plane (so it
+# would no longer be Kubernetes v1.37's own dependency set, and all of it would
+# recompile), and kube-network-policies v0.8.0 does not compile against
+# Kubernetes v1.37's runtime-spec (containerd/nri v0.9.0).
+# Each module is rebuilt only when its go.mod, go.sum or build command
+# changes: a stamp per module in bin/ records the hash they were built from,
+# and Go's build cache makes a rebuild after a change cheap anyway.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$root/bin}
 tools=$root/integration/tools
 mkdir -p "$out"
-k8s_version=$(awk '$1=="k8s.io/kubernetes"{print $2; exit} $1=="require" && $2=="k8s.io/kubernetes"{print $3; exit}' "$tools/go.mod")
-stamp=$(cat "$tools/go.mod" "$tools/go.sum" "$0" | sha256sum | cut -c1-16)
-bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
-ok=1
-for b in "${bins[@]}"; do [[ -x $out/$b ]] || ok=0; done
-if [[ $ok == 1 && -f $out/.tools-stamp && $(cat "$out/.tools-stamp") == "$stamp" ]]; then
-  exit 0
-fi
+export CGO_ENABLED=0
+
+# build NAME DIR "BINS" GO-BUILD-ARGS...: runs `go build GO-BUILD-ARGS` in DIR
+# unless every one of BINS is in $out and the module's stamp matches.
+build() {
+  local name=$1 dir=$2 bins=$3; shift 3
+  local stamp stampfile=$out/.tools-stamp-$name ok=1 b start
+  stamp=$( { cat "$dir/go.mod" "$dir/go.sum"; printf '%s\n' "$@"; } | sha256sum | cut -c1-16)
+  for b in $bins; do [[ -x $out/$b ]] || ok=0; done
+  if [[ $ok == 1 && -f $stampfile && $(cat "$stampfile") == "$stamp" ]]; then
+    return 0
+  fi
+  echo "building $bins from $dir" >&2
+  start=$SECONDS
+  (cd "$dir" && go build -trimpath "$@")
+  echo "$stamp" > "$stampfile"
+  echo "built $bins in $((SECONDS - start))s" >&2
+}
+
+# modversion DIR MODULE: the version of MODULE that DIR's go.mod selects.
+modversion() { (cd "$1" && go list -m -f '{{.Version}}' "$2"); }
+
+k8s_version=$(modversion "$tools" k8s.io/kubernetes)
 v=${k8s_version#v}
 major=${v%%.*}; rest=${v#*.}; minor=${rest%%.*}
 ld="-s -w"
@@ -24,7 +50,20 @@ for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
   ld+=" -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
   ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=2026-01-01T00:00:00Z"
 done
-echo "building Kubernetes $k8s_version tools into $out (first build takes 15-30 minutes)" >&2
-cd "$tools"
-CGO_ENABLED=0 go build -trimpath -tags selinux,notest,grpcnotrace -ldflags "$ld" -o "$out/" tool
-echo "$stamp" > "$out/.tools-stamp"
+[[ -x $out/kube-apiserver ]] || echo "building Kubernetes $k8s_version tools into $out (first build takes 15-30 minutes)" >&2
+build kubernetes "$tools" "kube-apiserver kube-controller-manager kube-scheduler kubectl kube-proxy" \
+  -tags selinux,notest,grpcnotrace -ldflags "$ld" -o "$out/" tool
+
+d=$tools/coredns
+build coredns "$d" coredns \
+  -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$(modversion "$d" github.com/coredns/coredns)" \
+  -o "$out/coredns" github.com/coredns/coredns
+
+d=$tools/helm
+build helm "$d" helm \
+  -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$(modversion "$d" helm.sh/helm/v4) -X helm.sh/helm/v4/internal/version.gitTreeState=clean" \
+  -o "$out/helm" helm.sh/helm/v4/cmd/helm
+
+d=$tools/kube-network-policies
+build kube-network-policies "$d" kube-network-policies \
+  -ldflags "-s -w" -o "$out/kube-network-policies" sigs.k8s.io/kube-network-policies/cmd
