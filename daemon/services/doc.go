@@ -51,8 +51,12 @@
 // FrontendMap, TargetRows and EndpointRows are the Model as map elements, so
 // the renderer's number of sets stays constant as Services grow (per-Service
 // sets made kube-proxy's full sync grow with the square of the Service count:
-// /work/shared/notes/nftables-scale.md). The planned layout, one table
-// "inet meridian" written through github.com/google/nftables:
+// /work/shared/notes/nftables-scale.md). The renderer is package
+// servicenft, whose doc has the layout as built (IPv4 only so far, endpoint
+// choice by per-target numgen rules rather than a shared verdict map, whose
+// kernel validation cost grows with Services × endpoints, and the
+// no-endpoints check in filter prerouting/output). The original plan, one
+// table "inet meridian" written through github.com/google/nftables:
 //
 //	map frontends4 { type ipv4_addr . inet_proto . inet_service : verdict }
 //	map frontends6 { type ipv6_addr . inet_proto . inet_service : verdict }

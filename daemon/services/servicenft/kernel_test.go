@@ -321,16 +321,20 @@ func TestKernelPackets(t *testing.T) {
 	})
 }
 
-// TestKernelScale applies n Services × 10 endpoints (10k unless
-// MERIDIAN_SCALE_SERVICES says otherwise) to a fresh namespace, then one
-// endpoint change, then the same table from a fresh Syncer (a restart). It
-// asserts on operations and logs the times.
+// TestKernelScale applies n Services × 10 endpoints to a fresh namespace,
+// then one endpoint change, then the same table from a fresh Syncer (a
+// restart). It asserts on operations and logs the times.
+//
+// n is 2000 unless MERIDIAN_SCALE_SERVICES says otherwise: at 10k the full
+// sync took 53 s and one endpoint change 2.9 s on 6.18 (every transaction
+// that adds a goto makes the kernel validate the whole table), and the
+// restart's Dump takes minutes.
 func TestKernelScale(t *testing.T) {
 	if testing.Short() {
 		t.Skip("thousands of Services in the kernel")
 	}
 	n := newNS(t)
-	services_, eps := 10000, 10
+	services_, eps := 2000, 10
 	if v := os.Getenv("MERIDIAN_SCALE_SERVICES"); v != "" {
 		if _, err := fmt.Sscan(v, &services_); err != nil || services_ < 2 {
 			t.Fatalf("MERIDIAN_SCALE_SERVICES=%q: want a number of Services", v)
