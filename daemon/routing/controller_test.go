@@ -551,3 +551,73 @@ func TestControllerBGPPeers(t *testing.T) {
 		}
 	}
 }
+
+// A BGPConfiguration that turns bad leaves its last good settings running:
+// the ASN and the reflector topology do not change.
+func TestControllerBadBGPConfigurationKeepsLastGood(t *testing.T) {
+	mesh := false
+	cfg := &v1alpha1.BGPConfiguration{
+		TypeMeta:   metav1.TypeMeta{APIVersion: v1alpha1.SchemeGroupVersion.String(), Kind: "BGPConfiguration"},
+		ObjectMeta: metav1.ObjectMeta{Name: "default", Generation: 1},
+		Spec:       v1alpha1.BGPConfigurationSpec{ASNumber: 65000, NodeToNodeMesh: &mesh},
+	}
+	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{
+		bgpPeersGVR:          "BGPPeerList",
+		bgpConfigurationsGVR: "BGPConfigurationList",
+	}, unstructuredOf(t, cfg))
+	rr := mkNode("n2", "198.18.0.12", "10.244.2.0/24", nil)
+	rr.Labels = map[string]string{cluster.RouteReflectorLabel: "true"}
+	h := startWith(t, &fakeApplier{}, dyn,
+		mkNode("n1", "198.18.0.11", "10.244.1.0/24", nil), rr,
+		mkNode("n3", "198.18.0.13", "10.244.3.0/24", nil))
+	peersAre := func(want string) func() error {
+		return func() error {
+			s := h.speaker()
+			if s == nil {
+				return fmt.Errorf("no speaker")
+			}
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			var names []string
+			for _, p := range s.peers {
+				names = append(names, p.Name)
+			}
+			if got := strings.Join(names, ","); got != want || s.cfg.ASN != 65000 {
+				return fmt.Errorf("asn %d peers %s, want 65000 and %s", s.cfg.ASN, got, want)
+			}
+			return nil
+		}
+	}
+	waitFor(t, "client of the reflector only", peersAre("n2"))
+
+	// acceptedPrefixes covering the node subnet is refused.
+	u, err := dyn.Resource(bgpConfigurationsGVR).Get(context.Background(), "default", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Object["spec"].(map[string]any)["acceptedPrefixes"] = []any{"198.18.0.0/16"}
+	u.SetGeneration(2)
+	if _, err := dyn.Resource(bgpConfigurationsGVR).Update(context.Background(), u, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "BGPConfiguration refused", func() error {
+		c, err := acceptedCondition(t, dyn, bgpConfigurationsGVR, "default")
+		if err != nil {
+			return err
+		}
+		if c.Status != metav1.ConditionFalse || c.ObservedGeneration != 2 || !strings.Contains(c.Message, "covers node") {
+			return fmt.Errorf("condition %+v", c)
+		}
+		return nil
+	})
+	time.Sleep(300 * time.Millisecond) // a few resyncs
+	if err := peersAre("n2")(); err != nil {
+		t.Errorf("after a bad edit: %v", err)
+	}
+	h.mu.Lock()
+	n := len(h.speakers)
+	h.mu.Unlock()
+	if n != 1 {
+		t.Errorf("%d speakers started, want the first one kept", n)
+	}
+}
