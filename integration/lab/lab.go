@@ -21,8 +21,9 @@ type Options struct {
 	// Nodes is the number of nodes; 0 means 2.
 	Nodes int
 	// BinDir holds kube-apiserver, kube-controller-manager, kube-scheduler,
-	// and, unless NoDaemon, meridiand and meridian-cni. Default: the
-	// directory of the running executable.
+	// and, unless NoDaemon, meridiand and meridian-cni; coredns, which the
+	// node agents run for the cluster DNS's pods, is looked for here too.
+	// Default: the directory of the running executable.
 	BinDir string
 	// StateDir holds certificates, kubeconfigs, etcd data, logs and pid
 	// files. Default: DefaultStateDir.
@@ -293,6 +294,15 @@ func up(ctx context.Context, o Options) (*Lab, error) {
 		return nil, errors.Join(err, l.checkAlive())
 	}
 	if err := l.checkAlive(); err != nil {
+		return nil, err
+	}
+	// Cluster DNS last: its pods start once nodes run them; Up does not
+	// wait for them (WaitDNSReady does).
+	cs, err := l.Client()
+	if err != nil {
+		return nil, err
+	}
+	if err := applyDNS(ctx, cs); err != nil {
 		return nil, err
 	}
 	return l, nil

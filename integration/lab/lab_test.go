@@ -338,7 +338,10 @@ func TestLabUpDown(t *testing.T) {
 func daemonBinDir(t *testing.T, kube string) string {
 	t.Helper()
 	dir := t.TempDir()
-	for _, b := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler"} {
+	for _, b := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "coredns"} {
+		if b == "coredns" && !isExecutable(filepath.Join(kube, b)) {
+			continue // only the DNS test needs it, and says so
+		}
 		if err := os.Symlink(filepath.Join(kube, b), filepath.Join(dir, b)); err != nil {
 			t.Fatal(err)
 		}

@@ -40,6 +40,34 @@ type Config struct {
 	// StateDir is the node's own directory for the agent's files (pod
 	// state and libcni's result cache).
 	StateDir string
+	// ClusterDNS and ClusterDomain are the kubelet's --cluster-dns and
+	// --cluster-domain, written into every pod's resolv.conf. Default:
+	// DefaultClusterDNS and DefaultClusterDomain.
+	ClusterDNS    netip.Addr
+	ClusterDomain string
+	// CoreDNSBin is the CoreDNS executable the agent runs for pods whose
+	// container image is CoreDNS. Default: coredns in one of CNIBinDirs
+	// (the lab's bin directory holds both).
+	CoreDNSBin string
+}
+
+func (c Config) withDefaults() Config {
+	if !c.ClusterDNS.IsValid() {
+		c.ClusterDNS = DefaultClusterDNS
+	}
+	if c.ClusterDomain == "" {
+		c.ClusterDomain = DefaultClusterDomain
+	}
+	if c.CoreDNSBin == "" {
+		for _, d := range c.CNIBinDirs {
+			p := filepath.Join(d, coreDNSImageName)
+			if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+				c.CoreDNSBin = p
+				break
+			}
+		}
+	}
+	return c
 }
 
 func (c Config) validate() error {
@@ -89,6 +117,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err := cfg.validate(); err != nil {
 		return fmt.Errorf("invalid config: %w", err)
 	}
+	cfg = cfg.withDefaults()
 	rc, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
 	if err != nil {
 		return fmt.Errorf("load kubeconfig: %w", err)
@@ -99,7 +128,13 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("create client: %w", err)
 	}
-	return newAgent(cfg, client, log).run(ctx)
+	api, err := apiEndpointFrom(rc)
+	if err != nil {
+		return err
+	}
+	a := newAgent(cfg, client, log)
+	a.api = api
+	return a.run(ctx)
 }
 
 // agent wires the node's parts; run starts them.
@@ -110,6 +145,8 @@ type agent struct {
 	cni    *cniRunner
 	states stateStore
 	now    func() time.Time
+	// api is where CoreDNS pods reach the API server.
+	api apiEndpoint
 
 	// Set up by run.
 	pods     cache.Indexer
@@ -131,7 +168,9 @@ type podRecord struct {
 	sandboxReady bool
 	sandboxErr   string
 	servers      *servers
-	startedAt    time.Time
+	// coredns runs the real CoreDNS for a CoreDNS pod.
+	coredns   *coreDNSRun
+	startedAt time.Time
 }
 
 func newAgent(cfg Config, client kubernetes.Interface, log *slog.Logger) *agent {
@@ -408,11 +447,12 @@ func (a *agent) syncPod(ctx context.Context, key string) error {
 		rec.state.Netns = PodNetnsName(pod.UID)
 	}
 	sandboxErr := a.ensureSandbox(ctx, log, pod, rec)
-	var serveErr error
+	var serveErr, dnsErr error
 	if sandboxErr == nil {
 		serveErr = a.ensureServers(log, pod, rec)
+		dnsErr = a.ensureCoreDNS(ctx, log, key, pod, rec)
 	}
-	return errors.Join(sandboxErr, serveErr, a.syncStatus(ctx, pod, rec))
+	return errors.Join(sandboxErr, serveErr, dnsErr, a.syncStatus(ctx, pod, rec))
 }
 
 // ensureSandbox wires the pod's netns through CNI, once; an adopted
@@ -425,11 +465,13 @@ func (a *agent) ensureSandbox(ctx context.Context, log *slog.Logger, pod *corev1
 	}
 	if rec.sandboxReady {
 		if netnsExists(rec.state.Netns) {
-			return nil
+			return a.ensureResolvConf(pod, rec)
 		}
 		log.Warn("pod netns vanished; wiring it again", "netns", rec.state.Netns)
 		rec.servers.Stop()
 		rec.servers = nil
+		rec.coredns.Stop()
+		rec.coredns = nil
 		rec.sandboxReady = false
 		rec.adopted = true
 	}
@@ -439,6 +481,9 @@ func (a *agent) ensureSandbox(ctx context.Context, log *slog.Logger, pod *corev1
 		return err
 	}
 	if err := createNetns(rec.state.Netns); err != nil {
+		return a.sandboxFailed(pod, rec, err)
+	}
+	if err := a.ensureResolvConf(pod, rec); err != nil {
 		return a.sandboxFailed(pod, rec, err)
 	}
 
@@ -478,6 +523,16 @@ func (a *agent) sandboxFailed(pod *corev1.Pod, rec *podRecord, err error) error 
 	return fmt.Errorf("create sandbox: %w", err)
 }
 
+// ensureResolvConf writes the pod's /etc/netns resolv.conf (see
+// resolvConf), or removes it when the pod uses the node's resolver.
+func (a *agent) ensureResolvConf(pod *corev1.Pod, rec *podRecord) error {
+	conf, ok := resolvConf(pod, a.cfg.ClusterDNS, a.cfg.ClusterDomain)
+	if !ok {
+		return removeEtcNetns(rec.state.Netns)
+	}
+	return writeResolvConf(rec.state.Netns, conf)
+}
+
 // ensureServers starts the stand-in containers in the pod's netns.
 func (a *agent) ensureServers(log *slog.Logger, pod *corev1.Pod, rec *podRecord) error {
 	if rec.hostNetwork {
@@ -488,7 +543,7 @@ func (a *agent) ensureServers(log *slog.Logger, pod *corev1.Pod, rec *podRecord)
 		}
 		return nil
 	}
-	ports := podPorts(pod)
+	ports := standInPorts(pod)
 	ip := rec.state.IPs[0]
 	if rec.servers.matches(ports, ip) {
 		return nil
@@ -517,8 +572,11 @@ func (a *agent) syncStatus(ctx context.Context, pod *corev1.Pod, rec *podRecord)
 		SandboxReady: rec.sandboxReady,
 		SandboxError: rec.sandboxErr,
 		Running:      rec.sandboxReady && (rec.hostNetwork || rec.servers != nil),
-		StartedAt:    rec.startedAt,
-		Now:          a.now(),
+		// Only CoreDNS has a readiness probe the agent runs; stand-ins
+		// are ready as soon as they listen.
+		ReadinessFailing: rec.coredns != nil && !rec.coredns.Ready(),
+		StartedAt:        rec.startedAt,
+		Now:              a.now(),
 	}
 	if rec.sandboxReady {
 		obs.PodIPs = rec.state.IPs
@@ -561,6 +619,8 @@ func (a *agent) syncStatus(ctx context.Context, pod *corev1.Pod, rec *podRecord)
 func (a *agent) teardown(ctx context.Context, log *slog.Logger, rec *podRecord) error {
 	rec.servers.Stop()
 	rec.servers = nil
+	rec.coredns.Stop()
+	rec.coredns = nil
 	rec.sandboxReady = false
 	if rec.hostNetwork || rec.state.Netns == "" {
 		return nil
@@ -570,6 +630,12 @@ func (a *agent) teardown(ctx context.Context, log *slog.Logger, rec *podRecord) 
 	}
 	if err := deleteNetns(rec.state.Netns); err != nil {
 		return fmt.Errorf("tear down sandbox: %w", err)
+	}
+	if err := removeEtcNetns(rec.state.Netns); err != nil {
+		return fmt.Errorf("tear down sandbox: %w", err)
+	}
+	if err := os.RemoveAll(a.coreDNSDir(string(rec.state.UID))); err != nil {
+		return fmt.Errorf("tear down sandbox: remove coredns files: %w", err)
 	}
 	if err := a.states.remove(rec.state.UID); err != nil {
 		return err
@@ -606,5 +672,7 @@ func (a *agent) stopAllServers() {
 	for _, r := range recs {
 		r.servers.Stop()
 		r.servers = nil
+		r.coredns.Stop()
+		r.coredns = nil
 	}
 }

@@ -61,6 +61,19 @@ func podPorts(pod *corev1.Pod) []servicePort {
 	return slices.Compact(out)
 }
 
+// standInPorts are podPorts without the CoreDNS container's, which the real
+// CoreDNS serves.
+func standInPorts(pod *corev1.Pod) []servicePort {
+	dns, ok := coreDNSContainer(pod)
+	if !ok {
+		return podPorts(pod)
+	}
+	p := *pod
+	p.Spec.Containers = slices.DeleteFunc(slices.Clone(pod.Spec.Containers),
+		func(c corev1.Container) bool { return c.Name == dns.Name })
+	return podPorts(&p)
+}
+
 func isSidecar(c corev1.Container) bool {
 	return c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways
 }

@@ -47,6 +47,9 @@ type podObservation struct {
 	SandboxError string
 	// Running is true once the stand-in servers listen.
 	Running bool
+	// ReadinessFailing is true while a container's readiness probe fails
+	// (or has not yet passed): the pod runs but is not Ready.
+	ReadinessFailing bool
 	// StartedAt is when the stand-ins started listening.
 	StartedAt time.Time
 	// Now stamps transitions that happen in this computation.
@@ -110,13 +113,14 @@ func computePodStatus(pod *corev1.Pod, obs podObservation) corev1.PodStatus {
 		st.StartTime = &now
 	}
 	running := obs.SandboxReady && obs.Running
+	ready := running && !obs.ReadinessFailing
 	started := metav1.NewTime(obs.StartedAt)
 	if obs.StartedAt.IsZero() {
 		started = now
 	}
 
-	st.InitContainerStatuses = initContainerStatuses(pod, st.InitContainerStatuses, obs.SandboxReady, running, started)
-	st.ContainerStatuses = containerStatuses(pod, pod.Spec.Containers, st.ContainerStatuses, running, started)
+	st.InitContainerStatuses = initContainerStatuses(pod, st.InitContainerStatuses, obs.SandboxReady, running, ready, started)
+	st.ContainerStatuses = containerStatuses(pod, pod.Spec.Containers, st.ContainerStatuses, running, ready, started)
 
 	if running {
 		st.Phase = corev1.PodRunning
@@ -132,20 +136,20 @@ func computePodStatus(pod *corev1.Pod, obs podObservation) corev1.PodStatus {
 	setCondition(&st, sandbox, now)
 	setCondition(&st, condition(corev1.PodInitialized, obs.SandboxReady, "", ""), now)
 
-	containersReady := condition(corev1.ContainersReady, running, "", "")
-	if !running {
+	containersReady := condition(corev1.ContainersReady, ready, "", "")
+	if !ready {
 		containersReady.Reason = reasonContainersNotReady
 		containersReady.Message = fmt.Sprintf("containers with unready status: [%s]", containerNames(pod))
 	}
-	ready := containersReady
-	ready.Type = corev1.PodReady
-	if running {
+	podReady := containersReady
+	podReady.Type = corev1.PodReady
+	if ready {
 		if missing := unmetReadinessGates(pod, st.Conditions); len(missing) > 0 {
-			ready = condition(corev1.PodReady, false, reasonReadinessGatesNotReady,
+			podReady = condition(corev1.PodReady, false, reasonReadinessGatesNotReady,
 				fmt.Sprintf("the status of pod readiness gates is not \"True\": [%s]", strings.Join(missing, " ")))
 		}
 	}
-	setCondition(&st, ready, now)
+	setCondition(&st, podReady, now)
 	setCondition(&st, containersReady, now)
 	if findCondition(st.Conditions, corev1.PodScheduled) == nil {
 		setCondition(&st, condition(corev1.PodScheduled, true, "", ""), now)
@@ -206,17 +210,18 @@ func containerNames(pod *corev1.Pod) string {
 }
 
 // containerStatuses reports every container as running (once the stand-ins
-// listen) or as waiting in ContainerCreating.
-func containerStatuses(pod *corev1.Pod, cs []corev1.Container, old []corev1.ContainerStatus, running bool, started metav1.Time) []corev1.ContainerStatus {
+// listen) or as waiting in ContainerCreating; running ones are ready unless
+// a readiness probe fails.
+func containerStatuses(pod *corev1.Pod, cs []corev1.Container, old []corev1.ContainerStatus, running, ready bool, started metav1.Time) []corev1.ContainerStatus {
 	out := make([]corev1.ContainerStatus, 0, len(cs))
 	for _, c := range cs {
-		out = append(out, containerStatus(pod.UID, c, findContainerStatus(old, c.Name), running, started))
+		out = append(out, containerStatus(pod.UID, c, findContainerStatus(old, c.Name), running, ready, started))
 	}
 	return out
 }
 
-func containerStatus(uid types.UID, c corev1.Container, old *corev1.ContainerStatus, running bool, started metav1.Time) corev1.ContainerStatus {
-	s := corev1.ContainerStatus{Name: c.Name, Image: c.Image, Started: new(running), Ready: running}
+func containerStatus(uid types.UID, c corev1.Container, old *corev1.ContainerStatus, running, ready bool, started metav1.Time) corev1.ContainerStatus {
+	s := corev1.ContainerStatus{Name: c.Name, Image: c.Image, Started: new(running), Ready: running && ready}
 	if !running {
 		s.State.Waiting = &corev1.ContainerStateWaiting{Reason: reasonContainerCreating}
 		return s
@@ -234,7 +239,7 @@ func containerStatus(uid types.UID, c corev1.Container, old *corev1.ContainerSta
 
 // initContainerStatuses reports init containers as completed as soon as the
 // sandbox is up (they have nothing to do), and sidecars like containers.
-func initContainerStatuses(pod *corev1.Pod, old []corev1.ContainerStatus, sandboxReady, running bool, started metav1.Time) []corev1.ContainerStatus {
+func initContainerStatuses(pod *corev1.Pod, old []corev1.ContainerStatus, sandboxReady, running, ready bool, started metav1.Time) []corev1.ContainerStatus {
 	if len(pod.Spec.InitContainers) == 0 {
 		return nil
 	}
@@ -242,7 +247,7 @@ func initContainerStatuses(pod *corev1.Pod, old []corev1.ContainerStatus, sandbo
 	for _, c := range pod.Spec.InitContainers {
 		prev := findContainerStatus(old, c.Name)
 		if isSidecar(c) {
-			out = append(out, containerStatus(pod.UID, c, prev, running, started))
+			out = append(out, containerStatus(pod.UID, c, prev, running, ready, started))
 			continue
 		}
 		s := corev1.ContainerStatus{Name: c.Name, Image: c.Image, Started: new(false)}

@@ -206,6 +206,31 @@ func TestComputePodStatusTransitions(t *testing.T) {
 	}
 }
 
+// A running pod whose readiness probe fails is Running but not Ready, and
+// becomes Ready when the probe passes.
+func TestComputePodStatusReadinessProbe(t *testing.T) {
+	pod := testPod()
+	obs := podObservation{NodeIP: nodeIP, PodIPs: []netip.Addr{netip.MustParseAddr("10.244.1.5")}, SandboxReady: true, Running: true,
+		ReadinessFailing: true, StartedAt: t0, Now: t0}
+	st := computePodStatus(pod, obs)
+	if st.Phase != corev1.PodRunning || cond(st, corev1.PodReady).Status != corev1.ConditionFalse ||
+		cond(st, corev1.ContainersReady).Status != corev1.ConditionFalse {
+		t.Errorf("failing probe: phase %s ready %+v", st.Phase, cond(st, corev1.PodReady))
+	}
+	for _, cs := range st.ContainerStatuses {
+		if cs.Ready || cs.State.Running == nil {
+			t.Errorf("container with failing probe: %+v", cs)
+		}
+	}
+	pod.Status = st
+	obs.ReadinessFailing = false
+	obs.Now = t0.Add(time.Minute)
+	st = computePodStatus(pod, obs)
+	if c := cond(st, corev1.PodReady); c.Status != corev1.ConditionTrue || !c.LastTransitionTime.Time.Equal(obs.Now) {
+		t.Errorf("passing probe: ready %+v", c)
+	}
+}
+
 func TestComputePodStatusReadinessGateAndInitContainers(t *testing.T) {
 	pod := testPod()
 	always := corev1.ContainerRestartPolicyAlways
