@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -26,6 +27,8 @@ import (
 	meridianv1 "github.com/meridian-net/meridian/api/meridian/v1"
 	"github.com/meridian-net/meridian/bgp"
 	"github.com/meridian-net/meridian/cni-plugin/ipam"
+	"github.com/meridian-net/meridian/daemon/dataplane"
+	"github.com/meridian-net/meridian/daemon/nft"
 	"github.com/meridian-net/meridian/daemon/routes"
 )
 
@@ -51,12 +54,26 @@ type Allocations interface {
 	List() ([]ipam.Allocation, error)
 }
 
+// Dataplane is the last applied Service NAT and NetworkPolicy state;
+// *dataplane.Controller satisfies it.
+type Dataplane interface {
+	Status() dataplane.Status
+}
+
+// Counters reads the rule counters of table inet meridian;
+// *kernel.Conn (daemon/nft/kernel) satisfies it.
+type Counters interface {
+	Counters() ([]nft.RuleCounter, error)
+}
+
 // Sources are where the API reads from. A nil source answers
-// codes.Unavailable.
+// codes.Unavailable (Counters: policy rows come without counters).
 type Sources struct {
-	Kernel KernelRoutes
-	BGP    RIB
-	IPAM   Allocations
+	Kernel    KernelRoutes
+	BGP       RIB
+	IPAM      Allocations
+	Dataplane Dataplane
+	Counters  Counters
 }
 
 // Server is the gRPC API. Build it with New, start it with Serve.
@@ -67,6 +84,13 @@ type Server struct {
 	// StopTimeout bounds how long Serve waits for streams in flight once
 	// ctx is done before it cuts them.
 	StopTimeout time.Duration
+	// WatchInterval is how often WatchRoutes polls the route sources.
+	WatchInterval time.Duration
+
+	// stopping is closed when Serve's ctx is done, so watches end and
+	// GracefulStop does not wait StopTimeout for them.
+	stopping chan struct{}
+	stopOnce sync.Once
 }
 
 // New returns a server reading from src.
@@ -74,7 +98,7 @@ func New(src Sources, log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{src: src, log: log.With("subsys", "api"), StopTimeout: 5 * time.Second}
+	return &Server{src: src, log: log.With("subsys", "api"), StopTimeout: 5 * time.Second, WatchInterval: time.Second, stopping: make(chan struct{})}
 }
 
 // Serve listens on a Unix socket at path, mode 0600, and serves until ctx is
@@ -106,8 +130,10 @@ func (s *Server) Serve(ctx context.Context, path string) error {
 		return fmt.Errorf("serve API on %s: %w", path, err)
 	case <-ctx.Done():
 	}
-	// Tell health watchers first, then let streams in flight finish.
+	// Tell health watchers first and end route watches, then let streams
+	// in flight finish.
 	hs.Shutdown()
+	s.stopOnce.Do(func() { close(s.stopping) })
 	stopped := make(chan struct{})
 	go func() {
 		gs.GracefulStop()
@@ -229,36 +255,13 @@ func comparePrefix(a, b netip.Prefix) int {
 
 // ListRoutes implements meridian.v1.Meridian.
 func (s *Server) ListRoutes(req *meridianv1.ListRoutesRequest, stream grpc.ServerStreamingServer[meridianv1.ListRoutesResponse]) error {
-	filter, err := parseFilter(req.GetPrefix())
+	f, err := parseRouteFilter(req.GetPrefix(), req.GetContains(), req.GetSource())
 	if err != nil {
 		return err
 	}
-	src := req.GetSource()
-	if _, ok := meridianv1.Route_Source_name[int32(src)]; !ok {
-		return status.Errorf(codes.InvalidArgument, "unknown route source %d", src)
-	}
-	// Both sources are read before anything is sent, so a failure never
-	// leaves the client with half a table it could mistake for the whole.
-	var rows []*meridianv1.Route
-	if src != meridianv1.Route_SOURCE_RIB {
-		if s.src.Kernel == nil {
-			return unavailable("kernel routes")
-		}
-		rs, err := s.src.Kernel.Current()
-		if err != nil {
-			return sourceError("read kernel routes", err)
-		}
-		rows = append(rows, kernelRows(rs, filter)...)
-	}
-	if src != meridianv1.Route_SOURCE_KERNEL {
-		if s.src.BGP == nil {
-			return unavailable("BGP RIB")
-		}
-		ps, err := s.src.BGP.Paths(stream.Context())
-		if err != nil {
-			return sourceError("read BGP RIB", err)
-		}
-		rows = append(rows, ribRows(ps, filter)...)
+	rows, err := s.readRoutes(stream.Context(), f)
+	if err != nil {
+		return err
 	}
 	for _, r := range rows {
 		if err := stream.Send(&meridianv1.ListRoutesResponse{Route: r}); err != nil {
@@ -266,6 +269,34 @@ func (s *Server) ListRoutes(req *meridianv1.ListRoutesRequest, stream grpc.Serve
 		}
 	}
 	return nil
+}
+
+// readRoutes reads every source f asks for before returning, so a failure
+// never leaves the client with half a table it could mistake for the
+// whole. Errors are statuses.
+func (s *Server) readRoutes(ctx context.Context, f routeFilter) ([]*meridianv1.Route, error) {
+	var rows []*meridianv1.Route
+	if f.source != meridianv1.Route_SOURCE_RIB {
+		if s.src.Kernel == nil {
+			return nil, unavailable("kernel routes")
+		}
+		rs, err := s.src.Kernel.Current()
+		if err != nil {
+			return nil, sourceError("read kernel routes", err)
+		}
+		rows = append(rows, kernelRows(rs, f)...)
+	}
+	if f.source != meridianv1.Route_SOURCE_KERNEL {
+		if s.src.BGP == nil {
+			return nil, unavailable("BGP RIB")
+		}
+		ps, err := s.src.BGP.Paths(ctx)
+		if err != nil {
+			return nil, sourceError("read BGP RIB", err)
+		}
+		rows = append(rows, ribRows(ps, f)...)
+	}
+	return rows, nil
 }
 
 // KernelRows converts kernel routes to API rows the way ListRoutes does,
@@ -277,11 +308,11 @@ func KernelRows(rs []routes.Route, prefix string) ([]*meridianv1.Route, error) {
 	if err != nil {
 		return nil, err
 	}
-	return kernelRows(rs, filter), nil
+	return kernelRows(rs, routeFilter{prefix: filter}), nil
 }
 
-func kernelRows(rs []routes.Route, filter netip.Prefix) []*meridianv1.Route {
-	rs = slices.DeleteFunc(slices.Clone(rs), func(r routes.Route) bool { return !within(r.Dst, filter) })
+func kernelRows(rs []routes.Route, f routeFilter) []*meridianv1.Route {
+	rs = slices.DeleteFunc(slices.Clone(rs), func(r routes.Route) bool { return !f.keep(r.Dst) })
 	slices.SortFunc(rs, func(a, b routes.Route) int { return comparePrefix(a.Dst, b.Dst) })
 	out := make([]*meridianv1.Route, 0, len(rs))
 	for _, r := range rs {
@@ -306,8 +337,8 @@ func kernelRows(rs []routes.Route, filter netip.Prefix) []*meridianv1.Route {
 	return out
 }
 
-func ribRows(ps []bgp.Path, filter netip.Prefix) []*meridianv1.Route {
-	ps = slices.DeleteFunc(slices.Clone(ps), func(p bgp.Path) bool { return !within(p.Prefix, filter) })
+func ribRows(ps []bgp.Path, f routeFilter) []*meridianv1.Route {
+	ps = slices.DeleteFunc(slices.Clone(ps), func(p bgp.Path) bool { return !f.keep(p.Prefix) })
 	slices.SortStableFunc(ps, func(a, b bgp.Path) int {
 		if c := comparePrefix(a.Prefix, b.Prefix); c != 0 {
 			return c

@@ -130,11 +130,68 @@ func (Route_Source) EnumDescriptor() ([]byte, []int) {
 	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{2, 1}
 }
 
+type WatchRoutesResponse_EventType int32
+
+const (
+	WatchRoutesResponse_EVENT_TYPE_UNSPECIFIED WatchRoutesResponse_EventType = 0
+	WatchRoutesResponse_EVENT_TYPE_ADDED       WatchRoutesResponse_EventType = 1
+	WatchRoutesResponse_EVENT_TYPE_REMOVED     WatchRoutesResponse_EventType = 2
+	// EVENT_TYPE_SYNCED marks the end of the initial snapshot; it has no
+	// route.
+	WatchRoutesResponse_EVENT_TYPE_SYNCED WatchRoutesResponse_EventType = 3
+)
+
+// Enum value maps for WatchRoutesResponse_EventType.
+var (
+	WatchRoutesResponse_EventType_name = map[int32]string{
+		0: "EVENT_TYPE_UNSPECIFIED",
+		1: "EVENT_TYPE_ADDED",
+		2: "EVENT_TYPE_REMOVED",
+		3: "EVENT_TYPE_SYNCED",
+	}
+	WatchRoutesResponse_EventType_value = map[string]int32{
+		"EVENT_TYPE_UNSPECIFIED": 0,
+		"EVENT_TYPE_ADDED":       1,
+		"EVENT_TYPE_REMOVED":     2,
+		"EVENT_TYPE_SYNCED":      3,
+	}
+)
+
+func (x WatchRoutesResponse_EventType) Enum() *WatchRoutesResponse_EventType {
+	p := new(WatchRoutesResponse_EventType)
+	*p = x
+	return p
+}
+
+func (x WatchRoutesResponse_EventType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (WatchRoutesResponse_EventType) Descriptor() protoreflect.EnumDescriptor {
+	return file_meridian_v1_meridian_proto_enumTypes[2].Descriptor()
+}
+
+func (WatchRoutesResponse_EventType) Type() protoreflect.EnumType {
+	return &file_meridian_v1_meridian_proto_enumTypes[2]
+}
+
+func (x WatchRoutesResponse_EventType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use WatchRoutesResponse_EventType.Descriptor instead.
+func (WatchRoutesResponse_EventType) EnumDescriptor() ([]byte, []int) {
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{10, 0}
+}
+
 type ListRoutesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// prefix, when set, keeps only routes inside it (a CIDR such as
 	// "10.244.0.0/16"; a /32 selects that one prefix). Host bits must be zero.
 	Prefix string `protobuf:"bytes,1,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	// contains, when set, keeps only routes whose prefix contains this IPv4
+	// address: the candidates of a longest-prefix-match lookup.
+	Contains string `protobuf:"bytes,3,opt,name=contains,proto3" json:"contains,omitempty"`
 	// source, when set, keeps only rows from that source. A client that wants
 	// the kernel routes while the BGP speaker is not up asks for
 	// SOURCE_KERNEL: the whole request otherwise fails with UNAVAILABLE.
@@ -176,6 +233,13 @@ func (*ListRoutesRequest) Descriptor() ([]byte, []int) {
 func (x *ListRoutesRequest) GetPrefix() string {
 	if x != nil {
 		return x.Prefix
+	}
+	return ""
+}
+
+func (x *ListRoutesRequest) GetContains() string {
+	if x != nil {
+		return x.Contains
 	}
 	return ""
 }
@@ -649,13 +713,1676 @@ func (x *Allocation) GetIfname() string {
 	return ""
 }
 
+type WatchRoutesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// prefix, source and contains filter as in ListRoutesRequest.
+	Prefix        string       `protobuf:"bytes,1,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	Source        Route_Source `protobuf:"varint,2,opt,name=source,proto3,enum=meridian.v1.Route_Source" json:"source,omitempty"`
+	Contains      string       `protobuf:"bytes,3,opt,name=contains,proto3" json:"contains,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchRoutesRequest) Reset() {
+	*x = WatchRoutesRequest{}
+	mi := &file_meridian_v1_meridian_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchRoutesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchRoutesRequest) ProtoMessage() {}
+
+func (x *WatchRoutesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_meridian_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchRoutesRequest.ProtoReflect.Descriptor instead.
+func (*WatchRoutesRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *WatchRoutesRequest) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
+}
+
+func (x *WatchRoutesRequest) GetSource() Route_Source {
+	if x != nil {
+		return x.Source
+	}
+	return Route_SOURCE_UNSPECIFIED
+}
+
+func (x *WatchRoutesRequest) GetContains() string {
+	if x != nil {
+		return x.Contains
+	}
+	return ""
+}
+
+type WatchRoutesResponse struct {
+	state         protoimpl.MessageState        `protogen:"open.v1"`
+	Type          WatchRoutesResponse_EventType `protobuf:"varint,1,opt,name=type,proto3,enum=meridian.v1.WatchRoutesResponse_EventType" json:"type,omitempty"`
+	Route         *Route                        `protobuf:"bytes,2,opt,name=route,proto3" json:"route,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchRoutesResponse) Reset() {
+	*x = WatchRoutesResponse{}
+	mi := &file_meridian_v1_meridian_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchRoutesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchRoutesResponse) ProtoMessage() {}
+
+func (x *WatchRoutesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_meridian_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchRoutesResponse.ProtoReflect.Descriptor instead.
+func (*WatchRoutesResponse) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *WatchRoutesResponse) GetType() WatchRoutesResponse_EventType {
+	if x != nil {
+		return x.Type
+	}
+	return WatchRoutesResponse_EVENT_TYPE_UNSPECIFIED
+}
+
+func (x *WatchRoutesResponse) GetRoute() *Route {
+	if x != nil {
+		return x.Route
+	}
+	return nil
+}
+
+type ListServicesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// namespace and name, when set, keep only matching Services.
+	Namespace     string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name          string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListServicesRequest) Reset() {
+	*x = ListServicesRequest{}
+	mi := &file_meridian_v1_meridian_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListServicesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListServicesRequest) ProtoMessage() {}
+
+func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_meridian_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListServicesRequest.ProtoReflect.Descriptor instead.
+func (*ListServicesRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ListServicesRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *ListServicesRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type ListServicesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Service       *Service               `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListServicesResponse) Reset() {
+	*x = ListServicesResponse{}
+	mi := &file_meridian_v1_meridian_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListServicesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListServicesResponse) ProtoMessage() {}
+
+func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_meridian_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListServicesResponse.ProtoReflect.Descriptor instead.
+func (*ListServicesResponse) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ListServicesResponse) GetService() *Service {
+	if x != nil {
+		return x.Service
+	}
+	return nil
+}
+
+type Service struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Ports     []*ServicePort         `protobuf:"bytes,3,rep,name=ports,proto3" json:"ports,omitempty"`
+	// health_check_node_port is set for a LoadBalancer with
+	// externalTrafficPolicy Local: load balancers probe it and this node
+	// answers with local_endpoints.
+	HealthCheckNodePort uint32 `protobuf:"varint,4,opt,name=health_check_node_port,json=healthCheckNodePort,proto3" json:"health_check_node_port,omitempty"`
+	LocalEndpoints      uint32 `protobuf:"varint,5,opt,name=local_endpoints,json=localEndpoints,proto3" json:"local_endpoints,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *Service) Reset() {
+	*x = Service{}
+	mi := &file_meridian_v1_meridian_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Service) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Service) ProtoMessage() {}
+
+func (x *Service) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_meridian_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Service.ProtoReflect.Descriptor instead.
+func (*Service) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *Service) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *Service) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Service) GetPorts() []*ServicePort {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
+func (x *Service) GetHealthCheckNodePort() uint32 {
+	if x != nil {
+		return x.HealthCheckNodePort
+	}
+	return 0
+}
+
+func (x *Service) GetLocalEndpoints() uint32 {
+	if x != nil {
+		return x.LocalEndpoints
+	}
+	return 0
+}
+
+// ServicePort is one Service port in one IP family.
+type ServicePort struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// key is "namespace/name:portname/PROTO/FAMILY".
+	Key  string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// protocol is "TCP", "UDP" or "SCTP".
+	Protocol string `protobuf:"bytes,3,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	// family is "IPv4" or "IPv6".
+	Family   string `protobuf:"bytes,4,opt,name=family,proto3" json:"family,omitempty"`
+	Port     uint32 `protobuf:"varint,5,opt,name=port,proto3" json:"port,omitempty"`
+	NodePort uint32 `protobuf:"varint,6,opt,name=node_port,json=nodePort,proto3" json:"node_port,omitempty"`
+	// affinity_timeout_seconds is set for sessionAffinity ClientIP.
+	AffinityTimeoutSeconds uint32      `protobuf:"varint,7,opt,name=affinity_timeout_seconds,json=affinityTimeoutSeconds,proto3" json:"affinity_timeout_seconds,omitempty"`
+	Frontends              []*Frontend `protobuf:"bytes,8,rep,name=frontends,proto3" json:"frontends,omitempty"`
+	Targets                []*Target   `protobuf:"bytes,9,rep,name=targets,proto3" json:"targets,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
+}
+
+func (x *ServicePort) Reset() {
+	*x = ServicePort{}
+	mi := &file_meridian_v1_meridian_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServicePort) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServicePort) ProtoMessage() {}
+
+func (x *ServicePort) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_meridian_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServicePort.ProtoReflect.Descriptor instead.
+func (*ServicePort) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ServicePort) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *ServicePort) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ServicePort) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
+func (x *ServicePort) GetFamily() string {
+	if x != nil {
+		return x.Family
+	}
+	return ""
+}
+
+func (x *ServicePort) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *ServicePort) GetNodePort() uint32 {
+	if x != nil {
+		return x.NodePort
+	}
+	return 0
+}
+
+func (x *ServicePort) GetAffinityTimeoutSeconds() uint32 {
+	if x != nil {
+		return x.AffinityTimeoutSeconds
+	}
+	return 0
+}
+
+func (x *ServicePort) GetFrontends() []*Frontend {
+	if x != nil {
+		return x.Frontends
+	}
+	return nil
+}
+
+func (x *ServicePort) GetTargets() []*Target {
+	if x != nil {
+		return x.Targets
+	}
+	return nil
+}
+
+// Frontend is one address . protocol . port the kernel maps to a target.
+type Frontend struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// kind is "clusterIP", "externalIP", "loadBalancer" or "nodePort".
+	Kind     string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Address  string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	Protocol string `protobuf:"bytes,3,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	Port     uint32 `protobuf:"varint,4,opt,name=port,proto3" json:"port,omitempty"`
+	// target serves packets from outside the cluster (and, for ClusterIPs,
+	// every packet).
+	Target string `protobuf:"bytes,5,opt,name=target,proto3" json:"target,omitempty"`
+	// pod_target, when set, serves packets from cluster pods and the node
+	// itself instead (externalTrafficPolicy Local short-circuit).
+	PodTarget string `protobuf:"bytes,6,opt,name=pod_target,json=podTarget,proto3" json:"pod_target,omitempty"`
+	// masquerade says which packets are SNATed to the node: "never",
+	// "always", "offCluster" (sources outside the cluster CIDRs) or
+	// "nodeSource" (packets the node itself sends).
+	Masquerade    string `protobuf:"bytes,7,opt,name=masquerade,proto3" json:"masquerade,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Frontend) Reset() {
+	*x = Frontend{}
+	mi := &file_meridian_v1_meridian_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Frontend) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Frontend) ProtoMessage() {}
+
+func (x *Frontend) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_meridian_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Frontend.ProtoReflect.Descriptor instead.
+func (*Frontend) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *Frontend) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Frontend) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *Frontend) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
+func (x *Frontend) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *Frontend) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *Frontend) GetPodTarget() string {
+	if x != nil {
+		return x.PodTarget
+	}
+	return ""
+}
+
+func (x *Frontend) GetMasquerade() string {
+	if x != nil {
+		return x.Masquerade
+	}
+	return ""
+}
+
+// Target is one endpoint set. With verdict "dnat" the kernel picks one of
+// endpoints at random for each new connection (or the client's previous one
+// with affinity); "reject" answers ICMP unreachable / TCP reset, "drop"
+// drops.
+type Target struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Key   string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// scope is "cluster" or "local".
+	Scope   string `protobuf:"bytes,2,opt,name=scope,proto3" json:"scope,omitempty"`
+	Verdict string `protobuf:"bytes,3,opt,name=verdict,proto3" json:"verdict,omitempty"`
+	// reason explains a verdict other than dnat, or a fallback to
+	// terminating endpoints ("noEndpoints", "noLocalEndpoints",
+	// "terminatingFallback", ...).
+	Reason        string      `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	Endpoints     []*Endpoint `protobuf:"bytes,5,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Target) Reset() {
+	*x = Target{}
+	mi := &file_meridian_v1_meridian_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Target) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Target) ProtoMessage() {}
+
+func (x *Target) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_meridian_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Target.ProtoReflect.Descriptor instead.
+func (*Target) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *Target) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *Target) GetScope() string {
+	if x != nil {
+		return x.Scope
+	}
+	return ""
+}
+
+func (x *Target) GetVerdict() string {
+	if x != nil {
+		return x.Verdict
+	}
+	return ""
+}
+
+func (x *Target) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Target) GetEndpoints() []*Endpoint {
+	if x != nil {
+		return x.Endpoints
+	}
+	return nil
+}
+
+type Endpoint struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Address string                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	Port    uint32                 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	Node    string                 `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
+	// local is true for an endpoint on this node.
+	Local         bool `protobuf:"varint,4,opt,name=local,proto3" json:"local,omitempty"`
+	Ready         bool `protobuf:"varint,5,opt,name=ready,proto3" json:"ready,omitempty"`
+	Serving       bool `protobuf:"varint,6,opt,name=serving,proto3" json:"serving,omitempty"`
+	Terminating   bool `protobuf:"varint,7,opt,name=terminating,proto3" json:"terminating,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Endpoint) Reset() {
+	*x = Endpoint{}
+	mi := &file_meridian_v1_meridian_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Endpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Endpoint) ProtoMessage() {}
+
+func (x *Endpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_meridian_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
+func (*Endpoint) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *Endpoint) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *Endpoint) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *Endpoint) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *Endpoint) GetLocal() bool {
+	if x != nil {
+		return x.Local
+	}
+	return false
+}
+
+func (x *Endpoint) GetReady() bool {
+	if x != nil {
+		return x.Ready
+	}
+	return false
+}
+
+func (x *Endpoint) GetServing() bool {
+	if x != nil {
+		return x.Serving
+	}
+	return false
+}
+
+func (x *Endpoint) GetTerminating() bool {
+	if x != nil {
+		return x.Terminating
+	}
+	return false
+}
+
+type ListPoliciesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// namespace and pod, when set, keep only matching pods.
+	Namespace     string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Pod           string `protobuf:"bytes,2,opt,name=pod,proto3" json:"pod,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPoliciesRequest) Reset() {
+	*x = ListPoliciesRequest{}
+	mi := &file_meridian_v1_meridian_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPoliciesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPoliciesRequest) ProtoMessage() {}
+
+func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_meridian_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
+func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ListPoliciesRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *ListPoliciesRequest) GetPod() string {
+	if x != nil {
+		return x.Pod
+	}
+	return ""
+}
+
+type ListPoliciesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pod           *PodPolicy             `protobuf:"bytes,1,opt,name=pod,proto3" json:"pod,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPoliciesResponse) Reset() {
+	*x = ListPoliciesResponse{}
+	mi := &file_meridian_v1_meridian_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPoliciesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPoliciesResponse) ProtoMessage() {}
+
+func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_meridian_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
+func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ListPoliciesResponse) GetPod() *PodPolicy {
+	if x != nil {
+		return x.Pod
+	}
+	return nil
+}
+
+// PodPolicy is one local pod's enforcement.
+type PodPolicy struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Ips           []string               `protobuf:"bytes,3,rep,name=ips,proto3" json:"ips,omitempty"`
+	Ingress       *PolicyDirection       `protobuf:"bytes,4,opt,name=ingress,proto3" json:"ingress,omitempty"`
+	Egress        *PolicyDirection       `protobuf:"bytes,5,opt,name=egress,proto3" json:"egress,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PodPolicy) Reset() {
+	*x = PodPolicy{}
+	mi := &file_meridian_v1_meridian_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PodPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PodPolicy) ProtoMessage() {}
+
+func (x *PodPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_meridian_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PodPolicy.ProtoReflect.Descriptor instead.
+func (*PodPolicy) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *PodPolicy) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *PodPolicy) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PodPolicy) GetIps() []string {
+	if x != nil {
+		return x.Ips
+	}
+	return nil
+}
+
+func (x *PodPolicy) GetIngress() *PolicyDirection {
+	if x != nil {
+		return x.Ingress
+	}
+	return nil
+}
+
+func (x *PodPolicy) GetEgress() *PolicyDirection {
+	if x != nil {
+		return x.Egress
+	}
+	return nil
+}
+
+// PolicyDirection is one direction of a pod's enforcement. A pod not
+// isolated in a direction is not restricted in it; an isolated one accepts
+// only what one of rules allows.
+type PolicyDirection struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Isolated bool                   `protobuf:"varint,1,opt,name=isolated,proto3" json:"isolated,omitempty"`
+	// policies are the namespace/names of the policies selecting the pod for
+	// this direction.
+	Policies []string      `protobuf:"bytes,2,rep,name=policies,proto3" json:"policies,omitempty"`
+	Rules    []*PolicyRule `protobuf:"bytes,3,rep,name=rules,proto3" json:"rules,omitempty"`
+	// counters is what the kernel counted; unset when the counters could not
+	// be read (then the server logged why).
+	Counters      *PolicyCounters `protobuf:"bytes,4,opt,name=counters,proto3" json:"counters,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyDirection) Reset() {
+	*x = PolicyDirection{}
+	mi := &file_meridian_v1_meridian_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyDirection) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyDirection) ProtoMessage() {}
+
+func (x *PolicyDirection) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_meridian_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyDirection.ProtoReflect.Descriptor instead.
+func (*PolicyDirection) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *PolicyDirection) GetIsolated() bool {
+	if x != nil {
+		return x.Isolated
+	}
+	return false
+}
+
+func (x *PolicyDirection) GetPolicies() []string {
+	if x != nil {
+		return x.Policies
+	}
+	return nil
+}
+
+func (x *PolicyDirection) GetRules() []*PolicyRule {
+	if x != nil {
+		return x.Rules
+	}
+	return nil
+}
+
+func (x *PolicyDirection) GetCounters() *PolicyCounters {
+	if x != nil {
+		return x.Counters
+	}
+	return nil
+}
+
+// PolicyRule is one allow rule of a policy, resolved for the pod: a policy
+// rule with several peers becomes one PolicyRule per peer.
+type PolicyRule struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// policy is namespace/name; index the rule's position in the policy's
+	// ingress or egress list.
+	Policy string `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	Index  int32  `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	// peer_kind is "any", "selector" or "block".
+	PeerKind string `protobuf:"bytes,3,opt,name=peer_kind,json=peerKind,proto3" json:"peer_kind,omitempty"`
+	// peer describes the peer: the canonical selector ("ns=prod
+	// pod=app=web"), or the CIDR and its excepts; empty for any.
+	Peer string `protobuf:"bytes,4,opt,name=peer,proto3" json:"peer,omitempty"`
+	// ports are "TCP/80", "UDP/1000-2000", "TCP@np-..." (a named port set);
+	// empty means every port and protocol.
+	Ports         []string `protobuf:"bytes,5,rep,name=ports,proto3" json:"ports,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyRule) Reset() {
+	*x = PolicyRule{}
+	mi := &file_meridian_v1_meridian_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyRule) ProtoMessage() {}
+
+func (x *PolicyRule) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_meridian_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyRule.ProtoReflect.Descriptor instead.
+func (*PolicyRule) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *PolicyRule) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+func (x *PolicyRule) GetIndex() int32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *PolicyRule) GetPeerKind() string {
+	if x != nil {
+		return x.PeerKind
+	}
+	return ""
+}
+
+func (x *PolicyRule) GetPeer() string {
+	if x != nil {
+		return x.Peer
+	}
+	return ""
+}
+
+func (x *PolicyRule) GetPorts() []string {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
+type PolicyCounters struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// dropped_* is what the pod's default deny (or fail-closed drop) counted.
+	DroppedPackets uint64 `protobuf:"varint,1,opt,name=dropped_packets,json=droppedPackets,proto3" json:"dropped_packets,omitempty"`
+	DroppedBytes   uint64 `protobuf:"varint,2,opt,name=dropped_bytes,json=droppedBytes,proto3" json:"dropped_bytes,omitempty"`
+	// failed_closed is true when the kernel refused the pod's rules and it
+	// drops everything new in this direction until they apply.
+	FailedClosed  bool        `protobuf:"varint,3,opt,name=failed_closed,json=failedClosed,proto3" json:"failed_closed,omitempty"`
+	Allowed       []*RuleHits `protobuf:"bytes,4,rep,name=allowed,proto3" json:"allowed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyCounters) Reset() {
+	*x = PolicyCounters{}
+	mi := &file_meridian_v1_meridian_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyCounters) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyCounters) ProtoMessage() {}
+
+func (x *PolicyCounters) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_meridian_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyCounters.ProtoReflect.Descriptor instead.
+func (*PolicyCounters) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *PolicyCounters) GetDroppedPackets() uint64 {
+	if x != nil {
+		return x.DroppedPackets
+	}
+	return 0
+}
+
+func (x *PolicyCounters) GetDroppedBytes() uint64 {
+	if x != nil {
+		return x.DroppedBytes
+	}
+	return 0
+}
+
+func (x *PolicyCounters) GetFailedClosed() bool {
+	if x != nil {
+		return x.FailedClosed
+	}
+	return false
+}
+
+func (x *PolicyCounters) GetAllowed() []*RuleHits {
+	if x != nil {
+		return x.Allowed
+	}
+	return nil
+}
+
+type RuleHits struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Policy        string                 `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	Index         int32                  `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	Packets       uint64                 `protobuf:"varint,3,opt,name=packets,proto3" json:"packets,omitempty"`
+	Bytes         uint64                 `protobuf:"varint,4,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RuleHits) Reset() {
+	*x = RuleHits{}
+	mi := &file_meridian_v1_meridian_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RuleHits) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RuleHits) ProtoMessage() {}
+
+func (x *RuleHits) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_meridian_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RuleHits.ProtoReflect.Descriptor instead.
+func (*RuleHits) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *RuleHits) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+func (x *RuleHits) GetIndex() int32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *RuleHits) GetPackets() uint64 {
+	if x != nil {
+		return x.Packets
+	}
+	return 0
+}
+
+func (x *RuleHits) GetBytes() uint64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+type EvaluateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// source and destination are IP addresses.
+	Source      string `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
+	Destination string `protobuf:"bytes,2,opt,name=destination,proto3" json:"destination,omitempty"`
+	// protocol is "TCP", "UDP", "SCTP" (port required) or "ICMP" (no port),
+	// case-insensitive.
+	Protocol      string `protobuf:"bytes,3,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	Port          uint32 `protobuf:"varint,4,opt,name=port,proto3" json:"port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EvaluateRequest) Reset() {
+	*x = EvaluateRequest{}
+	mi := &file_meridian_v1_meridian_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EvaluateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EvaluateRequest) ProtoMessage() {}
+
+func (x *EvaluateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_meridian_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EvaluateRequest.ProtoReflect.Descriptor instead.
+func (*EvaluateRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *EvaluateRequest) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *EvaluateRequest) GetDestination() string {
+	if x != nil {
+		return x.Destination
+	}
+	return ""
+}
+
+func (x *EvaluateRequest) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
+func (x *EvaluateRequest) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+type EvaluateResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// allowed is the conjunction of the directions this node judges; true
+	// when it judges neither.
+	Allowed bool `protobuf:"varint,1,opt,name=allowed,proto3" json:"allowed,omitempty"`
+	// egress is set when the source is a pod on this node, ingress when the
+	// destination is.
+	Egress  *DirectionVerdict `protobuf:"bytes,2,opt,name=egress,proto3" json:"egress,omitempty"`
+	Ingress *DirectionVerdict `protobuf:"bytes,3,opt,name=ingress,proto3" json:"ingress,omitempty"`
+	// node is the node whose model answered.
+	Node string `protobuf:"bytes,4,opt,name=node,proto3" json:"node,omitempty"`
+	// service_frontend names the Service ("namespace/name") when the
+	// destination address and port are one of its frontends on this node:
+	// policy sees the packet after DNAT, so evaluate its endpoints instead.
+	ServiceFrontend string `protobuf:"bytes,5,opt,name=service_frontend,json=serviceFrontend,proto3" json:"service_frontend,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *EvaluateResponse) Reset() {
+	*x = EvaluateResponse{}
+	mi := &file_meridian_v1_meridian_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EvaluateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EvaluateResponse) ProtoMessage() {}
+
+func (x *EvaluateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_meridian_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EvaluateResponse.ProtoReflect.Descriptor instead.
+func (*EvaluateResponse) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *EvaluateResponse) GetAllowed() bool {
+	if x != nil {
+		return x.Allowed
+	}
+	return false
+}
+
+func (x *EvaluateResponse) GetEgress() *DirectionVerdict {
+	if x != nil {
+		return x.Egress
+	}
+	return nil
+}
+
+func (x *EvaluateResponse) GetIngress() *DirectionVerdict {
+	if x != nil {
+		return x.Ingress
+	}
+	return nil
+}
+
+func (x *EvaluateResponse) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *EvaluateResponse) GetServiceFrontend() string {
+	if x != nil {
+		return x.ServiceFrontend
+	}
+	return ""
+}
+
+type DirectionVerdict struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// pod is the local pod judged (namespace/name).
+	Pod     string `protobuf:"bytes,1,opt,name=pod,proto3" json:"pod,omitempty"`
+	Allowed bool   `protobuf:"varint,2,opt,name=allowed,proto3" json:"allowed,omitempty"`
+	// reason is "notIsolated", "allowedByRule", "defaultDeny" or "loopback".
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// rules are the allow rules that matched (allowedByRule).
+	Rules []*RuleRef `protobuf:"bytes,4,rep,name=rules,proto3" json:"rules,omitempty"`
+	// policies are the isolating policies a defaultDeny is attributed to.
+	Policies      []string `protobuf:"bytes,5,rep,name=policies,proto3" json:"policies,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DirectionVerdict) Reset() {
+	*x = DirectionVerdict{}
+	mi := &file_meridian_v1_meridian_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DirectionVerdict) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DirectionVerdict) ProtoMessage() {}
+
+func (x *DirectionVerdict) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_meridian_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DirectionVerdict.ProtoReflect.Descriptor instead.
+func (*DirectionVerdict) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *DirectionVerdict) GetPod() string {
+	if x != nil {
+		return x.Pod
+	}
+	return ""
+}
+
+func (x *DirectionVerdict) GetAllowed() bool {
+	if x != nil {
+		return x.Allowed
+	}
+	return false
+}
+
+func (x *DirectionVerdict) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *DirectionVerdict) GetRules() []*RuleRef {
+	if x != nil {
+		return x.Rules
+	}
+	return nil
+}
+
+func (x *DirectionVerdict) GetPolicies() []string {
+	if x != nil {
+		return x.Policies
+	}
+	return nil
+}
+
+type RuleRef struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Policy        string                 `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	Index         int32                  `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RuleRef) Reset() {
+	*x = RuleRef{}
+	mi := &file_meridian_v1_meridian_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RuleRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RuleRef) ProtoMessage() {}
+
+func (x *RuleRef) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_meridian_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RuleRef.ProtoReflect.Descriptor instead.
+func (*RuleRef) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *RuleRef) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+func (x *RuleRef) GetIndex() int32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+type GetDataplaneStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetDataplaneStatusRequest) Reset() {
+	*x = GetDataplaneStatusRequest{}
+	mi := &file_meridian_v1_meridian_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDataplaneStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDataplaneStatusRequest) ProtoMessage() {}
+
+func (x *GetDataplaneStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_meridian_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDataplaneStatusRequest.ProtoReflect.Descriptor instead.
+func (*GetDataplaneStatusRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{29}
+}
+
+type GetDataplaneStatusResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// synced is false until the first successful sync; the other fields
+	// then describe nothing.
+	Synced bool `protobuf:"varint,1,opt,name=synced,proto3" json:"synced,omitempty"`
+	// synced_at is the time of the last successful sync, RFC 3339.
+	SyncedAt string `protobuf:"bytes,2,opt,name=synced_at,json=syncedAt,proto3" json:"synced_at,omitempty"`
+	// last_error is the error of the most recent failed sync, empty when
+	// the last one succeeded.
+	LastError       string     `protobuf:"bytes,3,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	ServiceProblems []*Problem `protobuf:"bytes,4,rep,name=service_problems,json=serviceProblems,proto3" json:"service_problems,omitempty"`
+	PolicyProblems  []*Problem `protobuf:"bytes,5,rep,name=policy_problems,json=policyProblems,proto3" json:"policy_problems,omitempty"`
+	// cluster_cidrs are the pod ranges the Service NAT treats as the cluster.
+	ClusterCidrs []string `protobuf:"bytes,6,rep,name=cluster_cidrs,json=clusterCidrs,proto3" json:"cluster_cidrs,omitempty"`
+	// node_port_addresses are the node addresses NodePorts listen on.
+	NodePortAddresses []string `protobuf:"bytes,7,rep,name=node_port_addresses,json=nodePortAddresses,proto3" json:"node_port_addresses,omitempty"`
+	Services          uint32   `protobuf:"varint,8,opt,name=services,proto3" json:"services,omitempty"`
+	PolicyPods        uint32   `protobuf:"varint,9,opt,name=policy_pods,json=policyPods,proto3" json:"policy_pods,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *GetDataplaneStatusResponse) Reset() {
+	*x = GetDataplaneStatusResponse{}
+	mi := &file_meridian_v1_meridian_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDataplaneStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDataplaneStatusResponse) ProtoMessage() {}
+
+func (x *GetDataplaneStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_meridian_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDataplaneStatusResponse.ProtoReflect.Descriptor instead.
+func (*GetDataplaneStatusResponse) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *GetDataplaneStatusResponse) GetSynced() bool {
+	if x != nil {
+		return x.Synced
+	}
+	return false
+}
+
+func (x *GetDataplaneStatusResponse) GetSyncedAt() string {
+	if x != nil {
+		return x.SyncedAt
+	}
+	return ""
+}
+
+func (x *GetDataplaneStatusResponse) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *GetDataplaneStatusResponse) GetServiceProblems() []*Problem {
+	if x != nil {
+		return x.ServiceProblems
+	}
+	return nil
+}
+
+func (x *GetDataplaneStatusResponse) GetPolicyProblems() []*Problem {
+	if x != nil {
+		return x.PolicyProblems
+	}
+	return nil
+}
+
+func (x *GetDataplaneStatusResponse) GetClusterCidrs() []string {
+	if x != nil {
+		return x.ClusterCidrs
+	}
+	return nil
+}
+
+func (x *GetDataplaneStatusResponse) GetNodePortAddresses() []string {
+	if x != nil {
+		return x.NodePortAddresses
+	}
+	return nil
+}
+
+func (x *GetDataplaneStatusResponse) GetServices() uint32 {
+	if x != nil {
+		return x.Services
+	}
+	return 0
+}
+
+func (x *GetDataplaneStatusResponse) GetPolicyPods() uint32 {
+	if x != nil {
+		return x.PolicyPods
+	}
+	return 0
+}
+
+// Problem is a Service or NetworkPolicy (subject, namespace/name) the node
+// could not program as written, with a stable reason code.
+type Problem struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Subject string                 `protobuf:"bytes,1,opt,name=subject,proto3" json:"subject,omitempty"`
+	// port is the Service port key or address concerned, if any.
+	Port          string `protobuf:"bytes,2,opt,name=port,proto3" json:"port,omitempty"`
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Detail        string `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Problem) Reset() {
+	*x = Problem{}
+	mi := &file_meridian_v1_meridian_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Problem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Problem) ProtoMessage() {}
+
+func (x *Problem) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_meridian_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Problem.ProtoReflect.Descriptor instead.
+func (*Problem) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *Problem) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *Problem) GetPort() string {
+	if x != nil {
+		return x.Port
+	}
+	return ""
+}
+
+func (x *Problem) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Problem) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
 var File_meridian_v1_meridian_proto protoreflect.FileDescriptor
 
 const file_meridian_v1_meridian_proto_rawDesc = "" +
 	"\n" +
-	"\x1ameridian/v1/meridian.proto\x12\vmeridian.v1\"^\n" +
+	"\x1ameridian/v1/meridian.proto\x12\vmeridian.v1\"z\n" +
 	"\x11ListRoutesRequest\x12\x16\n" +
-	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x121\n" +
+	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x1a\n" +
+	"\bcontains\x18\x03 \x01(\tR\bcontains\x121\n" +
 	"\x06source\x18\x02 \x01(\x0e2\x19.meridian.v1.Route.SourceR\x06source\">\n" +
 	"\x12ListRoutesResponse\x12(\n" +
 	"\x05route\x18\x01 \x01(\v2\x12.meridian.v1.RouteR\x05route\"\x97\x03\n" +
@@ -698,12 +2425,146 @@ const file_meridian_v1_meridian_proto_rawDesc = "" +
 	"Allocation\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12!\n" +
 	"\fcontainer_id\x18\x02 \x01(\tR\vcontainerId\x12\x16\n" +
-	"\x06ifname\x18\x03 \x01(\tR\x06ifname2\xf4\x01\n" +
+	"\x06ifname\x18\x03 \x01(\tR\x06ifname\"{\n" +
+	"\x12WatchRoutesRequest\x12\x16\n" +
+	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x121\n" +
+	"\x06source\x18\x02 \x01(\x0e2\x19.meridian.v1.Route.SourceR\x06source\x12\x1a\n" +
+	"\bcontains\x18\x03 \x01(\tR\bcontains\"\xed\x01\n" +
+	"\x13WatchRoutesResponse\x12>\n" +
+	"\x04type\x18\x01 \x01(\x0e2*.meridian.v1.WatchRoutesResponse.EventTypeR\x04type\x12(\n" +
+	"\x05route\x18\x02 \x01(\v2\x12.meridian.v1.RouteR\x05route\"l\n" +
+	"\tEventType\x12\x1a\n" +
+	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10EVENT_TYPE_ADDED\x10\x01\x12\x16\n" +
+	"\x12EVENT_TYPE_REMOVED\x10\x02\x12\x15\n" +
+	"\x11EVENT_TYPE_SYNCED\x10\x03\"G\n" +
+	"\x13ListServicesRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"F\n" +
+	"\x14ListServicesResponse\x12.\n" +
+	"\aservice\x18\x01 \x01(\v2\x14.meridian.v1.ServiceR\aservice\"\xc9\x01\n" +
+	"\aService\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12.\n" +
+	"\x05ports\x18\x03 \x03(\v2\x18.meridian.v1.ServicePortR\x05ports\x123\n" +
+	"\x16health_check_node_port\x18\x04 \x01(\rR\x13healthCheckNodePort\x12'\n" +
+	"\x0flocal_endpoints\x18\x05 \x01(\rR\x0elocalEndpoints\"\xb6\x02\n" +
+	"\vServicePort\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
+	"\bprotocol\x18\x03 \x01(\tR\bprotocol\x12\x16\n" +
+	"\x06family\x18\x04 \x01(\tR\x06family\x12\x12\n" +
+	"\x04port\x18\x05 \x01(\rR\x04port\x12\x1b\n" +
+	"\tnode_port\x18\x06 \x01(\rR\bnodePort\x128\n" +
+	"\x18affinity_timeout_seconds\x18\a \x01(\rR\x16affinityTimeoutSeconds\x123\n" +
+	"\tfrontends\x18\b \x03(\v2\x15.meridian.v1.FrontendR\tfrontends\x12-\n" +
+	"\atargets\x18\t \x03(\v2\x13.meridian.v1.TargetR\atargets\"\xbf\x01\n" +
+	"\bFrontend\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1a\n" +
+	"\bprotocol\x18\x03 \x01(\tR\bprotocol\x12\x12\n" +
+	"\x04port\x18\x04 \x01(\rR\x04port\x12\x16\n" +
+	"\x06target\x18\x05 \x01(\tR\x06target\x12\x1d\n" +
+	"\n" +
+	"pod_target\x18\x06 \x01(\tR\tpodTarget\x12\x1e\n" +
+	"\n" +
+	"masquerade\x18\a \x01(\tR\n" +
+	"masquerade\"\x97\x01\n" +
+	"\x06Target\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05scope\x18\x02 \x01(\tR\x05scope\x12\x18\n" +
+	"\averdict\x18\x03 \x01(\tR\averdict\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x123\n" +
+	"\tendpoints\x18\x05 \x03(\v2\x15.meridian.v1.EndpointR\tendpoints\"\xb4\x01\n" +
+	"\bEndpoint\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\x12\x12\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\x12\x14\n" +
+	"\x05local\x18\x04 \x01(\bR\x05local\x12\x14\n" +
+	"\x05ready\x18\x05 \x01(\bR\x05ready\x12\x18\n" +
+	"\aserving\x18\x06 \x01(\bR\aserving\x12 \n" +
+	"\vterminating\x18\a \x01(\bR\vterminating\"E\n" +
+	"\x13ListPoliciesRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x10\n" +
+	"\x03pod\x18\x02 \x01(\tR\x03pod\"@\n" +
+	"\x14ListPoliciesResponse\x12(\n" +
+	"\x03pod\x18\x01 \x01(\v2\x16.meridian.v1.PodPolicyR\x03pod\"\xbd\x01\n" +
+	"\tPodPolicy\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x10\n" +
+	"\x03ips\x18\x03 \x03(\tR\x03ips\x126\n" +
+	"\aingress\x18\x04 \x01(\v2\x1c.meridian.v1.PolicyDirectionR\aingress\x124\n" +
+	"\x06egress\x18\x05 \x01(\v2\x1c.meridian.v1.PolicyDirectionR\x06egress\"\xb1\x01\n" +
+	"\x0fPolicyDirection\x12\x1a\n" +
+	"\bisolated\x18\x01 \x01(\bR\bisolated\x12\x1a\n" +
+	"\bpolicies\x18\x02 \x03(\tR\bpolicies\x12-\n" +
+	"\x05rules\x18\x03 \x03(\v2\x17.meridian.v1.PolicyRuleR\x05rules\x127\n" +
+	"\bcounters\x18\x04 \x01(\v2\x1b.meridian.v1.PolicyCountersR\bcounters\"\x81\x01\n" +
+	"\n" +
+	"PolicyRule\x12\x16\n" +
+	"\x06policy\x18\x01 \x01(\tR\x06policy\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x05R\x05index\x12\x1b\n" +
+	"\tpeer_kind\x18\x03 \x01(\tR\bpeerKind\x12\x12\n" +
+	"\x04peer\x18\x04 \x01(\tR\x04peer\x12\x14\n" +
+	"\x05ports\x18\x05 \x03(\tR\x05ports\"\xb4\x01\n" +
+	"\x0ePolicyCounters\x12'\n" +
+	"\x0fdropped_packets\x18\x01 \x01(\x04R\x0edroppedPackets\x12#\n" +
+	"\rdropped_bytes\x18\x02 \x01(\x04R\fdroppedBytes\x12#\n" +
+	"\rfailed_closed\x18\x03 \x01(\bR\ffailedClosed\x12/\n" +
+	"\aallowed\x18\x04 \x03(\v2\x15.meridian.v1.RuleHitsR\aallowed\"h\n" +
+	"\bRuleHits\x12\x16\n" +
+	"\x06policy\x18\x01 \x01(\tR\x06policy\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x05R\x05index\x12\x18\n" +
+	"\apackets\x18\x03 \x01(\x04R\apackets\x12\x14\n" +
+	"\x05bytes\x18\x04 \x01(\x04R\x05bytes\"{\n" +
+	"\x0fEvaluateRequest\x12\x16\n" +
+	"\x06source\x18\x01 \x01(\tR\x06source\x12 \n" +
+	"\vdestination\x18\x02 \x01(\tR\vdestination\x12\x1a\n" +
+	"\bprotocol\x18\x03 \x01(\tR\bprotocol\x12\x12\n" +
+	"\x04port\x18\x04 \x01(\rR\x04port\"\xdb\x01\n" +
+	"\x10EvaluateResponse\x12\x18\n" +
+	"\aallowed\x18\x01 \x01(\bR\aallowed\x125\n" +
+	"\x06egress\x18\x02 \x01(\v2\x1d.meridian.v1.DirectionVerdictR\x06egress\x127\n" +
+	"\aingress\x18\x03 \x01(\v2\x1d.meridian.v1.DirectionVerdictR\aingress\x12\x12\n" +
+	"\x04node\x18\x04 \x01(\tR\x04node\x12)\n" +
+	"\x10service_frontend\x18\x05 \x01(\tR\x0fserviceFrontend\"\x9e\x01\n" +
+	"\x10DirectionVerdict\x12\x10\n" +
+	"\x03pod\x18\x01 \x01(\tR\x03pod\x12\x18\n" +
+	"\aallowed\x18\x02 \x01(\bR\aallowed\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12*\n" +
+	"\x05rules\x18\x04 \x03(\v2\x14.meridian.v1.RuleRefR\x05rules\x12\x1a\n" +
+	"\bpolicies\x18\x05 \x03(\tR\bpolicies\"7\n" +
+	"\aRuleRef\x12\x16\n" +
+	"\x06policy\x18\x01 \x01(\tR\x06policy\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x05R\x05index\"\x1b\n" +
+	"\x19GetDataplaneStatusRequest\"\x82\x03\n" +
+	"\x1aGetDataplaneStatusResponse\x12\x16\n" +
+	"\x06synced\x18\x01 \x01(\bR\x06synced\x12\x1b\n" +
+	"\tsynced_at\x18\x02 \x01(\tR\bsyncedAt\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x03 \x01(\tR\tlastError\x12?\n" +
+	"\x10service_problems\x18\x04 \x03(\v2\x14.meridian.v1.ProblemR\x0fserviceProblems\x12=\n" +
+	"\x0fpolicy_problems\x18\x05 \x03(\v2\x14.meridian.v1.ProblemR\x0epolicyProblems\x12#\n" +
+	"\rcluster_cidrs\x18\x06 \x03(\tR\fclusterCidrs\x12.\n" +
+	"\x13node_port_addresses\x18\a \x03(\tR\x11nodePortAddresses\x12\x1a\n" +
+	"\bservices\x18\b \x01(\rR\bservices\x12\x1f\n" +
+	"\vpolicy_pods\x18\t \x01(\rR\n" +
+	"policyPods\"g\n" +
+	"\aProblem\x12\x18\n" +
+	"\asubject\x18\x01 \x01(\tR\asubject\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\tR\x04port\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x16\n" +
+	"\x06detail\x18\x04 \x01(\tR\x06detail2\xa6\x05\n" +
 	"\bMeridian\x12O\n" +
 	"\n" +
 	"ListRoutes\x12\x1e.meridian.v1.ListRoutesRequest\x1a\x1f.meridian.v1.ListRoutesResponse0\x01\x12L\n" +
 	"\tListPeers\x12\x1d.meridian.v1.ListPeersRequest\x1a\x1e.meridian.v1.ListPeersResponse0\x01\x12I\n" +
-	"\bListIPAM\x12\x1c.meridian.v1.ListIPAMRequest\x1a\x1d.meridian.v1.ListIPAMResponse0\x01B=Z;github.com/meridian-net/meridian/api/meridian/v1;meridianv1b\x06proto3"
+	"\bListIPAM\x12\x1c.meridian.v1.ListIPAMRequest\x1a\x1d.meridian.v1.ListIPAMResponse0\x01\x12R\n" +
+	"\vWatchRoutes\x12\x1f.meridian.v1.WatchRoutesRequest\x1a .meridian.v1.WatchRoutesResponse0\x01\x12U\n" +
+	"\fListServices\x12 .meridian.v1.ListServicesRequest\x1a!.meridian.v1.ListServicesResponse0\x01\x12U\n" +
+	"\fListPolicies\x12 .meridian.v1.ListPoliciesRequest\x1a!.meridian.v1.ListPoliciesResponse0\x01\x12G\n" +
+	"\bEvaluate\x12\x1c.meridian.v1.EvaluateRequest\x1a\x1d.meridian.v1.EvaluateResponse\x12e\n" +
+	"\x12GetDataplaneStatus\x12&.meridian.v1.GetDataplaneStatusRequest\x1a'.meridian.v1.GetDataplaneStatusResponseB=Z;github.com/meridian-net/meridian/api/meridian/v1;meridianv1b\x06proto3"
 
 var (
 	file_meridian_v1_meridian_proto_rawDescOnce sync.Once
@@ -717,39 +2578,92 @@ func file_meridian_v1_meridian_proto_rawDescGZIP() []byte {
 	return file_meridian_v1_meridian_proto_rawDescData
 }
 
-var file_meridian_v1_meridian_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_meridian_v1_meridian_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_meridian_v1_meridian_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_meridian_v1_meridian_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_meridian_v1_meridian_proto_goTypes = []any{
-	(Route_Kind)(0),            // 0: meridian.v1.Route.Kind
-	(Route_Source)(0),          // 1: meridian.v1.Route.Source
-	(*ListRoutesRequest)(nil),  // 2: meridian.v1.ListRoutesRequest
-	(*ListRoutesResponse)(nil), // 3: meridian.v1.ListRoutesResponse
-	(*Route)(nil),              // 4: meridian.v1.Route
-	(*ListPeersRequest)(nil),   // 5: meridian.v1.ListPeersRequest
-	(*ListPeersResponse)(nil),  // 6: meridian.v1.ListPeersResponse
-	(*Peer)(nil),               // 7: meridian.v1.Peer
-	(*ListIPAMRequest)(nil),    // 8: meridian.v1.ListIPAMRequest
-	(*ListIPAMResponse)(nil),   // 9: meridian.v1.ListIPAMResponse
-	(*Allocation)(nil),         // 10: meridian.v1.Allocation
+	(Route_Kind)(0),                    // 0: meridian.v1.Route.Kind
+	(Route_Source)(0),                  // 1: meridian.v1.Route.Source
+	(WatchRoutesResponse_EventType)(0), // 2: meridian.v1.WatchRoutesResponse.EventType
+	(*ListRoutesRequest)(nil),          // 3: meridian.v1.ListRoutesRequest
+	(*ListRoutesResponse)(nil),         // 4: meridian.v1.ListRoutesResponse
+	(*Route)(nil),                      // 5: meridian.v1.Route
+	(*ListPeersRequest)(nil),           // 6: meridian.v1.ListPeersRequest
+	(*ListPeersResponse)(nil),          // 7: meridian.v1.ListPeersResponse
+	(*Peer)(nil),                       // 8: meridian.v1.Peer
+	(*ListIPAMRequest)(nil),            // 9: meridian.v1.ListIPAMRequest
+	(*ListIPAMResponse)(nil),           // 10: meridian.v1.ListIPAMResponse
+	(*Allocation)(nil),                 // 11: meridian.v1.Allocation
+	(*WatchRoutesRequest)(nil),         // 12: meridian.v1.WatchRoutesRequest
+	(*WatchRoutesResponse)(nil),        // 13: meridian.v1.WatchRoutesResponse
+	(*ListServicesRequest)(nil),        // 14: meridian.v1.ListServicesRequest
+	(*ListServicesResponse)(nil),       // 15: meridian.v1.ListServicesResponse
+	(*Service)(nil),                    // 16: meridian.v1.Service
+	(*ServicePort)(nil),                // 17: meridian.v1.ServicePort
+	(*Frontend)(nil),                   // 18: meridian.v1.Frontend
+	(*Target)(nil),                     // 19: meridian.v1.Target
+	(*Endpoint)(nil),                   // 20: meridian.v1.Endpoint
+	(*ListPoliciesRequest)(nil),        // 21: meridian.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),       // 22: meridian.v1.ListPoliciesResponse
+	(*PodPolicy)(nil),                  // 23: meridian.v1.PodPolicy
+	(*PolicyDirection)(nil),            // 24: meridian.v1.PolicyDirection
+	(*PolicyRule)(nil),                 // 25: meridian.v1.PolicyRule
+	(*PolicyCounters)(nil),             // 26: meridian.v1.PolicyCounters
+	(*RuleHits)(nil),                   // 27: meridian.v1.RuleHits
+	(*EvaluateRequest)(nil),            // 28: meridian.v1.EvaluateRequest
+	(*EvaluateResponse)(nil),           // 29: meridian.v1.EvaluateResponse
+	(*DirectionVerdict)(nil),           // 30: meridian.v1.DirectionVerdict
+	(*RuleRef)(nil),                    // 31: meridian.v1.RuleRef
+	(*GetDataplaneStatusRequest)(nil),  // 32: meridian.v1.GetDataplaneStatusRequest
+	(*GetDataplaneStatusResponse)(nil), // 33: meridian.v1.GetDataplaneStatusResponse
+	(*Problem)(nil),                    // 34: meridian.v1.Problem
 }
 var file_meridian_v1_meridian_proto_depIdxs = []int32{
 	1,  // 0: meridian.v1.ListRoutesRequest.source:type_name -> meridian.v1.Route.Source
-	4,  // 1: meridian.v1.ListRoutesResponse.route:type_name -> meridian.v1.Route
+	5,  // 1: meridian.v1.ListRoutesResponse.route:type_name -> meridian.v1.Route
 	0,  // 2: meridian.v1.Route.kind:type_name -> meridian.v1.Route.Kind
 	1,  // 3: meridian.v1.Route.source:type_name -> meridian.v1.Route.Source
-	7,  // 4: meridian.v1.ListPeersResponse.peer:type_name -> meridian.v1.Peer
-	10, // 5: meridian.v1.ListIPAMResponse.allocation:type_name -> meridian.v1.Allocation
-	2,  // 6: meridian.v1.Meridian.ListRoutes:input_type -> meridian.v1.ListRoutesRequest
-	5,  // 7: meridian.v1.Meridian.ListPeers:input_type -> meridian.v1.ListPeersRequest
-	8,  // 8: meridian.v1.Meridian.ListIPAM:input_type -> meridian.v1.ListIPAMRequest
-	3,  // 9: meridian.v1.Meridian.ListRoutes:output_type -> meridian.v1.ListRoutesResponse
-	6,  // 10: meridian.v1.Meridian.ListPeers:output_type -> meridian.v1.ListPeersResponse
-	9,  // 11: meridian.v1.Meridian.ListIPAM:output_type -> meridian.v1.ListIPAMResponse
-	9,  // [9:12] is the sub-list for method output_type
-	6,  // [6:9] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	8,  // 4: meridian.v1.ListPeersResponse.peer:type_name -> meridian.v1.Peer
+	11, // 5: meridian.v1.ListIPAMResponse.allocation:type_name -> meridian.v1.Allocation
+	1,  // 6: meridian.v1.WatchRoutesRequest.source:type_name -> meridian.v1.Route.Source
+	2,  // 7: meridian.v1.WatchRoutesResponse.type:type_name -> meridian.v1.WatchRoutesResponse.EventType
+	5,  // 8: meridian.v1.WatchRoutesResponse.route:type_name -> meridian.v1.Route
+	16, // 9: meridian.v1.ListServicesResponse.service:type_name -> meridian.v1.Service
+	17, // 10: meridian.v1.Service.ports:type_name -> meridian.v1.ServicePort
+	18, // 11: meridian.v1.ServicePort.frontends:type_name -> meridian.v1.Frontend
+	19, // 12: meridian.v1.ServicePort.targets:type_name -> meridian.v1.Target
+	20, // 13: meridian.v1.Target.endpoints:type_name -> meridian.v1.Endpoint
+	23, // 14: meridian.v1.ListPoliciesResponse.pod:type_name -> meridian.v1.PodPolicy
+	24, // 15: meridian.v1.PodPolicy.ingress:type_name -> meridian.v1.PolicyDirection
+	24, // 16: meridian.v1.PodPolicy.egress:type_name -> meridian.v1.PolicyDirection
+	25, // 17: meridian.v1.PolicyDirection.rules:type_name -> meridian.v1.PolicyRule
+	26, // 18: meridian.v1.PolicyDirection.counters:type_name -> meridian.v1.PolicyCounters
+	27, // 19: meridian.v1.PolicyCounters.allowed:type_name -> meridian.v1.RuleHits
+	30, // 20: meridian.v1.EvaluateResponse.egress:type_name -> meridian.v1.DirectionVerdict
+	30, // 21: meridian.v1.EvaluateResponse.ingress:type_name -> meridian.v1.DirectionVerdict
+	31, // 22: meridian.v1.DirectionVerdict.rules:type_name -> meridian.v1.RuleRef
+	34, // 23: meridian.v1.GetDataplaneStatusResponse.service_problems:type_name -> meridian.v1.Problem
+	34, // 24: meridian.v1.GetDataplaneStatusResponse.policy_problems:type_name -> meridian.v1.Problem
+	3,  // 25: meridian.v1.Meridian.ListRoutes:input_type -> meridian.v1.ListRoutesRequest
+	6,  // 26: meridian.v1.Meridian.ListPeers:input_type -> meridian.v1.ListPeersRequest
+	9,  // 27: meridian.v1.Meridian.ListIPAM:input_type -> meridian.v1.ListIPAMRequest
+	12, // 28: meridian.v1.Meridian.WatchRoutes:input_type -> meridian.v1.WatchRoutesRequest
+	14, // 29: meridian.v1.Meridian.ListServices:input_type -> meridian.v1.ListServicesRequest
+	21, // 30: meridian.v1.Meridian.ListPolicies:input_type -> meridian.v1.ListPoliciesRequest
+	28, // 31: meridian.v1.Meridian.Evaluate:input_type -> meridian.v1.EvaluateRequest
+	32, // 32: meridian.v1.Meridian.GetDataplaneStatus:input_type -> meridian.v1.GetDataplaneStatusRequest
+	4,  // 33: meridian.v1.Meridian.ListRoutes:output_type -> meridian.v1.ListRoutesResponse
+	7,  // 34: meridian.v1.Meridian.ListPeers:output_type -> meridian.v1.ListPeersResponse
+	10, // 35: meridian.v1.Meridian.ListIPAM:output_type -> meridian.v1.ListIPAMResponse
+	13, // 36: meridian.v1.Meridian.WatchRoutes:output_type -> meridian.v1.WatchRoutesResponse
+	15, // 37: meridian.v1.Meridian.ListServices:output_type -> meridian.v1.ListServicesResponse
+	22, // 38: meridian.v1.Meridian.ListPolicies:output_type -> meridian.v1.ListPoliciesResponse
+	29, // 39: meridian.v1.Meridian.Evaluate:output_type -> meridian.v1.EvaluateResponse
+	33, // 40: meridian.v1.Meridian.GetDataplaneStatus:output_type -> meridian.v1.GetDataplaneStatusResponse
+	33, // [33:41] is the sub-list for method output_type
+	25, // [25:33] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_meridian_v1_meridian_proto_init() }
@@ -762,8 +2676,8 @@ func file_meridian_v1_meridian_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meridian_v1_meridian_proto_rawDesc), len(file_meridian_v1_meridian_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   9,
+			NumEnums:      3,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

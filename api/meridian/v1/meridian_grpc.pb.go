@@ -24,9 +24,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Meridian_ListRoutes_FullMethodName = "/meridian.v1.Meridian/ListRoutes"
-	Meridian_ListPeers_FullMethodName  = "/meridian.v1.Meridian/ListPeers"
-	Meridian_ListIPAM_FullMethodName   = "/meridian.v1.Meridian/ListIPAM"
+	Meridian_ListRoutes_FullMethodName         = "/meridian.v1.Meridian/ListRoutes"
+	Meridian_ListPeers_FullMethodName          = "/meridian.v1.Meridian/ListPeers"
+	Meridian_ListIPAM_FullMethodName           = "/meridian.v1.Meridian/ListIPAM"
+	Meridian_WatchRoutes_FullMethodName        = "/meridian.v1.Meridian/WatchRoutes"
+	Meridian_ListServices_FullMethodName       = "/meridian.v1.Meridian/ListServices"
+	Meridian_ListPolicies_FullMethodName       = "/meridian.v1.Meridian/ListPolicies"
+	Meridian_Evaluate_FullMethodName           = "/meridian.v1.Meridian/Evaluate"
+	Meridian_GetDataplaneStatus_FullMethodName = "/meridian.v1.Meridian/GetDataplaneStatus"
 )
 
 // MeridianClient is the client API for Meridian service.
@@ -42,6 +47,33 @@ type MeridianClient interface {
 	// ListIPAM streams the addresses this node's IPAM allocated to pods,
 	// sorted by address.
 	ListIPAM(ctx context.Context, in *ListIPAMRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ListIPAMResponse], error)
+	// WatchRoutes streams the rows ListRoutes would list, then their changes:
+	// first one EVENT_TYPE_ADDED per row, then one EVENT_TYPE_SYNCED, then an
+	// ADDED or REMOVED whenever a row appears or disappears (a changed row is
+	// a REMOVED of the old and an ADDED of the new). The server polls its
+	// sources, so changes are seen within its poll interval (one second).
+	WatchRoutes(ctx context.Context, in *WatchRoutesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchRoutesResponse], error)
+	// ListServices streams the Services programmed in table inet meridian by
+	// the last successful sync of this node's dataplane, one Service per
+	// message, sorted by namespace/name.
+	ListServices(ctx context.Context, in *ListServicesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ListServicesResponse], error)
+	// ListPolicies streams, for each local pod under policy enforcement on
+	// this node, the NetworkPolicies that select it in each direction, their
+	// resolved allow rules, and what the kernel counted for it (drops by
+	// default deny, hits per allow rule). Sorted by namespace/name.
+	ListPolicies(ctx context.Context, in *ListPoliciesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ListPoliciesResponse], error)
+	// Evaluate decides one connection's first packet against this node's
+	// compiled policy, the way its nftables rules will. A node judges only
+	// its own pods: egress when the source is a local pod, ingress when the
+	// destination is one. A direction left unset was not this node's to
+	// judge; ask the node running that pod for the other half. The
+	// destination is taken as it is after Service DNAT: evaluate a Service's
+	// endpoints, not its ClusterIP (service_frontend says when it is one).
+	Evaluate(ctx context.Context, in *EvaluateRequest, opts ...grpc.CallOption) (*EvaluateResponse, error)
+	// GetDataplaneStatus reports the last sync of Service NAT and
+	// NetworkPolicy into nftables: when, the last error, and the Services and
+	// policies that could not be programmed as written.
+	GetDataplaneStatus(ctx context.Context, in *GetDataplaneStatusRequest, opts ...grpc.CallOption) (*GetDataplaneStatusResponse, error)
 }
 
 type meridianClient struct {
@@ -109,6 +141,83 @@ func (c *meridianClient) ListIPAM(ctx context.Context, in *ListIPAMRequest, opts
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Meridian_ListIPAMClient = grpc.ServerStreamingClient[ListIPAMResponse]
 
+func (c *meridianClient) WatchRoutes(ctx context.Context, in *WatchRoutesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchRoutesResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Meridian_ServiceDesc.Streams[3], Meridian_WatchRoutes_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchRoutesRequest, WatchRoutesResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Meridian_WatchRoutesClient = grpc.ServerStreamingClient[WatchRoutesResponse]
+
+func (c *meridianClient) ListServices(ctx context.Context, in *ListServicesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ListServicesResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Meridian_ServiceDesc.Streams[4], Meridian_ListServices_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ListServicesRequest, ListServicesResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Meridian_ListServicesClient = grpc.ServerStreamingClient[ListServicesResponse]
+
+func (c *meridianClient) ListPolicies(ctx context.Context, in *ListPoliciesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ListPoliciesResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Meridian_ServiceDesc.Streams[5], Meridian_ListPolicies_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ListPoliciesRequest, ListPoliciesResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Meridian_ListPoliciesClient = grpc.ServerStreamingClient[ListPoliciesResponse]
+
+func (c *meridianClient) Evaluate(ctx context.Context, in *EvaluateRequest, opts ...grpc.CallOption) (*EvaluateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EvaluateResponse)
+	err := c.cc.Invoke(ctx, Meridian_Evaluate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *meridianClient) GetDataplaneStatus(ctx context.Context, in *GetDataplaneStatusRequest, opts ...grpc.CallOption) (*GetDataplaneStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetDataplaneStatusResponse)
+	err := c.cc.Invoke(ctx, Meridian_GetDataplaneStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MeridianServer is the server API for Meridian service.
 // All implementations must embed UnimplementedMeridianServer
 // for forward compatibility.
@@ -122,6 +231,33 @@ type MeridianServer interface {
 	// ListIPAM streams the addresses this node's IPAM allocated to pods,
 	// sorted by address.
 	ListIPAM(*ListIPAMRequest, grpc.ServerStreamingServer[ListIPAMResponse]) error
+	// WatchRoutes streams the rows ListRoutes would list, then their changes:
+	// first one EVENT_TYPE_ADDED per row, then one EVENT_TYPE_SYNCED, then an
+	// ADDED or REMOVED whenever a row appears or disappears (a changed row is
+	// a REMOVED of the old and an ADDED of the new). The server polls its
+	// sources, so changes are seen within its poll interval (one second).
+	WatchRoutes(*WatchRoutesRequest, grpc.ServerStreamingServer[WatchRoutesResponse]) error
+	// ListServices streams the Services programmed in table inet meridian by
+	// the last successful sync of this node's dataplane, one Service per
+	// message, sorted by namespace/name.
+	ListServices(*ListServicesRequest, grpc.ServerStreamingServer[ListServicesResponse]) error
+	// ListPolicies streams, for each local pod under policy enforcement on
+	// this node, the NetworkPolicies that select it in each direction, their
+	// resolved allow rules, and what the kernel counted for it (drops by
+	// default deny, hits per allow rule). Sorted by namespace/name.
+	ListPolicies(*ListPoliciesRequest, grpc.ServerStreamingServer[ListPoliciesResponse]) error
+	// Evaluate decides one connection's first packet against this node's
+	// compiled policy, the way its nftables rules will. A node judges only
+	// its own pods: egress when the source is a local pod, ingress when the
+	// destination is one. A direction left unset was not this node's to
+	// judge; ask the node running that pod for the other half. The
+	// destination is taken as it is after Service DNAT: evaluate a Service's
+	// endpoints, not its ClusterIP (service_frontend says when it is one).
+	Evaluate(context.Context, *EvaluateRequest) (*EvaluateResponse, error)
+	// GetDataplaneStatus reports the last sync of Service NAT and
+	// NetworkPolicy into nftables: when, the last error, and the Services and
+	// policies that could not be programmed as written.
+	GetDataplaneStatus(context.Context, *GetDataplaneStatusRequest) (*GetDataplaneStatusResponse, error)
 	mustEmbedUnimplementedMeridianServer()
 }
 
@@ -140,6 +276,21 @@ func (UnimplementedMeridianServer) ListPeers(*ListPeersRequest, grpc.ServerStrea
 }
 func (UnimplementedMeridianServer) ListIPAM(*ListIPAMRequest, grpc.ServerStreamingServer[ListIPAMResponse]) error {
 	return status.Error(codes.Unimplemented, "method ListIPAM not implemented")
+}
+func (UnimplementedMeridianServer) WatchRoutes(*WatchRoutesRequest, grpc.ServerStreamingServer[WatchRoutesResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchRoutes not implemented")
+}
+func (UnimplementedMeridianServer) ListServices(*ListServicesRequest, grpc.ServerStreamingServer[ListServicesResponse]) error {
+	return status.Error(codes.Unimplemented, "method ListServices not implemented")
+}
+func (UnimplementedMeridianServer) ListPolicies(*ListPoliciesRequest, grpc.ServerStreamingServer[ListPoliciesResponse]) error {
+	return status.Error(codes.Unimplemented, "method ListPolicies not implemented")
+}
+func (UnimplementedMeridianServer) Evaluate(context.Context, *EvaluateRequest) (*EvaluateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Evaluate not implemented")
+}
+func (UnimplementedMeridianServer) GetDataplaneStatus(context.Context, *GetDataplaneStatusRequest) (*GetDataplaneStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetDataplaneStatus not implemented")
 }
 func (UnimplementedMeridianServer) mustEmbedUnimplementedMeridianServer() {}
 func (UnimplementedMeridianServer) testEmbeddedByValue()                  {}
@@ -195,13 +346,91 @@ func _Meridian_ListIPAM_Handler(srv interface{}, stream grpc.ServerStream) error
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Meridian_ListIPAMServer = grpc.ServerStreamingServer[ListIPAMResponse]
 
+func _Meridian_WatchRoutes_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchRoutesRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(MeridianServer).WatchRoutes(m, &grpc.GenericServerStream[WatchRoutesRequest, WatchRoutesResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Meridian_WatchRoutesServer = grpc.ServerStreamingServer[WatchRoutesResponse]
+
+func _Meridian_ListServices_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ListServicesRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(MeridianServer).ListServices(m, &grpc.GenericServerStream[ListServicesRequest, ListServicesResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Meridian_ListServicesServer = grpc.ServerStreamingServer[ListServicesResponse]
+
+func _Meridian_ListPolicies_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ListPoliciesRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(MeridianServer).ListPolicies(m, &grpc.GenericServerStream[ListPoliciesRequest, ListPoliciesResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Meridian_ListPoliciesServer = grpc.ServerStreamingServer[ListPoliciesResponse]
+
+func _Meridian_Evaluate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EvaluateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MeridianServer).Evaluate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Meridian_Evaluate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MeridianServer).Evaluate(ctx, req.(*EvaluateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Meridian_GetDataplaneStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDataplaneStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MeridianServer).GetDataplaneStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Meridian_GetDataplaneStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MeridianServer).GetDataplaneStatus(ctx, req.(*GetDataplaneStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Meridian_ServiceDesc is the grpc.ServiceDesc for Meridian service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
 var Meridian_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "meridian.v1.Meridian",
 	HandlerType: (*MeridianServer)(nil),
-	Methods:     []grpc.MethodDesc{},
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Evaluate",
+			Handler:    _Meridian_Evaluate_Handler,
+		},
+		{
+			MethodName: "GetDataplaneStatus",
+			Handler:    _Meridian_GetDataplaneStatus_Handler,
+		},
+	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "ListRoutes",
@@ -216,6 +445,21 @@ var Meridian_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "ListIPAM",
 			Handler:       _Meridian_ListIPAM_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchRoutes",
+			Handler:       _Meridian_WatchRoutes_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "ListServices",
+			Handler:       _Meridian_ListServices_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "ListPolicies",
+			Handler:       _Meridian_ListPolicies_Handler,
 			ServerStreams: true,
 		},
 	},

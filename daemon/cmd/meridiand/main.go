@@ -33,6 +33,7 @@ import (
 	"github.com/meridian-net/meridian/cni-plugin/ipam"
 	"github.com/meridian-net/meridian/daemon/apiserver"
 	"github.com/meridian-net/meridian/daemon/metrics"
+	nftkernel "github.com/meridian-net/meridian/daemon/nft/kernel"
 	"github.com/meridian-net/meridian/daemon/routes"
 	"github.com/meridian-net/meridian/daemon/routing"
 )
@@ -138,8 +139,18 @@ func run(ctx context.Context, log *slog.Logger, nodeName, kubeconfig string, asn
 	log.Info("meridiand starting", "node", nodeName, "asn", asn, "stateDir", stateDir, "apiSocket", apiSocket)
 
 	var api sync.WaitGroup
+	m := metrics.New()
+	m.WatchBGP(func() ([]bgp.PeerState, error) { return current.Peers(ctx) }, log)
+	m.WatchIPAM(ipamUsage(stateDir), log)
+	dpCtrl, health := newDataplane(ctx, dp, nodeName, client, h, m, log)
+	defer health.Close()
 	if apiSocket != "" {
-		srv := apiserver.New(apiserver.Sources{Kernel: applier, BGP: &current, IPAM: ipam.NewStore(stateDir)}, log)
+		srv := apiserver.New(apiserver.Sources{
+			Kernel: applier, BGP: &current, IPAM: ipam.NewStore(stateDir),
+			// Services and policy as last applied, and the kernel's rule
+			// counters for the policy view.
+			Dataplane: dpCtrl, Counters: nftkernel.New(0, log),
+		}, log)
 		api.Go(func() {
 			// The API only observes: losing it must not stop routing.
 			if err := srv.Serve(ctx, apiSocket); err != nil {
@@ -147,11 +158,6 @@ func run(ctx context.Context, log *slog.Logger, nodeName, kubeconfig string, asn
 			}
 		})
 	}
-	m := metrics.New()
-	m.WatchBGP(func() ([]bgp.PeerState, error) { return current.Peers(ctx) }, log)
-	m.WatchIPAM(ipamUsage(stateDir), log)
-	dpCtrl, health := newDataplane(ctx, dp, nodeName, client, h, m, log)
-	defer health.Close()
 	if dp.metricsAddr != "" {
 		checks := []metrics.Check{
 			{Name: "routes", Ready: metrics.Closed(ctrl.Ready(), "routes not installed with BGP converged yet")},
