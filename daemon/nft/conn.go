@@ -161,7 +161,13 @@ func (s *fakeState) apply(tx Transaction) error {
 		if len(m.DataType) == 0 {
 			return fmt.Errorf("add map %s: no data type: %w", m.Name, ErrInvalid)
 		}
+		if m.Dynamic && slices.Equal(m.DataType, []DataType{TypeVerdict}) {
+			return fmt.Errorf("add map %s: a dynamic map holds data, not verdicts: %w", m.Name, ErrInvalid)
+		}
 		els := m.Elements
+		if m.Dynamic {
+			els = nil // only the packet path fills it; see Map
+		}
 		m.Elements = nil
 		s.t.Maps = append(s.t.Maps, m)
 		if err := s.addElements(ElementOp{Name: m.Name, KeyType: m.KeyType, DataType: m.DataType, Elements: els}); err != nil {
@@ -297,6 +303,43 @@ func (s *fakeState) checkRule(r Rule) error {
 	if r.Action.Kind == ActVMap {
 		if i := s.mapIdx(r.Action.Map); i < 0 || !slices.Equal(s.t.Maps[i].DataType, []DataType{TypeVerdict}) {
 			return fmt.Errorf("vmap @%s is not a verdict map: %w", r.Action.Map, ErrInvalid)
+		}
+	}
+	if r.Action.Kind == ActDNATMap {
+		return s.checkDNATMap(r.Action)
+	}
+	if r.Action.Record != nil {
+		return fmt.Errorf("record without dnat map: %w", ErrInvalid)
+	}
+	return nil
+}
+
+// natDataTypes are the data types a DNAT map may hold: an address and port, or
+// an address alone.
+var natDataTypes = [][]DataType{{TypeIPv4Addr, TypeInetService}, {TypeIPv4Addr}}
+
+func (s *fakeState) checkDNATMap(a Action) error {
+	i := s.mapIdx(a.Map)
+	if i < 0 {
+		return fmt.Errorf("dnat map @%s: %w", a.Map, ErrNotFound)
+	}
+	m := s.t.Maps[i]
+	if !slices.ContainsFunc(natDataTypes, func(d []DataType) bool { return slices.Equal(d, m.DataType) }) {
+		return fmt.Errorf("dnat map @%s holds %s, not NAT data: %w", a.Map, typeString(m.DataType), ErrInvalid)
+	}
+	if err := checkKeys(a.Keys, m.KeyType); err != nil {
+		return fmt.Errorf("dnat map @%s: %w", a.Map, err)
+	}
+	if rec := a.Record; rec != nil {
+		j := s.mapIdx(rec.Set)
+		if j < 0 || !s.t.Maps[j].Dynamic {
+			return fmt.Errorf("record @%s: not a dynamic map: %w", rec.Set, ErrInvalid)
+		}
+		if !slices.Equal(s.t.Maps[j].DataType, m.DataType) {
+			return fmt.Errorf("record @%s holds %s, the lookup gives %s: %w", rec.Set, typeString(s.t.Maps[j].DataType), typeString(m.DataType), ErrInvalid)
+		}
+		if err := checkKeys(rec.Keys, s.t.Maps[j].KeyType); err != nil {
+			return fmt.Errorf("record @%s: %w", rec.Set, err)
 		}
 	}
 	return nil

@@ -129,12 +129,23 @@ func timeoutString(d time.Duration) string {
 
 // Map is a named map: DataType TypeVerdict makes it a verdict map (values
 // like "goto svc-x"), anything else a data map (values like "10.0.0.1 . 80").
+//
+// A Dynamic data map is filled from the packet path by a DNAT with a
+// Record (Service session affinity: the endpoint each client was sent
+// to), its elements expiring after Timeout. Like a Dynamic set, its
+// elements are never listed, diffed or deleted by Meridian, and changing
+// Dynamic or Timeout recreates it.
 type Map struct {
 	Name     string
 	KeyType  []DataType
 	DataType []DataType
+	Dynamic  bool
+	Timeout  time.Duration // element lifetime, whole milliseconds
 	Elements []Element
 }
+
+// flagsString is the map's flags as nft prints them, "" for none.
+func (m Map) flagsString() string { return Set{Dynamic: m.Dynamic, Timeout: m.Timeout}.flagsString() }
 
 // Element is one set or map element in canonical nft text: the key parts
 // joined by " . " ("10.96.0.10 . tcp . 80"), addresses in dotted quad,
@@ -231,6 +242,12 @@ func (s Set) String() string {
 func (m Map) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\tmap %s {\n\t\ttype %s : %s\n", m.Name, typeString(m.KeyType), typeString(m.DataType))
+	if f := m.flagsString(); f != "" {
+		fmt.Fprintf(&b, "\t\tflags %s\n", f)
+	}
+	if m.Timeout > 0 {
+		fmt.Fprintf(&b, "\t\ttimeout %s\n", timeoutString(m.Timeout))
+	}
 	if len(m.Elements) > 0 {
 		fmt.Fprintf(&b, "\t\telements = { %s }\n", elementsString(m.Elements))
 	}

@@ -123,7 +123,14 @@ func (tx Transaction) String() string {
 		}
 	}
 	for _, m := range tx.AddMaps {
-		fmt.Fprintf(&b, "add map %s %s { type %s : %s; }\n", tbl, m.Name, typeString(m.KeyType), typeString(m.DataType))
+		flags := ""
+		if f := m.flagsString(); f != "" {
+			flags = " flags " + f + ";"
+		}
+		if m.Timeout > 0 {
+			flags += " timeout " + timeoutString(m.Timeout) + ";"
+		}
+		fmt.Fprintf(&b, "add map %s %s { type %s : %s;%s }\n", tbl, m.Name, typeString(m.KeyType), typeString(m.DataType), flags)
 		if len(m.Elements) > 0 {
 			fmt.Fprintf(&b, "add element %s %s { %s }\n", tbl, m.Name, elementsString(m.Elements))
 		}
@@ -166,6 +173,7 @@ func Plan(current, desired Table) Transaction {
 	}
 	cur, des := current.Sorted(), desired.Sorted()
 	des.Sets = withoutDynamicElements(des.Sets)
+	des.Maps = withoutDynamicMapElements(des.Maps)
 	curChains := byName(cur.Chains, func(c Chain) string { return c.Name })
 	for _, c := range des.Chains {
 		if old, ok := curChains[c.Name]; ok && (old.Type != c.Type || old.Hook != c.Hook || old.Priority != c.Priority) {
@@ -201,7 +209,8 @@ func Plan(current, desired Table) Transaction {
 	}
 	for _, m := range des.Maps {
 		old, ok := curMaps[m.Name]
-		if _, wasSet := curSets[m.Name]; wasSet || (ok && (!slices.Equal(old.KeyType, m.KeyType) || !slices.Equal(old.DataType, m.DataType))) {
+		if _, wasSet := curSets[m.Name]; wasSet || (ok && (!slices.Equal(old.KeyType, m.KeyType) || !slices.Equal(old.DataType, m.DataType) ||
+			old.Dynamic != m.Dynamic || old.Timeout != m.Timeout)) {
 			tx.DeleteSets = append(tx.DeleteSets, m.Name)
 			recreated[m.Name] = true
 			ok = false
@@ -209,6 +218,9 @@ func Plan(current, desired Table) Transaction {
 		if !ok {
 			tx.AddMaps = append(tx.AddMaps, m)
 			continue
+		}
+		if m.Dynamic {
+			continue // the kernel's, as for dynamic sets
 		}
 		elementOps(&tx, ElementOp{Name: m.Name, KeyType: m.KeyType, DataType: m.DataType}, old.Elements, m.Elements)
 	}
@@ -265,7 +277,7 @@ func Plan(current, desired Table) Transaction {
 // is there to delete first.
 func Full(desired Table, exists bool) Transaction {
 	d := desired.Sorted()
-	tx := Transaction{DeleteTable: exists, AddSets: withoutDynamicElements(d.Sets), AddMaps: d.Maps}
+	tx := Transaction{DeleteTable: exists, AddSets: withoutDynamicElements(d.Sets), AddMaps: withoutDynamicMapElements(d.Maps)}
 	for _, c := range d.Chains {
 		tx.AddChains = append(tx.AddChains, Chain{Name: c.Name, Type: c.Type, Hook: c.Hook, Priority: c.Priority})
 		if len(c.Rules) > 0 {
@@ -284,6 +296,17 @@ func withoutDynamicElements(sets []Set) []Set {
 		}
 	}
 	return sets
+}
+
+// withoutDynamicMapElements drops the elements of Dynamic maps, which only
+// the kernel adds.
+func withoutDynamicMapElements(maps []Map) []Map {
+	for i := range maps {
+		if maps[i].Dynamic {
+			maps[i].Elements = nil
+		}
+	}
+	return maps
 }
 
 func byName[T any](xs []T, name func(T) string) map[string]T {
@@ -320,8 +343,11 @@ func (r Rule) references() []string {
 	if r.Update != nil {
 		out = append(out, r.Update.Set)
 	}
-	if r.Action.Kind == ActVMap {
+	if r.Action.Kind == ActVMap || r.Action.Kind == ActDNATMap {
 		out = append(out, r.Action.Map)
+	}
+	if r.Action.Record != nil {
+		out = append(out, r.Action.Record.Set)
 	}
 	return out
 }

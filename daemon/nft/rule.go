@@ -2,6 +2,7 @@ package nft
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -159,18 +160,35 @@ const (
 	// concurrent connections from different pods do not race for a port.
 	ActMasqueradeFullyRandom ActionKind = "masquerade fully-random"
 	ActVMap                  ActionKind = "vmap"
+	// ActDNATMap translates the destination to the address and port found
+	// by looking Keys up in the data Map (type ipv4_addr . inet_service,
+	// or ipv4_addr alone to keep the port): "dnat ip to 7 . numgen random
+	// mod 3 map @m", nft's spelling. A miss ends the rule, so the next
+	// rule runs. With Record, the value found is also written to the
+	// Dynamic map Record.Set under Record.Keys (see Action).
+	ActDNATMap ActionKind = "dnat map"
 )
 
 // Action is the final statement of a rule: a verdict, NAT, or a verdict map
 // lookup of Keys in Map ("ip daddr . meta l4proto . th dport vmap @m",
 // "numgen random mod 3 vmap @m").
+//
+// Record (ActDNATMap only) remembers the translation: the value the lookup
+// found is added to (or refreshes the timeout of) the Dynamic map
+// Record.Set under the key Record.Keys, before the NAT. A later rule
+// `dnat ip to <Record.Keys> map @<Record.Set>` then sends the same client
+// to the same endpoint (Service session affinity). nft has no syntax for
+// an update whose data comes from a lookup, so this renders as
+// "dnat ip to <keys> map @m record @aff { <keys> }", which only
+// ParseRule reads (Dump reads rules back from their stored text).
 type Action struct {
-	Kind  ActionKind
-	Chain string // jump, goto
-	Addr  string // dnat: IPv4 address
-	Port  uint16 // dnat: 0 keeps the port
-	Keys  []Field
-	Map   string
+	Kind   ActionKind
+	Chain  string // jump, goto
+	Addr   string // dnat: IPv4 address
+	Port   uint16 // dnat: 0 keeps the port
+	Keys   []Field
+	Map    string
+	Record *SetUpdate
 }
 
 func (a Action) String() string {
@@ -184,6 +202,12 @@ func (a Action) String() string {
 		return "dnat ip to " + a.Addr
 	case ActVMap:
 		return joinFields(a.Keys) + " vmap @" + a.Map
+	case ActDNATMap:
+		s := "dnat ip to " + joinFields(a.Keys) + " map @" + a.Map
+		if a.Record != nil {
+			s += " record @" + a.Record.Set + " { " + joinFields(a.Record.Keys) + " }"
+		}
+		return s
 	}
 	return string(a.Kind)
 }
@@ -246,6 +270,11 @@ func (r Rule) clone() Rule {
 		r.Match[i].Keys = slices.Clone(r.Match[i].Keys)
 	}
 	r.Action.Keys = slices.Clone(r.Action.Keys)
+	if rec := r.Action.Record; rec != nil {
+		u := *rec
+		u.Keys = slices.Clone(u.Keys)
+		r.Action.Record = &u
+	}
 	if r.Update != nil {
 		u := *r.Update
 		u.Keys = slices.Clone(u.Keys)
@@ -305,6 +334,14 @@ func ParseRule(s string) (Rule, error) {
 			p.next()
 			if p.next() != "ip" || p.next() != "to" {
 				return Rule{}, fmt.Errorf("parse rule %q: want \"dnat ip to\"", s)
+			}
+			if _, err := netip.ParseAddr(strings.Split(p.peek(), ":")[0]); err != nil {
+				a, err := p.dnatMap()
+				if err != nil {
+					return Rule{}, fmt.Errorf("parse rule %q: %w", s, err)
+				}
+				r.Action = a
+				continue
 			}
 			a := Action{Kind: ActDNAT}
 			addr := p.next()
@@ -374,6 +411,38 @@ func ParseRule(s string) (Rule, error) {
 		r.Match = append(r.Match, m)
 	}
 	return r, nil
+}
+
+// dnatMap parses what follows "dnat ip to" in an ActDNATMap:
+// "<keys> map @m [record @aff { <keys> }]".
+func (p *parser) dnatMap() (Action, error) {
+	keys, err := p.fields()
+	if err != nil {
+		return Action{}, err
+	}
+	name, ok := strings.CutPrefix(p.peekAt(1), "@")
+	if p.peek() != "map" || !ok || name == "" {
+		return Action{}, fmt.Errorf("want \"map @name\" after dnat keys")
+	}
+	p.i += 2
+	a := Action{Kind: ActDNATMap, Keys: keys, Map: name}
+	if p.peek() != "record" {
+		return a, nil
+	}
+	p.next()
+	rec, ok := strings.CutPrefix(p.next(), "@")
+	if !ok || rec == "" || p.next() != "{" {
+		return Action{}, fmt.Errorf("want \"record @map { keys }\"")
+	}
+	rkeys, err := p.fields()
+	if err != nil {
+		return Action{}, err
+	}
+	if p.next() != "}" {
+		return Action{}, fmt.Errorf("want \"}\" after record keys")
+	}
+	a.Record = &SetUpdate{Set: rec, Keys: rkeys}
+	return a, nil
 }
 
 type parser struct {
