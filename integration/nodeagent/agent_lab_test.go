@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -387,7 +388,20 @@ func TestAgentInLab(t *testing.T) {
 		return podRunningReady(p)
 	})
 	webLink := hostLinkTo(t, n.Netns, podIP)
+	// The lab's CoreDNS pods run here too: the agent runs the real CoreDNS
+	// in them, Ready by its probe, answering for the cluster's Services.
+	dnsNetns := checkCoreDNS(t, ctx, l, n)
 	stopAgent(t, l)
+	// CoreDNS dies with its agent (an orphan would hold port 53 against
+	// the next agent's CoreDNS).
+	eventually(t, ctx, 10*time.Second, "coredns gone with the agent", func() error {
+		for _, name := range dnsNetns {
+			if pids := pidsInNetns(t, name); len(pids) > 0 {
+				return fmt.Errorf("processes %v still in %s", pids, name)
+			}
+		}
+		return nil
+	})
 	if err := pods.Delete(ctx, "orphan", metav1.DeleteOptions{GracePeriodSeconds: new(int64(0))}); err != nil {
 		t.Fatal(err)
 	}
@@ -423,6 +437,8 @@ func TestAgentInLab(t *testing.T) {
 	if got := hostLinkTo(t, n.Netns, podIP); got != webLink {
 		t.Errorf("web's host link changed across the restart: %s, was %s", got, webLink)
 	}
+	// The new agent runs CoreDNS again in the adopted pods.
+	checkCoreDNS(t, ctx, l, n)
 
 	// Heartbeats continue: the lease was renewed after the first look.
 	eventually(t, ctx, 30*time.Second, "lease renewed", func() error {
@@ -435,6 +451,86 @@ func TestAgentInLab(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// checkCoreDNS waits until the lab's CoreDNS pods are Ready, checks that
+// each runs one CoreDNS process in its netns that answers a real query for
+// the kubernetes Service from the node, and returns their netns names.
+func checkCoreDNS(t *testing.T, ctx context.Context, l *lab.Lab, n lab.Node) []string {
+	t.Helper()
+	if _, err := os.Stat(filepath.Join(l.BinDir(), "coredns")); err != nil {
+		t.Logf("coredns part skipped: no coredns in %s (hack/build-tools.sh builds it)", l.BinDir())
+		return nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	t0 := time.Now()
+	if err := l.WaitDNSReady(wctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("coredns ready after %s", time.Since(t0).Round(time.Millisecond))
+	cs, err := l.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pods, err := cs.CoreV1().Pods(lab.DNSNamespace).List(ctx, metav1.ListOptions{LabelSelector: "k8s-app=" + lab.DNSLabel})
+	if err != nil || len(pods.Items) == 0 {
+		t.Fatalf("coredns pods: %v, %v", pods, err)
+	}
+	var names []string
+	for _, p := range pods.Items {
+		if err := podRunningReady(&p); err != nil {
+			t.Errorf("coredns pod %s: %v", p.Name, err)
+		}
+		name := nodeagent.PodNetnsName(p.UID)
+		names = append(names, name)
+		if pids := pidsInNetns(t, name); len(pids) != 1 {
+			t.Errorf("processes in %s: %v, want one coredns", name, pids)
+		}
+		ip := netip.MustParseAddr(p.Status.PodIP)
+		r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var c net.Conn
+			err := ns.WithNetNSPath(filepath.Join("/var/run/netns", n.Netns), func(ns.NetNS) error {
+				var err error
+				c, err = (&net.Dialer{Timeout: 2 * time.Second}).DialContext(ctx, network, netip.AddrPortFrom(ip, 53).String())
+				return err
+			})
+			return c, err
+		}}
+		eventually(t, ctx, 30*time.Second, "resolve kubernetes.default via "+ip.String(), func() error {
+			addrs, err := r.LookupNetIP(ctx, "ip4", "kubernetes.default.svc.cluster.local.")
+			if err == nil && (len(addrs) != 1 || addrs[0] != lab.KubernetesServiceIP) {
+				err = fmt.Errorf("got %v, want %s", addrs, lab.KubernetesServiceIP)
+			}
+			return err
+		})
+	}
+	return names
+}
+
+// pidsInNetns lists the processes whose network namespace is the named one.
+func pidsInNetns(t *testing.T, name string) []int {
+	t.Helper()
+	var want syscall.Stat_t
+	if err := syscall.Stat(filepath.Join("/var/run/netns", name), &want); err != nil {
+		t.Fatalf("stat netns %s: %v", name, err)
+	}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		var st syscall.Stat_t
+		if syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &st) == nil && st.Dev == want.Dev && st.Ino == want.Ino {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 func checkNode(t *testing.T, nd *corev1.Node, ip netip.Addr) {
