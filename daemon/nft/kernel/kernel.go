@@ -200,7 +200,11 @@ func (c *Conn) Apply(tx nft.Transaction) error {
 		}
 	}
 	for _, m := range tx.AddMaps {
-		if err := addSet(m.Name, m.KeyType, m.DataType, false, m.Elements, false, 0); err != nil {
+		els := m.Elements
+		if m.Dynamic {
+			els = nil // see nft.Map: only the packet path fills it
+		}
+		if err := addSet(m.Name, m.KeyType, m.DataType, false, els, m.Dynamic, m.Timeout); err != nil {
 			return fmt.Errorf("apply nft transaction: %w", err)
 		}
 	}
@@ -297,65 +301,93 @@ func setRef(tbl *nftables.Table, name string, kt, dt []nft.DataType, interval bo
 
 // Dump reads table inet meridian back: chains with their rules, sets and
 // maps with their elements. A missing table is an empty Table.
+//
+// It takes one dump per chain, set and map (see listChainRules), and so
+// checks that the ruleset generation is the same before and after: if a
+// transaction committed in between (someone else edited the namespace's
+// ruleset), the parts might not fit together, and it reads again.
 func (c *Conn) Dump() (nft.Table, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	nc, err := c.nftConn()
-	if err != nil {
-		return nft.Table{}, err
-	}
-	tables, err := nc.ListTablesOfFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return nft.Table{}, fmt.Errorf("dump nft table: list tables: %w", err)
-	}
-	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == nft.TableName }) {
-		return nft.Table{}, nil
-	}
-	var out nft.Table
-
-	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: c.netnsFd})
-	if err != nil {
-		return nft.Table{}, fmt.Errorf("dump nft table: dial netlink: %w", err)
-	}
-	defer conn.Close()
-
-	chains, err := nc.ListChainsOfTableFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return nft.Table{}, fmt.Errorf("dump nft table: list chains: %w", err)
-	}
-	rules, err := listRules(conn)
+	conn, err := dialDump(c.netnsFd)
 	if err != nil {
 		return nft.Table{}, fmt.Errorf("dump nft table: %w", err)
 	}
-	byChain := map[string][]nft.Rule{}
-	for _, kr := range rules {
-		byChain[kr.chain] = append(byChain[kr.chain], ruleFromKernel(kr))
-	}
-	for _, kc := range chains {
-		if kc.Table.Name != nft.TableName {
-			continue
+	defer conn.Close()
+	const attempts = 3
+	for range attempts {
+		before, err := genID(conn)
+		if err != nil {
+			return nft.Table{}, fmt.Errorf("dump nft table: %w", err)
 		}
-		ch := nft.Chain{Name: kc.Name, Rules: byChain[kc.Name]}
-		if kc.Hooknum != nil {
-			ch.Type = string(kc.Type)
+		t, err := c.dumpTable(conn)
+		if err != nil {
+			return nft.Table{}, fmt.Errorf("dump nft table: %w", err)
+		}
+		after, err := genID(conn)
+		if err != nil {
+			return nft.Table{}, fmt.Errorf("dump nft table: %w", err)
+		}
+		if before == after {
+			return t, nil
+		}
+	}
+	return nft.Table{}, fmt.Errorf("dump nft table: the ruleset changed during each of %d reads", attempts)
+}
+
+// dumpTable is one read of the table for Dump.
+func (c *Conn) dumpTable(conn *netlink.Conn) (nft.Table, error) {
+	var out nft.Table
+	chains, err := listChains(conn)
+	if err != nil {
+		return nft.Table{}, err
+	}
+	if len(chains) == 0 {
+		// The chain dump names no missing table; the set dump does.
+		if _, err := listSets(conn); errors.Is(err, unix.ENOENT) {
+			return nft.Table{}, nil
+		}
+	}
+	names := make([]string, len(chains))
+	for i, kc := range chains {
+		names[i] = kc.name
+	}
+	rules, err := listChainRules(conn, names)
+	if err != nil {
+		return nft.Table{}, err
+	}
+	out.Chains = make([]nft.Chain, 0, len(chains))
+	for i, kc := range chains {
+		krs := rules[i]
+		ch := nft.Chain{Name: kc.name}
+		if len(krs) > 0 {
+			ch.Rules = make([]nft.Rule, len(krs))
+			for i, kr := range krs {
+				ch.Rules[i] = ruleFromKernel(kr)
+			}
+		}
+		if kc.hook != nil {
+			ch.Type = kc.typ
 			for name, h := range hooks {
-				if h == *kc.Hooknum {
+				if uint32(h) == *kc.hook {
 					ch.Hook = name
 				}
 			}
-			if kc.Priority != nil {
-				ch.Priority = int(*kc.Priority)
-			}
+			ch.Priority = int(kc.priority)
 		}
 		out.Chains = append(out.Chains, ch)
 	}
 
 	sets, err := listSets(conn)
 	if err != nil {
-		return nft.Table{}, fmt.Errorf("dump nft table: %w", err)
+		return nft.Table{}, err
 	}
 	for _, s := range sets {
 		if s.anonymous {
+			continue
+		}
+		if s.dynamic && s.isMap {
+			out.Maps = append(out.Maps, nft.Map{Name: s.name, KeyType: s.keyType, DataType: s.dataType, Dynamic: true, Timeout: s.timeout})
 			continue
 		}
 		if s.dynamic {
@@ -366,11 +398,11 @@ func (c *Conn) Dump() (nft.Table, error) {
 		}
 		kels, err := c.listElements(conn, s.name)
 		if err != nil {
-			return nft.Table{}, fmt.Errorf("dump nft table: %w", err)
+			return nft.Table{}, err
 		}
 		els, err := decodeElements(s, kels)
 		if err != nil {
-			return nft.Table{}, fmt.Errorf("dump nft table: elements of %s: %w", s.name, err)
+			return nft.Table{}, fmt.Errorf("elements of %s: %w", s.name, err)
 		}
 		if s.isMap {
 			out.Maps = append(out.Maps, nft.Map{Name: s.name, KeyType: s.keyType, DataType: s.dataType, Elements: els})
