@@ -352,7 +352,7 @@ func (c *Conn) dumpTable(conn *netlink.Conn) (nft.Table, error) {
 	for i, kc := range chains {
 		names[i] = kc.name
 	}
-	rules, err := listChainRules(conn, names)
+	rules, err := listChainRules(conn, names, false)
 	if err != nil {
 		return nft.Table{}, err
 	}
@@ -393,7 +393,11 @@ func (c *Conn) dumpTable(conn *netlink.Conn) (nft.Table, error) {
 		if s.dynamic {
 			// What the packet path learned (session affinity) is not part
 			// of the model: returning it would make Plan delete it.
-			out.Sets = append(out.Sets, nft.Set{Name: s.name, KeyType: s.keyType, Interval: s.interval, Dynamic: true, Timeout: s.timeout})
+			if s.isMap {
+				out.Maps = append(out.Maps, nft.Map{Name: s.name, KeyType: s.keyType, DataType: s.dataType, Dynamic: true, Timeout: s.timeout})
+			} else {
+				out.Sets = append(out.Sets, nft.Set{Name: s.name, KeyType: s.keyType, Interval: s.interval, Dynamic: true, Timeout: s.timeout})
+			}
 			continue
 		}
 		kels, err := c.listElements(conn, s.name)
