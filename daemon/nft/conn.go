@@ -314,9 +314,9 @@ func (s *fakeState) checkRule(r Rule) error {
 	return nil
 }
 
-// natDataTypes are the data types a DNAT map may hold: an address and port, or
-// an address alone.
-var natDataTypes = [][]DataType{{TypeIPv4Addr, TypeInetService}, {TypeIPv4Addr}}
+// natDataTypes are the data types a DNAT map may hold: an address and
+// port (the kernel backend translates both).
+var natDataTypes = [][]DataType{{TypeIPv4Addr, TypeInetService}}
 
 func (s *fakeState) checkDNATMap(a Action) error {
 	i := s.mapIdx(a.Map)

@@ -161,8 +161,8 @@ const (
 	ActMasqueradeFullyRandom ActionKind = "masquerade fully-random"
 	ActVMap                  ActionKind = "vmap"
 	// ActDNATMap translates the destination to the address and port found
-	// by looking Keys up in the data Map (type ipv4_addr . inet_service,
-	// or ipv4_addr alone to keep the port): "dnat ip to 7 . numgen random
+	// by looking Keys up in the data Map (type ipv4_addr .
+	// inet_service): "dnat ip to 7 . numgen random
 	// mod 3 map @m", nft's spelling. A miss ends the rule, so the next
 	// rule runs. With Record, the value found is also written to the
 	// Dynamic map Record.Set under Record.Keys (see Action).

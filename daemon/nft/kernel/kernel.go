@@ -386,10 +386,6 @@ func (c *Conn) dumpTable(conn *netlink.Conn) (nft.Table, error) {
 		if s.anonymous {
 			continue
 		}
-		if s.dynamic && s.isMap {
-			out.Maps = append(out.Maps, nft.Map{Name: s.name, KeyType: s.keyType, DataType: s.dataType, Dynamic: true, Timeout: s.timeout})
-			continue
-		}
 		if s.dynamic {
 			// What the packet path learned (session affinity) is not part
 			// of the model: returning it would make Plan delete it.

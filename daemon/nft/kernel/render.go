@@ -92,13 +92,16 @@ func renderIfname(m nft.Match) ([]expr.Any, error) {
 	return []expr.Any{&expr.Meta{Key: key, Register: regIfname}, &expr.Cmp{Op: cmpOp(m.Neg), Register: regIfname, Data: data}}, nil
 }
 
-func loadKeys(keys []nft.Field) ([]expr.Any, error) {
+func loadKeys(keys []nft.Field) ([]expr.Any, error) { return loadKeysAt(keys, reg32) }
+
+// loadKeysAt loads a concatenated key into the 4-byte registers from base.
+func loadKeysAt(keys []nft.Field, base uint32) ([]expr.Any, error) {
 	var out []expr.Any
 	for i, k := range keys {
 		if _, ok := k.DataType(); !ok {
 			return nil, fmt.Errorf("field %q cannot be a lookup key", k)
 		}
-		e, err := loadField(k, reg32+uint32(i))
+		e, err := loadField(k, base+uint32(i))
 		if err != nil {
 			return nil, err
 		}
@@ -231,7 +234,44 @@ func usesIP(r nft.Rule) bool {
 	if r.Update != nil && has(r.Update.Keys) {
 		return true
 	}
-	return has(r.Action.Keys) || r.Action.Kind == nft.ActDNAT
+	return has(r.Action.Keys) || r.Action.Kind == nft.ActDNAT || r.Action.Kind == nft.ActDNATMap
+}
+
+// Registers of a DNAT from a map, as nft lays it out (`nft --debug=netlink
+// add rule ... dnat ip to meta mark . ip saddr map @m`: "lookup reg 1 set m
+// dreg 1", "nat dnat ip addr_min reg 1 proto_min reg 9"): the lookup
+// writes the value into NFT_REG_1, the 16-byte register that overlays
+// NFT_REG32_00..03, address in the first word and port (padded to 4 bytes
+// like every part of a concatenation) in the second. A Record's key goes
+// to NFT_REG32_04 on (NFT_REG_2), clear of both the lookup key and the
+// value.
+const (
+	regNATData   = unix.NFT_REG_1
+	regNATAddr   = reg32     // NFT_REG32_00, the same bytes as NFT_REG_1
+	regNATPort   = reg32 + 1 // NFT_REG32_01
+	regRecordKey = reg32 + 4 // NFT_REG32_04
+)
+
+// renderDNATMap is `dnat ip to <keys> map @m [record @aff { <keys> }]`:
+// look the keys up in the data map (a miss ends the rule), optionally add
+// the value found to the dynamic map under the record keys (or refresh
+// its timeout), then translate to the address and port found.
+func renderDNATMap(a nft.Action, setIDs map[string]uint32) ([]expr.Any, error) {
+	out, err := loadKeys(a.Keys)
+	if err != nil {
+		return nil, fmt.Errorf("dnat map: %w", err)
+	}
+	out = append(out, &expr.Lookup{SourceRegister: reg32, SetName: a.Map, SetID: setIDs[a.Map], IsDestRegSet: true, DestRegister: regNATData})
+	if rec := a.Record; rec != nil {
+		load, err := loadKeysAt(rec.Keys, regRecordKey)
+		if err != nil {
+			return nil, fmt.Errorf("record @%s: %w", rec.Set, err)
+		}
+		out = append(out, load...)
+		// No timeout of its own: the element gets the map's.
+		out = append(out, &expr.Dynset{SrcRegKey: regRecordKey, SrcRegData: regNATData, SetName: rec.Set, SetID: setIDs[rec.Set], Operation: unix.NFT_DYNSET_OP_UPDATE})
+	}
+	return append(out, &expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: regNATAddr, RegProtoMin: regNATPort, Specified: true}), nil
 }
 
 // renderRule turns a model rule into kernel expressions. Like nft, a rule
@@ -304,6 +344,12 @@ func renderRule(r nft.Rule, setIDs map[string]uint32) ([]expr.Any, error) {
 			nat.RegProtoMin, nat.Specified = reg32+1, true
 		}
 		out = append(out, nat)
+	case nft.ActDNATMap:
+		e, err := renderDNATMap(a, setIDs)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, e...)
 	case nft.ActVMap:
 		load, err := loadKeys(a.Keys)
 		if err != nil {
