@@ -71,8 +71,10 @@ func touched(tx nft.Transaction) []string {
 }
 
 // onlyService fails unless every object tx touches belongs to the targets
-// of ServicePort key prefix svcKey or to frontends in frontends.
-func onlyService(t *testing.T, m *services.Model, tx nft.Transaction, svcKey string, frontends ...string) {
+// of ServicePort key prefix svcKey (their chains and their elements of
+// services-endpoints) or is listed in extra (frontend and hairpin
+// elements, an affinity map its last Service leaves).
+func onlyService(t *testing.T, m *services.Model, tx nft.Transaction, svcKey string, extra ...string) {
 	t.Helper()
 	var ids []string
 	for _, r := range m.TargetRows() {
@@ -85,10 +87,11 @@ func onlyService(t *testing.T, m *services.Model, tx nft.Transaction, svcKey str
 		ok := false
 		switch f[0] {
 		case "chain", "set":
-			ok = slices.ContainsFunc(ids, func(id string) bool { return strings.Contains(f[1], "-"+id) })
+			ok = slices.ContainsFunc(ids, func(id string) bool { return strings.Contains(f[1], "-"+id) }) || slices.Contains(extra, f[1])
 		case "element":
 			key := strings.Join(f[2:], " ")
-			ok = (f[1] == MapFrontends || f[1] == MapNoEndpoints) && slices.Contains(frontends, key)
+			ok = (f[1] == MapFrontends || f[1] == MapNoEndpoints || f[1] == SetHairpin) && slices.Contains(extra, key) ||
+				f[1] == MapEndpoints && slices.ContainsFunc(ids, func(id string) bool { return strings.HasPrefix(key, id+" . ") })
 		}
 		if !ok {
 			t.Errorf("transaction touches %s, outside %s:\n%s", o, svcKey, tx)
@@ -106,36 +109,88 @@ func TestOneEndpointChangeTouchesOnlyItsService(t *testing.T) {
 	if tx.Empty() {
 		t.Fatal("endpoint change planned nothing")
 	}
-	onlyService(t, m2, tx, "default/api:")
+	hairpin := []string{"10.244.2.7 . 10.244.2.7", "10.244.2.9 . 10.244.2.9"}
+	onlyService(t, m2, tx, "default/api:", hairpin...)
 	cluster := id(m2, "default/api:http/TCP/IPv4/cluster")
-	// The old endpoint's chain and affinity set go, the new one's come,
-	// the target chain that names them is refilled; nothing else moves.
+	// The endpoint's bucket gets the new address, the hairpin pair moves,
+	// and the target chain is refilled because affinity is keyed by the
+	// endpoints' epoch; nothing else moves, and nothing added holds a goto.
 	want := []string{
-		fmt.Sprintf("chain ep-%08x-10-244-2-7-9090", cluster),
-		fmt.Sprintf("chain ep-%08x-10-244-2-9-9090", cluster),
 		fmt.Sprintf("chain svc-%08x", cluster),
-		fmt.Sprintf("set aff-%08x-10-244-2-7-9090", cluster),
-		fmt.Sprintf("set aff-%08x-10-244-2-9-9090", cluster),
+		fmt.Sprintf("element services-endpoints %d . 1", cluster),
+		"element services-hairpin 10.244.2.7 . 10.244.2.7",
+		"element services-hairpin 10.244.2.9 . 10.244.2.9",
 	}
 	wantSlice(t, "touched", touched(tx), want)
+	noGoto(t, tx)
+
+	// Without affinity, the same change is elements only.
+	tx = nft.Plan(Render(threeServicesWeb(ep{addr: "10.244.2.5", node: "node-b"}), DefaultConfig()), Render(threeServicesWeb(ep{addr: "10.244.2.6", node: "node-b"}), DefaultConfig()))
+	web := id(m2, "default/web:http/TCP/IPv4/cluster")
+	wantSlice(t, "touched without affinity", touched(tx), []string{
+		fmt.Sprintf("element services-endpoints %d . 1", web),
+		"element services-hairpin 10.244.2.5 . 10.244.2.5",
+		"element services-hairpin 10.244.2.6 . 10.244.2.6",
+	})
 
 	// A removed endpoint shifts the buckets after it: still only api.
 	m3 := threeServices(apiEps[0], apiEps[2])
-	onlyService(t, m3, nft.Plan(t1, Render(m3, DefaultConfig())), "default/api:")
+	tx = nft.Plan(t1, Render(m3, DefaultConfig()))
+	onlyService(t, m3, tx, "default/api:", "10.244.2.7 . 10.244.2.7")
+	noGoto(t, tx)
 
 	// The last local endpoint gone: the local target drops from filter,
 	// its frontends switch to the short-circuit chain only.
 	m4 := threeServices(apiEps[1:]...)
 	tx = nft.Plan(t1, Render(m4, DefaultConfig()))
-	onlyService(t, m4, tx, "default/api:", "203.0.113.30 . tcp . 80", "192.168.1.10 . tcp . 30030")
+	onlyService(t, m4, tx, "default/api:", "203.0.113.30 . tcp . 80", "192.168.1.10 . tcp . 30030", "10.244.1.7 . 10.244.1.7")
 	if !slices.Contains(touched(tx), "element services-no-endpoints 203.0.113.30 . tcp . 80") {
 		t.Errorf("load balancer IP not dropped without local endpoints:\n%s", tx)
 	}
 
-	// No endpoint at all: every frontend of api rejects.
+	// No endpoint at all: every frontend of api rejects; the affinity
+	// map goes with the last Service of its timeout.
 	m5 := threeServices()
-	onlyService(t, m5, nft.Plan(t1, Render(m5, DefaultConfig())), "default/api:",
-		"10.96.0.30 . tcp . 80", "203.0.113.30 . tcp . 80", "192.168.1.10 . tcp . 30030")
+	onlyService(t, m5, nft.Plan(t1, Render(m5, DefaultConfig())), "default/api:", AffinityMap(300),
+		"10.96.0.30 . tcp . 80", "203.0.113.30 . tcp . 80", "192.168.1.10 . tcp . 30030",
+		"10.244.1.7 . 10.244.1.7", "10.244.2.7 . 10.244.2.7", "10.244.3.7 . 10.244.3.7")
+}
+
+// threeServicesWeb is threeServices with web's second endpoint replaced.
+func threeServicesWeb(second ep) *services.Model {
+	s := services.Snapshot{
+		Services: []*corev1.Service{svc("default", "web", "10.96.0.20")},
+		EndpointSlices: []*discoveryv1.EndpointSlice{
+			v4slice("default", "web", "web-1", 8080, ep{addr: "10.244.1.5", node: thisNode}, second),
+		},
+		Config: services.DefaultConfig(),
+		Node:   testNode(),
+	}
+	m, _ := services.Desired(s)
+	return m
+}
+
+// noGoto fails if tx adds a jump or goto (a rule or a verdict map
+// element): any makes the kernel validate the whole table.
+func noGoto(t *testing.T, tx nft.Transaction) {
+	t.Helper()
+	for _, c := range tx.FillChains {
+		for _, r := range c.Rules {
+			if k := r.Action.Kind; k == nft.ActJump || k == nft.ActGoto {
+				t.Errorf("transaction adds %q to %s", r, c.Name)
+			}
+		}
+	}
+	for _, o := range tx.AddElements {
+		for _, e := range o.Elements {
+			if strings.HasPrefix(e.Value, "goto ") || strings.HasPrefix(e.Value, "jump ") {
+				t.Errorf("transaction adds element %s to %s", e, o.Name)
+			}
+		}
+	}
+	if len(tx.AddChains)+len(tx.AddMaps)+len(tx.AddSets) > 0 {
+		t.Errorf("transaction adds chains, sets or maps:\n%s", tx)
+	}
 }
 
 // TestFakeAcceptsEveryTable applies every rendered table through the

@@ -5,15 +5,15 @@
 // Syncer adopts it without sending anything.
 //
 // The result is a fragment of table inet meridian: every object it names
-// starts with "services", "svc-", "ep-" or "aff-", so it merges (nft.Merge)
-// with the policy fragment, whose names start with "pol".
+// starts with "services" or "svc-", so it merges (nft.Merge) with the
+// policy fragment, whose names start with "pol".
 //
 // # Layout
 //
 // The number of sets and maps is constant as Services grow (per-Service
 // sets made kube-proxy's full sync grow with the square of the Service
-// count, /work/shared/notes/nftables-scale.md), except one dynamic set per
-// endpoint of a Service with session affinity, as kube-proxy.
+// count, /work/shared/notes/nftables-scale.md): one map per distinct
+// affinity timeout at most beyond the fixed ones.
 //
 //	chain services-nat-prerouting  { type nat hook prerouting priority dstnat; jump services }
 //	chain services-nat-output      { type nat hook output priority -100; jump services }
@@ -27,14 +27,17 @@
 //	chain svc-ext-<id> { ip saddr @services-cluster-cidrs goto svc-<cluster id>
 //	                     fib saddr type local mark |= 0x4000 goto svc-<cluster id>
 //	                     goto svc-<local id> }
-//	chain svc-<id>     { [ip saddr @aff-<id>-<ep> goto ep-<id>-<ep>] ...
-//	                     numgen random mod N @services-first-bucket goto ep-<id>-<ep 0>
-//	                     numgen random mod N-1 @services-first-bucket goto ep-<id>-<ep 1>
-//	                     ... goto ep-<id>-<ep N-1> }
-//	set services-first-bucket { mark; elements = { 0 } }
-//	chain ep-<id>-<ep> { ip saddr <ep> mark |= 0x4000        # hairpin
-//	                     [update @aff-<id>-<ep> { ip saddr }]
-//	                     meta l4proto <proto> dnat ip to <ep>:<port> }
+//	chain svc-<id>     { [meta l4proto <p> dnat ip to <id> . <epoch> . ip saddr map @services-affinity-<s>
+//	                          record @services-affinity-<s> { <id> . <epoch> . ip saddr }]
+//	                     meta l4proto <p> dnat ip to <id> . numgen random mod <N> map @services-endpoints
+//	                          [record @services-affinity-<s> { <id> . <epoch> . ip saddr }] }
+//	map services-endpoints { mark . mark : ipv4_addr . inet_service }
+//	    <id> . <bucket 0..N-1> : <endpoint address> . <target port>
+//	map services-affinity-<s> { mark . mark . ipv4_addr : ipv4_addr . inet_service;
+//	                            flags dynamic,timeout; timeout <s>s }
+//	    filled by the packet path: (target id . endpoints epoch . client) : endpoint
+//	set services-hairpin { ipv4_addr . ipv4_addr }
+//	    <endpoint> . <endpoint> for every endpoint
 //	chain services-filter-prerouting { type filter hook prerouting priority dstnat + 10;
 //	                                   ct state new ip daddr . meta l4proto . th dport vmap @services-no-endpoints }
 //	chain services-filter-output     { type filter hook output priority -90; (the same rule) }
@@ -44,7 +47,37 @@
 //	chain services-reject { meta l4proto tcp reject with tcp reset; reject }
 //	chain services-nat-postrouting { type nat hook postrouting priority srcnat;
 //	    meta mark & 0x4000 == 0x4000 masquerade fully-random
+//	    ip saddr . ip daddr @services-hairpin masquerade fully-random
 //	    ip saddr @services-nat-outgoing ip daddr != @services-nat-outgoing masquerade fully-random }
+//
+// Endpoints are data, not chains: a target's chain looks (target id,
+// random bucket) up in one shared map and translates to the address and
+// port found. The kernel validates the whole table (every chain reachable
+// from a base chain, every element of the verdict maps on the way) when a
+// transaction adds a jump or goto, or a rule with a NAT; elements of a
+// data map are neither. So an endpoint change sends only elements of
+// services-endpoints and services-hairpin, plus the target's chain when its
+// number of endpoints (the numgen modulus) changes or it has session
+// affinity. Per-endpoint chains reached by goto made one change at 10k
+// Services cost 2.9 s of validation.
+//
+// Hairpin: an endpoint reaching itself through a Service must be
+// masqueraded, or it answers itself from its own address and the client
+// drops the reply. Nat postrouting sees the translated destination, so a
+// packet from an endpoint to itself matches (saddr . daddr) in
+// services-hairpin.
+//
+// Session affinity is kube-proxy's ClientIP: a client's first connection
+// picks an endpoint and records it in the dynamic map of the Service's
+// timeout, keyed (target id . epoch . client); later connections are sent
+// there and refresh the timeout, so it expires after the client has been
+// idle for it. The epoch is a hash of the target's endpoints: when they
+// change, every client picks again (kube-proxy keeps the clients of the
+// endpoints that remain) but none is ever sent to an endpoint that is
+// gone; the old epoch's elements expire. The record rule has no nft
+// syntax (see nft.Action.Record), and nft 1.0.6 aborts listing a chain
+// that holds one (netlink_parse_concat_expr: the lookup's result has no
+// length for it); the kernel runs it.
 //
 // Rejects live in filter chains (nft refuses reject in nat chains), right
 // after the nat chains of the same hooks (dstnat + 10): a packet that was
@@ -66,18 +99,18 @@
 // are skipped (the nft model has no ipv6_addr yet); target ids already
 // count IPv6 targets so that adding them will not move IPv4 ids.
 //
-// Target ids name the chains. They come
-// from a 32-bit FNV-1a hash of the TargetKey, so they do not depend on the
-// order of Services or on a counter kept across restarts: one endpoint
-// change rewrites only that target's chains and elements.
+// Target ids name the chains and key the maps. They come from a 32-bit
+// FNV-1a hash of the TargetKey, so they do not depend on the order of
+// Services or on a counter kept across restarts: one endpoint change
+// rewrites only that target's elements (and chain, see above).
 package servicenft
 
 import (
 	"fmt"
 	"hash/fnv"
+	"maps"
 	"net/netip"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -98,9 +131,11 @@ const (
 	ChainReject = "services-reject"
 
 	MapFrontends = "services-frontends"
-	// SetFirstBucket holds the one value 0: `numgen random mod k
-	// @services-first-bucket` is true with probability 1/k.
-	SetFirstBucket  = "services-first-bucket"
+	// MapEndpoints maps (target id . bucket) to an endpoint's address and
+	// port.
+	MapEndpoints = "services-endpoints"
+	// SetHairpin holds (endpoint . endpoint) for every endpoint.
+	SetHairpin      = "services-hairpin"
 	MapNoEndpoints  = "services-no-endpoints"
 	SetMasqAlways   = "services-masq-always"
 	SetMasqOffClust = "services-masq-offcluster"
@@ -178,23 +213,21 @@ func TargetChain(id uint32) string { return fmt.Sprintf("svc-%08x", id) }
 // externalTrafficPolicy Local target id.
 func ExtChain(id uint32) string { return fmt.Sprintf("svc-ext-%08x", id) }
 
-// EndpointChain names the chain that DNATs target id to e.
-func EndpointChain(id uint32, e services.Endpoint) string {
-	return fmt.Sprintf("ep-%08x-%s", id, endpointSuffix(e))
+// AffinityMap names the dynamic map of clients pinned to endpoints for
+// Services whose affinity timeout is timeoutSeconds.
+func AffinityMap(timeoutSeconds int32) string {
+	return fmt.Sprintf("services-affinity-%d", timeoutSeconds)
 }
 
-// AffinitySet names the dynamic set of clients pinned to e in target id.
-func AffinitySet(id uint32, e services.Endpoint) string {
-	return fmt.Sprintf("aff-%08x-%s", id, endpointSuffix(e))
+// affinityEpoch identifies a target's endpoints: a client's recorded
+// endpoint is only looked up under the epoch it was recorded in.
+func affinityEpoch(eps []services.Endpoint) uint32 {
+	h := fnv.New32a()
+	for _, e := range eps {
+		fmt.Fprintf(h, "%s:%d,", e.Addr, e.Port)
+	}
+	return h.Sum32()
 }
-
-// endpointSuffix spells addr and port with dashes only, so that the name
-// needs no quoting in nft's syntax.
-func endpointSuffix(e services.Endpoint) string {
-	return dashes.Replace(e.Addr.String()) + "-" + strconv.Itoa(int(e.Port))
-}
-
-var dashes = strings.NewReplacer(".", "-", ":", "-")
 
 func protoName(p services.Protocol) string { return nft.ProtoName(byte(p)) }
 
@@ -256,10 +289,12 @@ func (r *renderer) table(m *services.Model) nft.Table {
 		nEndpoints += len(t.Endpoints)
 	}
 	var (
-		chains              = make([]nft.Chain, 0, 8+2*nTargets+nEndpoints)
+		chains              = make([]nft.Chain, 0, 8+nTargets)
 		frontends, noEps    []nft.Element
 		masqAlways, masqOff []nft.Element
-		affinity            []nft.Set
+		endpoints           = make([]nft.Element, 0, nEndpoints)
+		hairpin             = map[netip.Addr]bool{}
+		affinity            = map[int32]bool{}
 	)
 	extDone := map[uint32]bool{}
 	for i := range m.Services {
@@ -299,34 +334,13 @@ func (r *renderer) table(m *services.Model) nft.Table {
 					continue
 				}
 				id := r.ids[t.Key]
-				tc := nft.Chain{Name: TargetChain(id)}
-				var pick []nft.Rule
 				for b, e := range t.Endpoints {
-					ec := EndpointChain(id, e)
-					pick = append(pick, pickRule(b, len(t.Endpoints), ec))
-					epc := nft.Chain{Name: ec, Rules: []nft.Rule{
-						// Hairpin: an endpoint reaching itself through the
-						// Service must be masqueraded, or it answers itself
-						// from its own address and the client drops the reply.
-						{Match: []nft.Match{{Keys: []nft.Field{nft.IPSaddr}, Value: e.Addr.String()}}, MarkOr: mark},
-					}}
-					if t.Affinity != nil {
-						as := AffinitySet(id, e)
-						affinity = append(affinity, affinitySet(as, t.Affinity))
-						tc.Rules = append(tc.Rules, nft.Rule{
-							Match:  []nft.Match{{Keys: []nft.Field{nft.IPSaddr}, Set: as}},
-							Action: nft.Action{Kind: nft.ActGoto, Chain: ec},
-						})
-						epc.Rules = append(epc.Rules, nft.Rule{Update: &nft.SetUpdate{Set: as, Keys: []nft.Field{nft.IPSaddr}}})
+					endpoints = append(endpoints, nft.Element{Key: fmt.Sprintf("%d . %d", id, b), Value: fmt.Sprintf("%s . %d", e.Addr, e.Port)})
+					if e.Addr.Is4() {
+						hairpin[e.Addr] = true
 					}
-					epc.Rules = append(epc.Rules, nft.Rule{
-						Match:  []nft.Match{{Keys: []nft.Field{nft.L4Proto}, Value: protoName(p.Protocol)}},
-						Action: nft.Action{Kind: nft.ActDNAT, Addr: e.Addr.String(), Port: e.Port},
-					})
-					chains = append(chains, epc)
 				}
-				tc.Rules = append(tc.Rules, pick...)
-				chains = append(chains, tc)
+				chains = append(chains, targetChain(id, p.Protocol, t, affinity))
 			}
 		}
 	}
@@ -347,6 +361,7 @@ func (r *renderer) table(m *services.Model) nft.Table {
 		}},
 		nft.Chain{Name: ChainNATPostrouting, Type: nft.TypeNAT, Hook: nft.HookPostrouting, Priority: nft.PrioritySrcNAT, Rules: []nft.Rule{
 			{Match: []nft.Match{{Keys: []nft.Field{nft.MetaMark}, Mask: mark, Value: fmt.Sprintf("0x%08x", mark)}}, Action: nft.Action{Kind: nft.ActMasqueradeFullyRandom}},
+			{Match: []nft.Match{{Keys: []nft.Field{nft.IPSaddr, nft.IPDaddr}, Set: SetHairpin}}, Action: nft.Action{Kind: nft.ActMasqueradeFullyRandom}},
 			// NATOutgoing: pods reaching beyond the cluster leave with the
 			// node's address. An empty set disables it.
 			{Match: []nft.Match{{Keys: []nft.Field{nft.IPSaddr}, Set: SetNATOutgoing}, {Keys: []nft.Field{nft.IPDaddr}, Neg: true, Set: SetNATOutgoing}}, Action: nft.Action{Kind: nft.ActMasqueradeFullyRandom}},
@@ -364,40 +379,53 @@ func (r *renderer) table(m *services.Model) nft.Table {
 		{Name: SetMasqOffClust, KeyType: frontendKey, Elements: masqOff},
 		{Name: SetClusterCIDRs, KeyType: []nft.DataType{nft.TypeIPv4Addr}, Interval: true, Elements: prefixElems(m.ClusterCIDRs)},
 		{Name: SetNATOutgoing, KeyType: []nft.DataType{nft.TypeIPv4Addr}, Interval: true, Elements: prefixElems(m.NATOutgoing)},
-		{Name: SetFirstBucket, KeyType: []nft.DataType{nft.TypeMark}, Elements: []nft.Element{{Key: "0"}}},
+		{Name: SetHairpin, KeyType: []nft.DataType{nft.TypeIPv4Addr, nft.TypeIPv4Addr}, Elements: hairpinElems(hairpin)},
 	}
-	sets = append(sets, affinity...)
 	verdict := []nft.DataType{nft.TypeVerdict}
-	return nft.Table{
-		Chains: chains,
-		Sets:   sets,
-		Maps: []nft.Map{
-			{Name: MapFrontends, KeyType: frontendKey, DataType: verdict, Elements: frontends},
-			{Name: MapNoEndpoints, KeyType: frontendKey, DataType: verdict, Elements: noEps},
-		},
+	nftMaps := []nft.Map{
+		{Name: MapFrontends, KeyType: frontendKey, DataType: verdict, Elements: frontends},
+		{Name: MapNoEndpoints, KeyType: frontendKey, DataType: verdict, Elements: noEps},
+		{Name: MapEndpoints, KeyType: []nft.DataType{nft.TypeMark, nft.TypeMark}, DataType: endpointData, Elements: endpoints},
 	}
+	for _, secs := range slices.Sorted(maps.Keys(affinity)) {
+		// kube-proxy's timeout: an idle client forgets its endpoint after
+		// sessionAffinityConfig.clientIP.timeoutSeconds.
+		nftMaps = append(nftMaps, nft.Map{Name: AffinityMap(secs), KeyType: affinityKey, DataType: endpointData, Dynamic: true, Timeout: time.Duration(secs) * time.Second})
+	}
+	return nft.Table{Chains: chains, Sets: sets, Maps: nftMaps}
 }
 
-// pickRule is rule b of a target with n endpoints: taken with probability
-// 1/(n-b) when the rules before it were not, so each endpoint gets 1/n (the
-// last one is taken unconditionally), as kube-proxy's iptables mode did
-// with the statistic match.
-//
-// Not one shared verdict map `<id> . numgen random mod n vmap @endpoints`:
-// the kernel validates the whole table whenever a transaction adds a goto
-// (a new endpoint chain or map element), and that walk visits every element
-// of a verdict map once per rule that looks it up, so a shared map looked
-// up from every target chain makes one endpoint change cost Services ×
-// endpoints (measured on 6.18 with 4k Services × 10 endpoints: 17.5 s per
-// change, against 0.8 s with these rules and 0.25 s with a shared data
-// map `dnat ip to <id> . numgen random mod n map @endpoints`, which the nft
-// model cannot express yet). A set lookup is not walked.
-func pickRule(b, n int, chain string) nft.Rule {
-	r := nft.Rule{Action: nft.Action{Kind: nft.ActGoto, Chain: chain}}
-	if b < n-1 {
-		r.Match = []nft.Match{{Keys: []nft.Field{nft.Numgen(uint32(n - b))}, Set: SetFirstBucket}}
+var (
+	endpointData = []nft.DataType{nft.TypeIPv4Addr, nft.TypeInetService}
+	affinityKey  = []nft.DataType{nft.TypeMark, nft.TypeMark, nft.TypeIPv4Addr}
+)
+
+// targetChain is svc-<id>: with affinity, first the client's recorded
+// endpoint (refreshing its timeout), then a random one, recorded. Each
+// endpoint gets 1/N of new clients: numgen random mod N picks the bucket.
+func targetChain(id uint32, proto services.Protocol, t services.Target, affinity map[int32]bool) nft.Chain {
+	l4 := []nft.Match{{Keys: []nft.Field{nft.L4Proto}, Value: protoName(proto)}}
+	pick := nft.Action{Kind: nft.ActDNATMap, Keys: []nft.Field{nft.Const(id), nft.Numgen(uint32(len(t.Endpoints)))}, Map: MapEndpoints}
+	c := nft.Chain{Name: TargetChain(id)}
+	if a := t.Affinity; a != nil {
+		affinity[a.TimeoutSeconds] = true
+		am := AffinityMap(a.TimeoutSeconds)
+		client := []nft.Field{nft.Const(id), nft.Const(affinityEpoch(t.Endpoints)), nft.IPSaddr}
+		c.Rules = append(c.Rules, nft.Rule{Match: l4, Action: nft.Action{Kind: nft.ActDNATMap, Keys: client, Map: am, Record: &nft.SetUpdate{Set: am, Keys: client}}})
+		pick.Record = &nft.SetUpdate{Set: am, Keys: client}
 	}
-	return r
+	c.Rules = append(c.Rules, nft.Rule{Match: l4, Action: pick})
+	return c
+}
+
+// hairpinElems lists (a . a) for every endpoint address a.
+func hairpinElems(addrs map[netip.Addr]bool) []nft.Element {
+	out := make([]nft.Element, 0, len(addrs))
+	for a := range addrs {
+		out = append(out, nft.Element{Key: a.String() + " . " + a.String()})
+	}
+	slices.SortFunc(out, func(x, y nft.Element) int { return strings.Compare(x.Key, y.Key) })
+	return out
 }
 
 // extChain is kube-proxy's short-circuit for externalTrafficPolicy Local:
@@ -421,13 +449,6 @@ func (r *renderer) extChain(f services.Frontend) nft.Chain {
 		c.Rules = append(c.Rules, nft.Rule{Action: nft.Action{Kind: nft.ActGoto, Chain: TargetChain(r.ids[f.Target])}})
 	}
 	return c
-}
-
-func affinitySet(name string, a *services.Affinity) nft.Set {
-	// kube-proxy's timeout: an idle client forgets its endpoint after
-	// sessionAffinityConfig.clientIP.timeoutSeconds; each new connection
-	// refreshes it (update, not add).
-	return nft.Set{Name: name, KeyType: []nft.DataType{nft.TypeIPv4Addr}, Dynamic: true, Timeout: time.Duration(a.TimeoutSeconds) * time.Second}
 }
 
 // prefixElems lists the IPv4 prefixes of ps as interval set elements,

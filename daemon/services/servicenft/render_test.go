@@ -79,16 +79,15 @@ var renderCases = []renderCase{
 			id := id(m, web+"/cluster")
 			svcChain := TargetChain(id)
 			wantElem(t, tbl, MapFrontends, "10.96.0.20 . tcp . 80", "goto "+svcChain)
-			ep0 := fmt.Sprintf("ep-%08x-10-244-1-5-8080", id)
+			// One rule, no goto: endpoints are elements of the shared map.
 			wantSlice(t, "target chain", chainRules(t, tbl, svcChain), []string{
-				"numgen random mod 2 @services-first-bucket goto " + ep0,
-				fmt.Sprintf("goto ep-%08x-10-244-2-7-8080", id),
+				fmt.Sprintf("meta l4proto tcp dnat ip to %d . numgen random mod 2 map @services-endpoints", id),
 			})
-			wantSlice(t, "first bucket", setKeys(t, tbl, SetFirstBucket), []string{"0"})
-			wantSlice(t, "endpoint chain", chainRules(t, tbl, ep0), []string{
-				"ip saddr 10.244.1.5 meta mark set meta mark | 0x00004000",
-				"meta l4proto tcp dnat ip to 10.244.1.5:8080",
-			})
+			wantElem(t, tbl, MapEndpoints, fmt.Sprintf("%d . 0", id), "10.244.1.5 . 8080")
+			wantElem(t, tbl, MapEndpoints, fmt.Sprintf("%d . 1", id), "10.244.2.7 . 8080")
+			wantEq(t, "endpoint elements", len(findMap(t, tbl, MapEndpoints).Elements), 2)
+			wantSlice(t, "hairpin", setKeys(t, tbl, SetHairpin), []string{"10.244.1.5 . 10.244.1.5", "10.244.2.7 . 10.244.2.7"})
+			wantSlice(t, "chains", chainsWithPrefix(tbl, "ep-"), nil)
 			// ClusterIPs masquerade sources outside the cluster only.
 			wantSlice(t, "masq offcluster", setKeys(t, tbl, SetMasqOffClust), []string{"10.96.0.20 . tcp . 80"})
 			wantSlice(t, "masq always", setKeys(t, tbl, SetMasqAlways), []string{})
@@ -97,10 +96,12 @@ var renderCases = []renderCase{
 			wantEq(t, "no-endpoints elements", len(findMap(t, tbl, MapNoEndpoints).Elements), 0)
 			wantSlice(t, "postrouting", chainRules(t, tbl, ChainNATPostrouting), []string{
 				"meta mark & 0x00004000 == 0x00004000 masquerade fully-random",
+				"ip saddr . ip daddr @services-hairpin masquerade fully-random",
 				"ip saddr @services-nat-outgoing ip daddr != @services-nat-outgoing masquerade fully-random",
 			})
-			// No affinity: no sets beyond the five fixed ones.
+			// No affinity: no sets or maps beyond the fixed ones.
 			wantEq(t, "sets", len(tbl.Sets), 5)
+			wantEq(t, "maps", len(tbl.Maps), 3)
 		},
 	},
 	{
@@ -151,7 +152,11 @@ var renderCases = []renderCase{
 				"fib saddr type local meta mark set meta mark | 0x00004000 goto " + TargetChain(cluster),
 				"goto " + TargetChain(local),
 			})
-			wantSlice(t, "local target", chainRules(t, tbl, TargetChain(local)), []string{fmt.Sprintf("goto ep-%08x-10-244-1-5-8080", local)})
+			wantSlice(t, "local target", chainRules(t, tbl, TargetChain(local)), []string{
+				fmt.Sprintf("meta l4proto tcp dnat ip to %d . numgen random mod 1 map @services-endpoints", local),
+			})
+			wantElem(t, tbl, MapEndpoints, fmt.Sprintf("%d . 0", local), "10.244.1.5 . 8080")
+			wantElem(t, tbl, MapEndpoints, fmt.Sprintf("%d . 1", cluster), "10.244.2.7 . 8080")
 			// The client address is kept: no masquerade for external frontends.
 			wantSlice(t, "masq always", setKeys(t, tbl, SetMasqAlways), []string{})
 		},
@@ -196,25 +201,21 @@ var renderCases = []renderCase{
 			v4slice("default", "plain", "plain-1", 8080, ep{addr: "10.244.2.8", node: "node-b"}),
 		},
 		check: func(t *testing.T, m *services.Model, tbl nft.Table) {
+			plain := TargetChain(id(m, "default/plain:http/TCP/IPv4/cluster"))
 			id := id(m, web+"/cluster")
-			a0, a1 := fmt.Sprintf("aff-%08x-10-244-1-5-8080", id), fmt.Sprintf("aff-%08x-10-244-2-7-8080", id)
-			e0, e1 := fmt.Sprintf("ep-%08x-10-244-1-5-8080", id), fmt.Sprintf("ep-%08x-10-244-2-7-8080", id)
+			ep := m.Services[slices.IndexFunc(m.Services, func(s services.Service) bool { return s.Name == "web" })].Ports[0].Targets[0].Endpoints
+			client := fmt.Sprintf("%d . %d . ip saddr", id, affinityEpoch(ep))
 			wantSlice(t, "target chain", chainRules(t, tbl, TargetChain(id)), []string{
-				"ip saddr @" + a0 + " goto " + e0,
-				"ip saddr @" + a1 + " goto " + e1,
-				"numgen random mod 2 @services-first-bucket goto " + e0,
-				"goto " + e1,
+				"meta l4proto tcp dnat ip to " + client + " map @services-affinity-600 record @services-affinity-600 { " + client + " }",
+				fmt.Sprintf("meta l4proto tcp dnat ip to %d . numgen random mod 2 map @services-endpoints record @services-affinity-600 { %s }", id, client),
 			})
-			wantSlice(t, "endpoint chain", chainRules(t, tbl, e1), []string{
-				"ip saddr 10.244.2.7 meta mark set meta mark | 0x00004000",
-				"update @" + a1 + " { ip saddr }",
-				"meta l4proto tcp dnat ip to 10.244.2.7:8080",
-			})
-			s := findSet(t, tbl, a0)
-			wantEq(t, "dynamic", s.Dynamic, true)
-			wantEq(t, "timeout", s.Timeout.String(), "10m0s")
-			// Only the Service with affinity has affinity sets.
-			wantEq(t, "sets", len(tbl.Sets), 5+2)
+			wantEq(t, "plain chain", len(chainRules(t, tbl, plain)), 1)
+			a := findMap(t, tbl, AffinityMap(600))
+			wantEq(t, "dynamic", a.Dynamic, true)
+			wantEq(t, "timeout", a.Timeout.String(), "10m0s")
+			wantEq(t, "affinity key", fmt.Sprint(a.KeyType), "[mark mark ipv4_addr]")
+			// One affinity map per timeout, whatever the number of Services.
+			wantEq(t, "maps", len(tbl.Maps), 3+1)
 		},
 	},
 	{
@@ -228,10 +229,11 @@ var renderCases = []renderCase{
 			wantElem(t, tbl, MapFrontends, "10.96.0.10 . udp . 53", "goto "+TargetChain(u))
 			wantElem(t, tbl, MapFrontends, "10.96.0.10 . tcp . 53", "goto "+TargetChain(id(m, "kube-system/dns:dns-tcp/TCP/IPv4/cluster")))
 			wantElem(t, tbl, MapFrontends, "10.96.0.10 . sctp . 9", "goto "+TargetChain(id(m, "kube-system/dns:sctp/SCTP/IPv4/cluster")))
-			wantSlice(t, "udp endpoint", chainRules(t, tbl, fmt.Sprintf("ep-%08x-10-244-1-9-5353", u)), []string{
-				"ip saddr 10.244.1.9 meta mark set meta mark | 0x00004000",
-				"meta l4proto udp dnat ip to 10.244.1.9:5353",
+			wantSlice(t, "udp target", chainRules(t, tbl, TargetChain(u)), []string{
+				fmt.Sprintf("meta l4proto udp dnat ip to %d . numgen random mod 1 map @services-endpoints", u),
 			})
+			wantElem(t, tbl, MapEndpoints, fmt.Sprintf("%d . 0", u), "10.244.1.9 . 5353")
+			wantSlice(t, "hairpin (one per address)", setKeys(t, tbl, SetHairpin), []string{"10.244.1.9 . 10.244.1.9"})
 		},
 	},
 	{
@@ -243,7 +245,7 @@ var renderCases = []renderCase{
 		},
 		check: func(t *testing.T, m *services.Model, tbl nft.Table) {
 			wantEq(t, "frontends", len(findMap(t, tbl, MapFrontends).Elements), 1)
-			wantEq(t, "endpoint chains", len(chainsWithPrefix(tbl, "ep-")), 1)
+			wantEq(t, "endpoint elements", len(findMap(t, tbl, MapEndpoints).Elements), 1)
 			if strings.Contains(tbl.String(), "fd") {
 				t.Errorf("IPv6 in the table:\n%s", tbl)
 			}
@@ -277,7 +279,7 @@ var renderCases = []renderCase{
 			// The fixed layout is there without Services, so the first
 			// Service adds elements only.
 			wantEq(t, "chains", len(tbl.Chains), 7)
-			wantEq(t, "maps", len(tbl.Maps), 2)
+			wantEq(t, "maps", len(tbl.Maps), 3)
 			wantEq(t, "sets", len(tbl.Sets), 5)
 		},
 	},
@@ -331,7 +333,7 @@ func TestNamesLeavePolicyAlone(t *testing.T) {
 			names = append(names, x.Name)
 		}
 		for _, n := range names {
-			if !(n == "services" || strings.HasPrefix(n, "services-") || strings.HasPrefix(n, "svc-") || strings.HasPrefix(n, "ep-") || strings.HasPrefix(n, "aff-")) {
+			if !(n == "services" || strings.HasPrefix(n, "services-") || strings.HasPrefix(n, "svc-")) {
 				t.Errorf("%s: object %s outside the services prefixes", c.name, n)
 			}
 		}
@@ -423,9 +425,9 @@ func fnv32a(s string) uint32 {
 	return h
 }
 
-// TestPickRulesUniform: following a target chain's rules, each endpoint is
-// taken with probability exactly 1/n.
-func TestPickRulesUniform(t *testing.T) {
+// TestPickUniform: each target chain picks among exactly its endpoints'
+// buckets, 0..n-1, so numgen random mod n gives each 1/n.
+func TestPickUniform(t *testing.T) {
 	for n := 1; n <= 7; n++ {
 		var eps []ep
 		for i := range n {
@@ -433,28 +435,25 @@ func TestPickRulesUniform(t *testing.T) {
 		}
 		m := renderCase{svcs: []*corev1.Service{svc("default", "web", "10.96.0.20")}, slices: []*discoveryv1.EndpointSlice{v4slice("default", "web", "web-1", 8080, eps...)}}.model(t)
 		tbl := Render(m, DefaultConfig())
-		rest := 1.0 // probability of reaching the current rule
-		got := map[string]float64{}
-		for _, r := range chainRules(t, tbl, TargetChain(id(m, web+"/cluster"))) {
-			var k int
-			var chain string
-			if _, err := fmt.Sscanf(r, "numgen random mod %d @services-first-bucket goto %s", &k, &chain); err == nil {
-				got[chain] += rest / float64(k)
-				rest -= rest / float64(k)
-			} else if _, err := fmt.Sscanf(r, "goto %s", &chain); err == nil {
-				got[chain] += rest
-				rest = 0
-			} else {
-				t.Fatalf("unexpected rule %q", r)
-			}
+		id := id(m, web+"/cluster")
+		rules := chainRules(t, tbl, TargetChain(id))
+		var gotID, mod uint32
+		if len(rules) != 1 {
+			t.Fatalf("n=%d: rules %q, want one", n, rules)
 		}
-		if len(got) != n || rest != 0 {
-			t.Fatalf("n=%d: %d endpoints reached, %v left over", n, len(got), rest)
+		if _, err := fmt.Sscanf(rules[0], "meta l4proto tcp dnat ip to %d . numgen random mod %d map @services-endpoints", &gotID, &mod); err != nil || gotID != id || mod != uint32(n) {
+			t.Fatalf("n=%d: rule %q", n, rules[0])
 		}
-		for c, p := range got {
-			if d := p - 1/float64(n); d > 1e-12 || d < -1e-12 {
-				t.Errorf("n=%d: %s taken with probability %v, want 1/%d", n, c, p, n)
+		seen := map[string]bool{}
+		for b := range n {
+			v, ok := elem(t, tbl, MapEndpoints, fmt.Sprintf("%d . %d", id, b))
+			if !ok {
+				t.Fatalf("n=%d: bucket %d missing", n, b)
 			}
+			seen[v] = true
+		}
+		if len(seen) != n || len(findMap(t, tbl, MapEndpoints).Elements) != n {
+			t.Errorf("n=%d: buckets reach %d distinct endpoints of %d elements", n, len(seen), len(findMap(t, tbl, MapEndpoints).Elements))
 		}
 	}
 }
