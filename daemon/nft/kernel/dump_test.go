@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/meridian-net/meridian/daemon/nft"
 )
@@ -80,4 +81,31 @@ func mustDial(t *testing.T, c *Conn) *netlink.Conn {
 	}
 	t.Cleanup(func() { _ = conn.Close() })
 	return conn
+}
+
+// TestRuleDumpRequest: the hand-built GETRULE request is a well-formed
+// netlink message naming the table and the chain (odd lengths padded).
+func TestRuleDumpRequest(t *testing.T) {
+	for _, chain := range []string{"a", "svc-00042", "ep-00042-07"} {
+		b := ruleDumpRequest([]byte("stale"), chain, 7)[len("stale"):]
+		var m netlink.Message
+		if err := m.UnmarshalBinary(b); err != nil {
+			t.Fatalf("%s: %v", chain, err)
+		}
+		if int(m.Header.Length) != len(b) || m.Header.Sequence != 7 || m.Header.Flags != netlink.Request|netlink.Dump ||
+			m.Header.Type != netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETRULE) {
+			t.Errorf("%s: header %+v", chain, m.Header)
+		}
+		attrs, err := netlink.UnmarshalAttributes(m.Data[4:])
+		if err != nil {
+			t.Fatalf("%s: %v", chain, err)
+		}
+		got := map[uint16]string{}
+		for _, a := range attrs {
+			got[a.Type] = string(a.Data)
+		}
+		if got[unix.NFTA_RULE_TABLE] != nft.TableName+"\x00" || got[unix.NFTA_RULE_CHAIN] != chain+"\x00" || len(got) != 2 {
+			t.Errorf("%s: attributes %v", chain, got)
+		}
+	}
 }
