@@ -284,8 +284,13 @@ const (
 // echo: a TCP connection that carries bytes both ways, or a UDP datagram
 // answered (tried a few times, so one lost datagram is not a block).
 func probe(from, to *npPod, port npPort) error {
-	addr := net.JoinHostPort(to.IP(), strconv.Itoa(port.Port))
-	msg := fmt.Sprintf("probe %s -> %s %s", from, to, port)
+	return probeAddr(from, to.IP(), port)
+}
+
+// probeAddr is probe to any address: a pod's, or a Service's.
+func probeAddr(from *npPod, ip string, port npPort) error {
+	addr := net.JoinHostPort(ip, strconv.Itoa(port.Port))
+	msg := fmt.Sprintf("probe %s -> %s %s", from, ip, port)
 	return inNetns(podNetns(from.Pod), func() error {
 		if port.Proto == corev1.ProtocolUDP {
 			return udpProbe(addr, msg)
@@ -356,6 +361,36 @@ func (cl *npCluster) expectMatrix(t *testing.T, port npPort, allow func(from, to
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%s: probes still differ from the truth table after %d rounds (%s)\n%s", port, round, matrixTimeout, cl.report(port, want, got))
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// expectFromAll probes ip on port from every pod of the matrix until the
+// outcomes equal allow(from), like expectMatrix for one destination that is
+// not a pod (a Service's ClusterIP).
+func (cl *npCluster) expectFromAll(t *testing.T, ip string, port npPort, allow func(from *npPod) bool) {
+	t.Helper()
+	deadline := time.Now().Add(matrixTimeout)
+	for round := 1; ; round++ {
+		got := make([]bool, len(cl.pods))
+		var wg sync.WaitGroup
+		for i, from := range cl.pods {
+			wg.Go(func() { got[i] = probeAddr(from, ip, port) == nil })
+		}
+		wg.Wait()
+		var diff []string
+		for i, from := range cl.pods {
+			if want := allow(from); got[i] != want {
+				diff = append(diff, fmt.Sprintf("%s: expected %s observed %s", from, mark(want), mark(got[i])))
+			}
+		}
+		if len(diff) == 0 {
+			t.Logf("%s %s: all %d probes as expected (round %d)", ip, port, len(got), round)
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s %s: probes still differ after %d rounds (%s) (. connects, X blocked):\n%s", ip, port, round, matrixTimeout, strings.Join(diff, "\n"))
 		}
 		time.Sleep(500 * time.Millisecond)
 	}

@@ -60,6 +60,18 @@ func TestNetpol(t *testing.T) {
 		}}}
 		cl.applyPolicies(t, p)
 		cl.expectMatrix(t, tcp80, func(from, to *npPod) bool { return to.String() != "x/a" || from.NS == "y" })
+
+		// Updated in place to namespace z (upstream: "should enforce
+		// updated policy").
+		cur, err := cl.c.NetworkingV1().NetworkPolicies(p.Namespace).Get(context.Background(), p.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatalf("get policy: %v", err)
+		}
+		cur.Spec.Ingress[0].From[0].NamespaceSelector = selector(nsLabel("z"))
+		if _, err := cl.c.NetworkingV1().NetworkPolicies(p.Namespace).Update(context.Background(), cur, metav1.UpdateOptions{}); err != nil {
+			t.Fatalf("update policy: %v", err)
+		}
+		cl.expectMatrix(t, tcp80, func(from, to *npPod) bool { return to.String() != "x/a" || from.NS == "z" })
 	})
 
 	cl.scenario(t, "allow-ingress-from-pods-b-in-any-namespace", func(t *testing.T) {
@@ -222,6 +234,41 @@ func TestNetpol(t *testing.T) {
 		// egress chain, attributed to both policies that isolate it.
 		cl.expectDropCounted(t, cl.pod("x/a"), zc, tcp80, policynft.Egress,
 			npNS("x")+"/allow-egress-cidr", npNS("x")+"/deny-all-egress")
+
+		// An address in one policy's except and another's CIDR is allowed:
+		// allow lists are unioned (upstream: "should ensure an IP
+		// overlapping both IPBlock.CIDR and IPBlock.Except is allowed").
+		allowZC := npPolicy("x", "allow-egress-z-c", nil, egressOnly)
+		allowZC.Spec.Egress = []networkingv1.NetworkPolicyEgressRule{{To: []networkingv1.NetworkPolicyPeer{
+			{IPBlock: &networkingv1.IPBlock{CIDR: zc.IP() + "/32"}},
+		}}}
+		cl.applyPolicies(t, allowZC)
+		cl.expectMatrix(t, tcp80, func(from, to *npPod) bool { return from.NS != "x" || inBlock[to.String()] || to == zc })
+	})
+
+	cl.scenario(t, "ingress-ipblock-with-except", func(t *testing.T) {
+		ya, zc := cl.pod("y/a"), cl.pod("z/c")
+		cidr := podCIDR(t, cl.c, ya.Pod.Spec.NodeName)
+		p := npPolicy("x", "allow-ingress-cidr", podLabel("a"), ingressOnly)
+		p.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{
+			{IPBlock: &networkingv1.IPBlock{CIDR: cidr.String(), Except: []string{zc.IP() + "/32"}}},
+		}}}
+		cl.applyPolicies(t, p)
+		cl.expectMatrix(t, tcp80, func(from, to *npPod) bool {
+			return to.String() != "x/a" || (from != zc && cidr.Contains(netip.MustParseAddr(from.IP())))
+		})
+	})
+
+	cl.scenario(t, "egress-named-port", func(t *testing.T) {
+		// A named port in an egress rule is the destination pod's number
+		// for that name: a (pod IP . port) set rather than a number.
+		p := npPolicy("x", "allow-egress-serve-81-tcp", nil, egressOnly)
+		port := intstr.FromString("serve-81-tcp")
+		p.Spec.Egress = []networkingv1.NetworkPolicyEgressRule{{Ports: []networkingv1.NetworkPolicyPort{{Port: &port}}}}
+		cl.applyPolicies(t, p)
+		cl.expectMatrix(t, tcp81, allowAll)
+		cl.expectMatrix(t, tcp80, func(from, to *npPod) bool { return from.NS != "x" })
+		cl.expectMatrix(t, udp81, func(from, to *npPod) bool { return from.NS != "x" })
 	})
 
 	cl.scenario(t, "egress-deny-all-but-dns", func(t *testing.T) {
@@ -277,6 +324,38 @@ func TestNetpol(t *testing.T) {
 				return err
 			})
 		}
+	})
+
+	cl.scenario(t, "service-judged-after-dnat", func(t *testing.T) {
+		// A ClusterIP in front of x/a: ingress is judged on the endpoint
+		// after DNAT, so the Service address gets no policy of its own.
+		// x/a reaching itself through the Service comes back through its
+		// node and is never blocked.
+		svc := &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Namespace: npNS("x"), Name: "a"},
+			Spec: corev1.ServiceSpec{
+				Selector: podLabel("a"),
+				Ports:    []corev1.ServicePort{{Protocol: corev1.ProtocolTCP, Port: 8080, TargetPort: intstr.FromString("serve-80-tcp")}},
+			},
+		}
+		svc, err := cl.c.CoreV1().Services(svc.Namespace).Create(context.Background(), svc, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatalf("create service: %v", err)
+		}
+		t.Cleanup(func() {
+			if err := cl.c.CoreV1().Services(svc.Namespace).Delete(context.Background(), svc.Name, metav1.DeleteOptions{}); err != nil {
+				t.Errorf("delete service: %v", err)
+			}
+		})
+		vip := svc.Spec.ClusterIP
+		port := npPort{corev1.ProtocolTCP, 8080}
+		cl.expectFromAll(t, vip, port, func(from *npPod) bool { return true })
+		p := npPolicy("x", "allow-client-a-via-ns-selector", podLabel("a"), ingressOnly)
+		p.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{
+			{NamespaceSelector: selector(nsLabel("y"))},
+		}}}
+		cl.applyPolicies(t, p)
+		cl.expectFromAll(t, vip, port, func(from *npPod) bool { return from.NS == "y" || from.String() == "x/a" })
 	})
 
 	cl.scenario(t, "policies-change-while-traffic-flows", func(t *testing.T) {
