@@ -264,6 +264,7 @@ func ruleDumpRequest(b []byte, chain string, seq uint32) []byte {
 		}
 		return b
 	}
+	start := len(b)
 	b = binary.NativeEndian.AppendUint32(b, 0) // length, set below
 	b = binary.NativeEndian.AppendUint16(b, unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETRULE)
 	b = binary.NativeEndian.AppendUint16(b, unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
@@ -272,7 +273,7 @@ func ruleDumpRequest(b []byte, chain string, seq uint32) []byte {
 	b = append(b, unix.NFPROTO_INET, unix.NFNETLINK_V0, 0, 0)
 	b = attr(b, unix.NFTA_RULE_TABLE, nft.TableName)
 	b = attr(b, unix.NFTA_RULE_CHAIN, chain)
-	binary.NativeEndian.PutUint32(b, uint32(len(b)))
+	binary.NativeEndian.PutUint32(b[start:], uint32(len(b)-start))
 	return b
 }
 
