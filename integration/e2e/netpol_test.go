@@ -271,6 +271,62 @@ func TestNetpol(t *testing.T) {
 		cl.expectMatrix(t, udp81, func(from, to *npPod) bool { return from.NS != "x" })
 	})
 
+	cl.scenario(t, "egress-to-node-addresses", func(t *testing.T) {
+		// A pod reaching its own node's address is judged by egress in the
+		// input hook; another node's address in forward. Node addresses
+		// are matched by ipBlocks only. The probe target is meridiand's
+		// BGP listener, which every node runs; a TCP handshake is enough.
+		xa, yc := cl.pod("x/a"), cl.pod("y/c")
+		if xa.Pod.Spec.NodeName != yc.Pod.Spec.NodeName {
+			t.Fatalf("x/a on %s and y/c on %s: the layout puts them on one node", xa.Pod.Spec.NodeName, yc.Pod.Spec.NodeName)
+		}
+		own := cl.nodes[xa.Pod.Spec.NodeName]
+		var other lab.Node
+		for _, n := range cl.nodes {
+			if n.Name != own.Name {
+				other = n
+				break
+			}
+		}
+		bgp := func(n lab.Node) string { return net.JoinHostPort(n.IP.String(), "179") }
+		type nodeProbe struct {
+			from *npPod
+			addr string
+			want bool
+		}
+		expect := func(what string, probes ...nodeProbe) {
+			t.Helper()
+			eventually(t, matrixTimeout, what, func() error {
+				for _, p := range probes {
+					err := inNetns(podNetns(p.from.Pod), func() error {
+						conn, err := net.DialTimeout("tcp", p.addr, tcpProbeTimeout)
+						if err == nil {
+							conn.Close()
+						}
+						return err
+					})
+					if got := err == nil; got != p.want {
+						return fmt.Errorf("%s -> %s: connected %v, want %v (%v)", p.from, p.addr, got, p.want, err)
+					}
+				}
+				return nil
+			})
+			t.Logf("%s: as expected", what)
+		}
+		expect("no policy: pods reach both nodes' BGP port",
+			nodeProbe{xa, bgp(own), true}, nodeProbe{xa, bgp(other), true}, nodeProbe{yc, bgp(own), true})
+		cl.applyPolicies(t, npPolicy("x", "deny-all-egress", nil, egressOnly))
+		expect("deny-all egress in x: x/a reaches no node; y/c on its node still does",
+			nodeProbe{xa, bgp(own), false}, nodeProbe{xa, bgp(other), false}, nodeProbe{yc, bgp(own), true})
+		toOwn := npPolicy("x", "allow-own-node", nil, egressOnly)
+		toOwn.Spec.Egress = []networkingv1.NetworkPolicyEgressRule{{To: []networkingv1.NetworkPolicyPeer{
+			{IPBlock: &networkingv1.IPBlock{CIDR: own.IP.String() + "/32"}},
+		}}}
+		cl.applyPolicies(t, toOwn)
+		expect("ipBlock of its node: x/a reaches its node only",
+			nodeProbe{xa, bgp(own), true}, nodeProbe{xa, bgp(other), false}, nodeProbe{yc, bgp(own), true})
+	})
+
 	cl.scenario(t, "egress-deny-all-but-dns", func(t *testing.T) {
 		xa := cl.pod("x/a")
 		_, err := cl.c.CoreV1().Services(lab.DNSNamespace).Get(context.Background(), lab.DNSService, metav1.GetOptions{})
