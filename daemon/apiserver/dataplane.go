@@ -246,6 +246,7 @@ func statusResponse(st dataplane.Status) *meridianv1.GetDataplaneStatusResponse 
 		return resp
 	}
 	resp.Synced = true
+	resp.Node = st.Policy.Node
 	resp.SyncedAt = st.SyncedAt.UTC().Format(time.RFC3339)
 	resp.Services = uint32(len(st.Services.Services))
 	resp.PolicyPods = uint32(len(st.Policy.Pods))

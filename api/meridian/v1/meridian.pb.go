@@ -2207,8 +2207,10 @@ type GetDataplaneStatusResponse struct {
 	NodePortAddresses []string `protobuf:"bytes,7,rep,name=node_port_addresses,json=nodePortAddresses,proto3" json:"node_port_addresses,omitempty"`
 	Services          uint32   `protobuf:"varint,8,opt,name=services,proto3" json:"services,omitempty"`
 	PolicyPods        uint32   `protobuf:"varint,9,opt,name=policy_pods,json=policyPods,proto3" json:"policy_pods,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// node is the node this daemon programs.
+	Node          string `protobuf:"bytes,10,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetDataplaneStatusResponse) Reset() {
@@ -2302,6 +2304,13 @@ func (x *GetDataplaneStatusResponse) GetPolicyPods() uint32 {
 		return x.PolicyPods
 	}
 	return 0
+}
+
+func (x *GetDataplaneStatusResponse) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
 }
 
 // Problem is a Service or NetworkPolicy (subject, namespace/name) the node
@@ -2537,7 +2546,7 @@ const file_meridian_v1_meridian_proto_rawDesc = "" +
 	"\aRuleRef\x12\x16\n" +
 	"\x06policy\x18\x01 \x01(\tR\x06policy\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x05R\x05index\"\x1b\n" +
-	"\x19GetDataplaneStatusRequest\"\x82\x03\n" +
+	"\x19GetDataplaneStatusRequest\"\x96\x03\n" +
 	"\x1aGetDataplaneStatusResponse\x12\x16\n" +
 	"\x06synced\x18\x01 \x01(\bR\x06synced\x12\x1b\n" +
 	"\tsynced_at\x18\x02 \x01(\tR\bsyncedAt\x12\x1d\n" +
@@ -2549,7 +2558,9 @@ const file_meridian_v1_meridian_proto_rawDesc = "" +
 	"\x13node_port_addresses\x18\a \x03(\tR\x11nodePortAddresses\x12\x1a\n" +
 	"\bservices\x18\b \x01(\rR\bservices\x12\x1f\n" +
 	"\vpolicy_pods\x18\t \x01(\rR\n" +
-	"policyPods\"g\n" +
+	"policyPods\x12\x12\n" +
+	"\x04node\x18\n" +
+	" \x01(\tR\x04node\"g\n" +
 	"\aProblem\x12\x18\n" +
 	"\asubject\x18\x01 \x01(\tR\asubject\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\tR\x04port\x12\x16\n" +
