@@ -155,14 +155,12 @@ func podRows(m *policy.Model, drops []policynft.DropCount, counted bool, namespa
 					Policy: r.Policy, Index: int32(r.Index), PeerKind: r.Peer.String(), Peer: sets[r.Set], Ports: portStrings(r.Ports),
 				})
 			}
-			if counted && d.Isolated {
-				out.Counters = &meridianv1.PolicyCounters{}
-				if dc, ok := byChain[policynft.PodChain(p.Key(), name)]; ok {
-					out.Counters.DroppedPackets, out.Counters.DroppedBytes = dc.Packets, dc.Bytes
-					out.Counters.FailedClosed = dc.FailedClosed
-					for _, h := range dc.Allowed {
-						out.Counters.Allowed = append(out.Counters.Allowed, &meridianv1.RuleHits{Policy: h.Policy, Index: int32(h.Index), Packets: h.Packets, Bytes: h.Bytes})
-					}
+			// A chain missing from the kernel (a pod newer than the last
+			// sync) has no counters yet: unset, not zero.
+			if dc, ok := byChain[policynft.PodChain(p.Key(), name)]; ok && counted && d.Isolated {
+				out.Counters = &meridianv1.PolicyCounters{DroppedPackets: dc.Packets, DroppedBytes: dc.Bytes, FailedClosed: dc.FailedClosed}
+				for _, h := range dc.Allowed {
+					out.Counters.Allowed = append(out.Counters.Allowed, &meridianv1.RuleHits{Policy: h.Policy, Index: int32(h.Index), Packets: h.Packets, Bytes: h.Bytes})
 				}
 			}
 			return out
