@@ -72,7 +72,7 @@ func touched(tx nft.Transaction) []string {
 
 // onlyService fails unless every object tx touches belongs to the targets
 // of ServicePort key prefix svcKey (their chains and their elements of
-// services-endpoints) or is listed in extra (frontend and hairpin
+// services-endpoints-*) or is listed in extra (frontend and hairpin
 // elements, an affinity map its last Service leaves).
 func onlyService(t *testing.T, m *services.Model, tx nft.Transaction, svcKey string, extra ...string) {
 	t.Helper()
@@ -91,7 +91,7 @@ func onlyService(t *testing.T, m *services.Model, tx nft.Transaction, svcKey str
 		case "element":
 			key := strings.Join(f[2:], " ")
 			ok = (f[1] == MapFrontends || f[1] == MapNoEndpoints || f[1] == SetHairpin) && slices.Contains(extra, key) ||
-				f[1] == MapEndpoints && slices.ContainsFunc(ids, func(id string) bool { return strings.HasPrefix(key, id+" . ") })
+				strings.HasPrefix(f[1], "services-endpoints-") && slices.ContainsFunc(ids, func(id string) bool { return strings.HasPrefix(key, id+" . ") })
 		}
 		if !ok {
 			t.Errorf("transaction touches %s, outside %s:\n%s", o, svcKey, tx)
@@ -117,7 +117,7 @@ func TestOneEndpointChangeTouchesOnlyItsService(t *testing.T) {
 	// endpoints' epoch; nothing else moves, and nothing added holds a goto.
 	want := []string{
 		fmt.Sprintf("chain svc-%08x", cluster),
-		fmt.Sprintf("element services-endpoints %d . 1", cluster),
+		fmt.Sprintf("element %s %d . 1", EndpointsMap(cluster), cluster),
 		"element services-hairpin 10.244.2.7 . 10.244.2.7",
 		"element services-hairpin 10.244.2.9 . 10.244.2.9",
 	}
@@ -128,7 +128,7 @@ func TestOneEndpointChangeTouchesOnlyItsService(t *testing.T) {
 	tx = nft.Plan(Render(threeServicesWeb(ep{addr: "10.244.2.5", node: "node-b"}), DefaultConfig()), Render(threeServicesWeb(ep{addr: "10.244.2.6", node: "node-b"}), DefaultConfig()))
 	web := id(m2, "default/web:http/TCP/IPv4/cluster")
 	wantSlice(t, "touched without affinity", touched(tx), []string{
-		fmt.Sprintf("element services-endpoints %d . 1", web),
+		fmt.Sprintf("element %s %d . 1", EndpointsMap(web), web),
 		"element services-hairpin 10.244.2.5 . 10.244.2.5",
 		"element services-hairpin 10.244.2.6 . 10.244.2.6",
 	})

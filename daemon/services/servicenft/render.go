@@ -12,8 +12,9 @@
 //
 // The number of sets and maps is constant as Services grow (per-Service
 // sets made kube-proxy's full sync grow with the square of the Service
-// count, /work/shared/notes/nftables-scale.md): one map per distinct
-// affinity timeout at most beyond the fixed ones.
+// count, /work/shared/notes/nftables-scale.md): 64 endpoint maps (see
+// EndpointsMap) and one map per distinct affinity timeout beyond the fixed
+// ones.
 //
 //	chain services-nat-prerouting  { type nat hook prerouting priority dstnat; jump services }
 //	chain services-nat-output      { type nat hook output priority -100; jump services }
@@ -29,10 +30,10 @@
 //	                     goto svc-<local id> }
 //	chain svc-<id>     { [meta l4proto <p> dnat ip to <id> . <epoch> . ip saddr map @services-affinity-<s>
 //	                          record @services-affinity-<s> { <id> . <epoch> . ip saddr }]
-//	                     meta l4proto <p> dnat ip to <id> . numgen random mod <N> map @services-endpoints
+//	                     meta l4proto <p> dnat ip to <id> . numgen random mod <N> map @services-endpoints-<id % 64>
 //	                          [record @services-affinity-<s> { <id> . <epoch> . ip saddr }] }
-//	map services-endpoints { mark . mark : ipv4_addr . inet_service }
-//	    <id> . <bucket 0..N-1> : <endpoint address> . <target port>
+//	map services-endpoints-00 .. -3f { mark . mark : ipv4_addr . inet_service }
+//	    <id> . <bucket 0..N-1> : <endpoint address> . <target port>, in map id % 64
 //	map services-affinity-<s> { mark . mark . ipv4_addr : ipv4_addr . inet_service;
 //	                            flags dynamic,timeout; timeout <s>s }
 //	    filled by the packet path: (target id . endpoints epoch . client) : endpoint
@@ -51,12 +52,12 @@
 //	    ip saddr @services-nat-outgoing ip daddr != @services-nat-outgoing masquerade fully-random }
 //
 // Endpoints are data, not chains: a target's chain looks (target id,
-// random bucket) up in one shared map and translates to the address and
+// random bucket) up in a shared map and translates to the address and
 // port found. The kernel validates the whole table (every chain reachable
 // from a base chain, every element of the verdict maps on the way) when a
 // transaction adds a jump or goto, or a rule with a NAT; elements of a
 // data map are neither. So an endpoint change sends only elements of
-// services-endpoints and services-hairpin, plus the target's chain when its
+// services-endpoints-* and services-hairpin, plus the target's chain when its
 // number of endpoints (the numgen modulus) changes or it has session
 // affinity. Per-endpoint chains reached by goto made one change at 10k
 // Services cost 2.9 s of validation.
@@ -131,9 +132,8 @@ const (
 	ChainReject = "services-reject"
 
 	MapFrontends = "services-frontends"
-	// MapEndpoints maps (target id . bucket) to an endpoint's address and
-	// port.
-	MapEndpoints = "services-endpoints"
+	// EndpointShards is the number of endpoint maps (see EndpointsMap).
+	EndpointShards = 64
 	// SetHairpin holds (endpoint . endpoint) for every endpoint.
 	SetHairpin      = "services-hairpin"
 	MapNoEndpoints  = "services-no-endpoints"
@@ -213,6 +213,18 @@ func TargetChain(id uint32) string { return fmt.Sprintf("svc-%08x", id) }
 // externalTrafficPolicy Local target id.
 func ExtChain(id uint32) string { return fmt.Sprintf("svc-ext-%08x", id) }
 
+// EndpointsMap names the map that holds target id's endpoints: (target
+// id . bucket) to address . port. The endpoints are spread over
+// EndpointShards maps by id because the kernel checks every element added
+// to a map against every rule that looks the map up (and a rule that
+// starts looking it up walks every element): one map for all would cost
+// elements × targets per full sync (10k Services × 10 endpoints: 1e9
+// checks, 30 s); 64 maps divide that by 64 and still do not grow with
+// the Service count.
+func EndpointsMap(id uint32) string {
+	return fmt.Sprintf("services-endpoints-%02x", id%EndpointShards)
+}
+
 // AffinityMap names the dynamic map of clients pinned to endpoints for
 // Services whose affinity timeout is timeoutSeconds.
 func AffinityMap(timeoutSeconds int32) string {
@@ -283,16 +295,12 @@ func (r *renderer) dnat(key services.TargetKey) bool {
 
 func (r *renderer) table(m *services.Model) nft.Table {
 	mark := r.cfg.MasqueradeMark
-	nTargets, nEndpoints := 0, 0
-	for _, t := range r.targets {
-		nTargets++
-		nEndpoints += len(t.Endpoints)
-	}
+	nTargets := len(r.targets)
 	var (
 		chains              = make([]nft.Chain, 0, 8+nTargets)
 		frontends, noEps    []nft.Element
 		masqAlways, masqOff []nft.Element
-		endpoints           = make([]nft.Element, 0, nEndpoints)
+		endpoints           [EndpointShards][]nft.Element
 		hairpin             = map[netip.Addr]bool{}
 		affinity            = map[int32]bool{}
 	)
@@ -335,7 +343,7 @@ func (r *renderer) table(m *services.Model) nft.Table {
 				}
 				id := r.ids[t.Key]
 				for b, e := range t.Endpoints {
-					endpoints = append(endpoints, nft.Element{Key: fmt.Sprintf("%d . %d", id, b), Value: fmt.Sprintf("%s . %d", e.Addr, e.Port)})
+					endpoints[id%EndpointShards] = append(endpoints[id%EndpointShards], nft.Element{Key: fmt.Sprintf("%d . %d", id, b), Value: fmt.Sprintf("%s . %d", e.Addr, e.Port)})
 					if e.Addr.Is4() {
 						hairpin[e.Addr] = true
 					}
@@ -385,7 +393,9 @@ func (r *renderer) table(m *services.Model) nft.Table {
 	nftMaps := []nft.Map{
 		{Name: MapFrontends, KeyType: frontendKey, DataType: verdict, Elements: frontends},
 		{Name: MapNoEndpoints, KeyType: frontendKey, DataType: verdict, Elements: noEps},
-		{Name: MapEndpoints, KeyType: []nft.DataType{nft.TypeMark, nft.TypeMark}, DataType: endpointData, Elements: endpoints},
+	}
+	for i, els := range endpoints {
+		nftMaps = append(nftMaps, nft.Map{Name: EndpointsMap(uint32(i)), KeyType: []nft.DataType{nft.TypeMark, nft.TypeMark}, DataType: endpointData, Elements: els})
 	}
 	for _, secs := range slices.Sorted(maps.Keys(affinity)) {
 		// kube-proxy's timeout: an idle client forgets its endpoint after
@@ -405,7 +415,7 @@ var (
 // endpoint gets 1/N of new clients: numgen random mod N picks the bucket.
 func targetChain(id uint32, proto services.Protocol, t services.Target, affinity map[int32]bool) nft.Chain {
 	l4 := []nft.Match{{Keys: []nft.Field{nft.L4Proto}, Value: protoName(proto)}}
-	pick := nft.Action{Kind: nft.ActDNATMap, Keys: []nft.Field{nft.Const(id), nft.Numgen(uint32(len(t.Endpoints)))}, Map: MapEndpoints}
+	pick := nft.Action{Kind: nft.ActDNATMap, Keys: []nft.Field{nft.Const(id), nft.Numgen(uint32(len(t.Endpoints)))}, Map: EndpointsMap(id)}
 	c := nft.Chain{Name: TargetChain(id)}
 	if a := t.Affinity; a != nil {
 		affinity[a.TimeoutSeconds] = true

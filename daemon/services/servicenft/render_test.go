@@ -81,11 +81,11 @@ var renderCases = []renderCase{
 			wantElem(t, tbl, MapFrontends, "10.96.0.20 . tcp . 80", "goto "+svcChain)
 			// One rule, no goto: endpoints are elements of the shared map.
 			wantSlice(t, "target chain", chainRules(t, tbl, svcChain), []string{
-				fmt.Sprintf("meta l4proto tcp dnat ip to %d . numgen random mod 2 map @services-endpoints", id),
+				fmt.Sprintf("meta l4proto tcp dnat ip to %d . numgen random mod 2 map @%s", id, EndpointsMap(id)),
 			})
-			wantElem(t, tbl, MapEndpoints, fmt.Sprintf("%d . 0", id), "10.244.1.5 . 8080")
-			wantElem(t, tbl, MapEndpoints, fmt.Sprintf("%d . 1", id), "10.244.2.7 . 8080")
-			wantEq(t, "endpoint elements", len(findMap(t, tbl, MapEndpoints).Elements), 2)
+			wantElem(t, tbl, EndpointsMap(id), fmt.Sprintf("%d . 0", id), "10.244.1.5 . 8080")
+			wantElem(t, tbl, EndpointsMap(id), fmt.Sprintf("%d . 1", id), "10.244.2.7 . 8080")
+			wantEq(t, "endpoint elements", endpointElems(tbl), 2)
 			wantSlice(t, "hairpin", setKeys(t, tbl, SetHairpin), []string{"10.244.1.5 . 10.244.1.5", "10.244.2.7 . 10.244.2.7"})
 			wantSlice(t, "chains", chainsWithPrefix(tbl, "ep-"), nil)
 			// ClusterIPs masquerade sources outside the cluster only.
@@ -101,7 +101,7 @@ var renderCases = []renderCase{
 			})
 			// No affinity: no sets or maps beyond the fixed ones.
 			wantEq(t, "sets", len(tbl.Sets), 5)
-			wantEq(t, "maps", len(tbl.Maps), 3)
+			wantEq(t, "maps", len(tbl.Maps), 2+EndpointShards)
 		},
 	},
 	{
@@ -153,10 +153,10 @@ var renderCases = []renderCase{
 				"goto " + TargetChain(local),
 			})
 			wantSlice(t, "local target", chainRules(t, tbl, TargetChain(local)), []string{
-				fmt.Sprintf("meta l4proto tcp dnat ip to %d . numgen random mod 1 map @services-endpoints", local),
+				fmt.Sprintf("meta l4proto tcp dnat ip to %d . numgen random mod 1 map @%s", local, EndpointsMap(local)),
 			})
-			wantElem(t, tbl, MapEndpoints, fmt.Sprintf("%d . 0", local), "10.244.1.5 . 8080")
-			wantElem(t, tbl, MapEndpoints, fmt.Sprintf("%d . 1", cluster), "10.244.2.7 . 8080")
+			wantElem(t, tbl, EndpointsMap(local), fmt.Sprintf("%d . 0", local), "10.244.1.5 . 8080")
+			wantElem(t, tbl, EndpointsMap(cluster), fmt.Sprintf("%d . 1", cluster), "10.244.2.7 . 8080")
 			// The client address is kept: no masquerade for external frontends.
 			wantSlice(t, "masq always", setKeys(t, tbl, SetMasqAlways), []string{})
 		},
@@ -207,7 +207,7 @@ var renderCases = []renderCase{
 			client := fmt.Sprintf("%d . %d . ip saddr", id, affinityEpoch(ep))
 			wantSlice(t, "target chain", chainRules(t, tbl, TargetChain(id)), []string{
 				"meta l4proto tcp dnat ip to " + client + " map @services-affinity-600 record @services-affinity-600 { " + client + " }",
-				fmt.Sprintf("meta l4proto tcp dnat ip to %d . numgen random mod 2 map @services-endpoints record @services-affinity-600 { %s }", id, client),
+				fmt.Sprintf("meta l4proto tcp dnat ip to %d . numgen random mod 2 map @%s record @services-affinity-600 { %s }", id, EndpointsMap(id), client),
 			})
 			wantEq(t, "plain chain", len(chainRules(t, tbl, plain)), 1)
 			a := findMap(t, tbl, AffinityMap(600))
@@ -215,7 +215,7 @@ var renderCases = []renderCase{
 			wantEq(t, "timeout", a.Timeout.String(), "10m0s")
 			wantEq(t, "affinity key", fmt.Sprint(a.KeyType), "[mark mark ipv4_addr]")
 			// One affinity map per timeout, whatever the number of Services.
-			wantEq(t, "maps", len(tbl.Maps), 3+1)
+			wantEq(t, "maps", len(tbl.Maps), 2+EndpointShards+1)
 		},
 	},
 	{
@@ -230,9 +230,9 @@ var renderCases = []renderCase{
 			wantElem(t, tbl, MapFrontends, "10.96.0.10 . tcp . 53", "goto "+TargetChain(id(m, "kube-system/dns:dns-tcp/TCP/IPv4/cluster")))
 			wantElem(t, tbl, MapFrontends, "10.96.0.10 . sctp . 9", "goto "+TargetChain(id(m, "kube-system/dns:sctp/SCTP/IPv4/cluster")))
 			wantSlice(t, "udp target", chainRules(t, tbl, TargetChain(u)), []string{
-				fmt.Sprintf("meta l4proto udp dnat ip to %d . numgen random mod 1 map @services-endpoints", u),
+				fmt.Sprintf("meta l4proto udp dnat ip to %d . numgen random mod 1 map @%s", u, EndpointsMap(u)),
 			})
-			wantElem(t, tbl, MapEndpoints, fmt.Sprintf("%d . 0", u), "10.244.1.9 . 5353")
+			wantElem(t, tbl, EndpointsMap(u), fmt.Sprintf("%d . 0", u), "10.244.1.9 . 5353")
 			wantSlice(t, "hairpin (one per address)", setKeys(t, tbl, SetHairpin), []string{"10.244.1.9 . 10.244.1.9"})
 		},
 	},
@@ -245,7 +245,7 @@ var renderCases = []renderCase{
 		},
 		check: func(t *testing.T, m *services.Model, tbl nft.Table) {
 			wantEq(t, "frontends", len(findMap(t, tbl, MapFrontends).Elements), 1)
-			wantEq(t, "endpoint elements", len(findMap(t, tbl, MapEndpoints).Elements), 1)
+			wantEq(t, "endpoint elements", endpointElems(tbl), 1)
 			if strings.Contains(tbl.String(), "fd") {
 				t.Errorf("IPv6 in the table:\n%s", tbl)
 			}
@@ -279,10 +279,21 @@ var renderCases = []renderCase{
 			// The fixed layout is there without Services, so the first
 			// Service adds elements only.
 			wantEq(t, "chains", len(tbl.Chains), 7)
-			wantEq(t, "maps", len(tbl.Maps), 3)
+			wantEq(t, "maps", len(tbl.Maps), 2+EndpointShards)
 			wantEq(t, "sets", len(tbl.Sets), 5)
 		},
 	},
+}
+
+// endpointElems counts the elements of all endpoint maps.
+func endpointElems(tbl nft.Table) int {
+	n := 0
+	for _, m := range tbl.Maps {
+		if strings.HasPrefix(m.Name, "services-endpoints-") {
+			n += len(m.Elements)
+		}
+	}
+	return n
 }
 
 func checkGolden(t *testing.T, name, got string) {
@@ -441,19 +452,20 @@ func TestPickUniform(t *testing.T) {
 		if len(rules) != 1 {
 			t.Fatalf("n=%d: rules %q, want one", n, rules)
 		}
-		if _, err := fmt.Sscanf(rules[0], "meta l4proto tcp dnat ip to %d . numgen random mod %d map @services-endpoints", &gotID, &mod); err != nil || gotID != id || mod != uint32(n) {
+		var mapRef string
+		if _, err := fmt.Sscanf(rules[0], "meta l4proto tcp dnat ip to %d . numgen random mod %d map %s", &gotID, &mod, &mapRef); err != nil || gotID != id || mod != uint32(n) || mapRef != "@"+EndpointsMap(id) {
 			t.Fatalf("n=%d: rule %q", n, rules[0])
 		}
 		seen := map[string]bool{}
 		for b := range n {
-			v, ok := elem(t, tbl, MapEndpoints, fmt.Sprintf("%d . %d", id, b))
+			v, ok := elem(t, tbl, EndpointsMap(id), fmt.Sprintf("%d . %d", id, b))
 			if !ok {
 				t.Fatalf("n=%d: bucket %d missing", n, b)
 			}
 			seen[v] = true
 		}
-		if len(seen) != n || len(findMap(t, tbl, MapEndpoints).Elements) != n {
-			t.Errorf("n=%d: buckets reach %d distinct endpoints of %d elements", n, len(seen), len(findMap(t, tbl, MapEndpoints).Elements))
+		if len(seen) != n || endpointElems(tbl) != n {
+			t.Errorf("n=%d: buckets reach %d distinct endpoints of %d elements", n, len(seen), endpointElems(tbl))
 		}
 	}
 }

@@ -41,7 +41,7 @@ func TestScaleOneEndpointChange(t *testing.T) {
 	renderTime := time.Since(start)
 
 	wantEq(t, "sets", len(t1.Sets), 5)
-	wantEq(t, "maps", len(t1.Maps), 3)
+	wantEq(t, "maps", len(t1.Maps), 2+EndpointShards)
 	wantEq(t, "chains", len(t1.Chains), 7+n)
 	full := nft.Full(t1, false)
 
