@@ -232,7 +232,10 @@ func terminate(ctx context.Context, grace time.Duration, procs []procInfo) error
 			_ = unix.Kill(p.PID, unix.SIGKILL)
 		}
 	}
-	if waitGone(ctx, 10*time.Second, procs) {
+	// A killed process is gone only when the kernel has torn down its
+	// address space, which for a control-plane binary on a loaded 2-core
+	// machine has been seen to take more than 10 s.
+	if waitGone(ctx, 30*time.Second, procs) {
 		return nil
 	}
 	var left []string
