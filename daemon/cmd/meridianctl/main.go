@@ -17,7 +17,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	meridianv1 "github.com/meridian-net/meridian/api/meridian/v1"
 	"github.com/meridian-net/meridian/daemon/routes"
@@ -133,10 +135,20 @@ func run(ctx context.Context, argv []string, stdout, stderr io.Writer) int {
 		if errors.Is(err, context.Canceled) && opts.watch {
 			return 0
 		}
-		fmt.Fprintf(stderr, "meridianctl %s: %v\n", cmd, err)
+		fmt.Fprintf(stderr, "meridianctl %s: %s\n", cmd, errorText(err))
 		return 1
 	}
 	return 0
+}
+
+// errorText shortens gRPC's "rpc error: code = X desc = msg" to "X: msg",
+// keeping any context wrapped around it.
+func errorText(err error) string {
+	msg := err.Error()
+	if s, ok := status.FromError(err); ok && s.Code() != codes.Unknown {
+		msg = strings.Replace(msg, "rpc error: code = "+s.Code().String()+" desc = ", s.Code().String()+": ", 1)
+	}
+	return msg
 }
 
 // options are the flags and arguments of one command.

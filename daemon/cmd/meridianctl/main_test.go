@@ -342,7 +342,7 @@ func TestErrors(t *testing.T) {
 		code   int
 		want   string
 	}{
-		{socket, []string{"routes", "--prefix", "10.244.1.1/24"}, 1, "did you mean 10.244.1.0/24"},
+		{socket, []string{"routes", "--prefix", "10.244.1.1/24"}, 1, "meridianctl routes: InvalidArgument: prefix filter \"10.244.1.1/24\" has host bits set; did you mean 10.244.1.0/24?\n"},
 		{socket, []string{"routes", "--contains", "nope"}, 1, `contains "nope" is not an IP address`},
 		{socket, []string{"routes", "--source", "bogus"}, 2, "--source"},
 		{socket, []string{"routes", "-o", "xml"}, 2, "unknown output format"},
