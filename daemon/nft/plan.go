@@ -29,9 +29,11 @@ func (o ElementOp) IsMap() bool { return len(o.DataType) > 0 }
 //  3. DeleteElements;
 //  4. FlushChains (every chain whose rules change or that goes away);
 //  5. DeleteSets (sets and maps, including ones whose type changed);
-//  6. AddSets and AddMaps, with their elements;
-//  7. AddElements;
-//  8. FillChains (append the listed rules to flushed or new chains);
+//  6. AddSets with their elements, AddMaps (empty);
+//  7. FillChains (append the listed rules to flushed or new chains);
+//  8. AddElements and the elements of AddMaps (after the rules: the kernel
+//     checks each map element against every rule looking the map up, which
+//     is cheaper than each new lookup rule walking every element);
 //  9. DeleteChains.
 type Transaction struct {
 	DeleteTable    bool
