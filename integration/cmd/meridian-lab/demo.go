@@ -36,7 +36,11 @@ func benchCmd(ctx context.Context, g *globals, args []string) error {
 	var out string
 	var pods, rounds int
 	var iperf time.Duration
+	var services string
+	var servicesOnly bool
 	rest, err := subFlags("bench", g, args, func(fs *flag.FlagSet) {
+		fs.StringVar(&services, "services", "1000,5000", "Service counts for kube-proxy vs meridiand, comma-separated (e.g. 1000,5000,10000; 0: skip)")
+		fs.BoolVar(&servicesOnly, "services-only", false, "run only the Service benchmark")
 		fs.StringVar(&out, "out", "bench/results.json", "where to write the figures as JSON")
 		fs.IntVar(&pods, "pods", 50, "pods for the start-up and CNI figures")
 		fs.IntVar(&rounds, "rounds", 3, "iperf3 rounds of each kind")
@@ -52,9 +56,23 @@ func benchCmd(ctx context.Context, g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
-	res, err := bench.Run(ctx, l, bench.Options{BinDir: l.BinDir(), Pods: pods, Rounds: rounds, Iperf: iperf, Out: os.Stdout})
+	sizes, err := bench.ParseSizes(services)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: bench --services: %w", errUsage, err)
+	}
+	res := &bench.Results{When: time.Now().UTC(), Nodes: len(l.Nodes())}
+	if !servicesOnly {
+		if res, err = bench.Run(ctx, l, bench.Options{BinDir: l.BinDir(), Pods: pods, Rounds: rounds, Iperf: iperf, Out: os.Stdout}); err != nil {
+			return err
+		}
+	}
+	if len(sizes) > 0 {
+		figs, _, err := bench.RunServices(ctx, l, bench.ServicesOptions{BinDir: l.BinDir(), Sizes: sizes, Out: os.Stdout})
+		if err != nil {
+			return fmt.Errorf("Service benchmark: %w", err)
+		}
+		bench.PrintFigures(os.Stdout, figs)
+		res.Figures = append(res.Figures, figs...)
 	}
 	if err := res.Write(out); err != nil {
 		return fmt.Errorf("write %s: %w", out, err)

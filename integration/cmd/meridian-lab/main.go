@@ -64,8 +64,11 @@ commands:
   kubeconfig              print the path of the admin kubeconfig
   walkthrough             deploy the seed's web app, print routes and a
                           pod-to-pod reachability matrix
-  bench [--out FILE]      measure pod start-up, CNI ADD latency and
-                          throughput against their reference points
+  bench [--out FILE] [--services 1000,5000] [--services-only]
+                          measure pod start-up, CNI ADD latency and
+                          throughput against their reference points, and
+                          Service NAT (meridiand vs kube-proxy nftables)
+                          at each Service count (0: skip)
 `
 
 type globals struct {
