@@ -26,7 +26,10 @@ import (
 // 10.244.1.0/24 and node-b's 10.244.2.0/24.
 const Node = "node-a"
 
-// Cluster, on node-a:
+// SyncedAt is when the fixture's sync happened.
+var SyncedAt = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+
+// Status is the dataplane status node-a reaches with this cluster:
 //   - default/web (ClusterIP 10.96.0.20:80/TCP -> 8080) with endpoints
 //     10.244.1.5 (web-1, node-a) and 10.244.2.7 (web-2, node-b);
 //   - kube-system/kube-dns (10.96.0.10, 53/UDP and 53/TCP) with endpoint
@@ -36,9 +39,6 @@ const Node = "node-a"
 //     node-a; web-2 and coredns on node-b;
 //   - policy default/web-allow-client: web accepts TCP 8080 from client
 //     only; default/deny-egress: locked may send nothing (no DNS either).
-var SyncedAt = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
-
-// Status is the dataplane status node-a reaches with the fixture.
 func Status() dataplane.Status {
 	svcModel, svcProblems := services.Desired(services.Snapshot{
 		Services: []*corev1.Service{
