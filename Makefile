@@ -22,10 +22,15 @@ meridian:
 		./daemon/cmd/meridiand ./daemon/cmd/meridianctl \
 		./cni-plugin/cmd/meridian-cni ./integration/cmd/meridian-lab
 
-# kube-apiserver, kube-controller-manager, kube-scheduler and kubectl from the
-# lab's tools module; skipped when bin/ already matches integration/tools.
+# Third-party tools built from the Go module proxy (hack/build-tools.sh),
+# each skipped when bin/ already matches its module: the Kubernetes control
+# plane, kubectl and kube-proxy; CoreDNS (the lab's cluster DNS); helm (the
+# chart tests). kube-network-policies, only the benchmark's peer, is built
+# by `make bench`, which keeps a cold `make test` shorter.
+TOOLS ?= kubernetes coredns helm
+BENCH_TOOLS := kubernetes coredns helm kube-network-policies
 tools:
-	hack/build-tools.sh $(BIN)
+	TOOLS="$(TOOLS)" hack/build-tools.sh $(BIN)
 
 # Installs the Debian packages that are missing (needs root).
 deps:
@@ -85,12 +90,19 @@ image: meridian
 
 # Measures on a fresh lab and leaves it running.
 bench: deps build
+	TOOLS="$(BENCH_TOOLS)" hack/build-tools.sh $(BIN)
 	$(BIN)/meridian-lab up --nodes $(LAB_NODES)
 	$(BIN)/meridian-lab bench --out bench/results.json
 
+# Every parser and pure function that takes outside input, 30 s each.
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./cni-plugin/config
 	$(GO) test -run '^$$' -fuzz FuzzDesired -fuzztime 30s ./daemon/routes
+	$(GO) test -run '^$$' -fuzz FuzzDesired -fuzztime 30s ./daemon/services
+	$(GO) test -run '^$$' -fuzz FuzzCompile -fuzztime 30s ./policy
+	$(GO) test -run '^$$' -fuzz FuzzImportPolicy -fuzztime 30s ./bgp
+	$(GO) test -run '^$$' -fuzz FuzzParseEvaluate -fuzztime 30s ./daemon/apiserver
+	$(GO) test -run '^$$' -fuzz FuzzParseRouteFilter -fuzztime 30s ./daemon/apiserver
 
 # Regenerates the gRPC API's Go code from api/meridian/v1/meridian.proto.
 api:
