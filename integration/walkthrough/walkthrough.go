@@ -1,6 +1,7 @@
 // Package walkthrough runs the seed's first steps on a running lab the way a
-// user would type them, and shows what Meridian did: each node's routes and
-// which pods reach which.
+// user would type them, and shows what Meridian did: each node's routes,
+// which pods reach which, and the web Service reached by name through
+// CoreDNS and Meridian's Service NAT, with the replicas that answered.
 package walkthrough
 
 import (
@@ -92,10 +93,16 @@ func Run(ctx context.Context, l *lab.Lab, opts Options) error {
 	}
 	fmt.Fprintf(out, "\n# pod-to-pod reachability (HTTP GET from row to column's pod IP, port 80)\n")
 	m.Print(out)
+
+	answered, err := exposeAndFetch(ctx, l, kubectl, ready, out)
+	if err != nil {
+		return err
+	}
 	fmt.Fprintf(out, `
 The lab is running. Explore it:
   export KUBECONFIG=$(%[1]s/meridian-lab kubeconfig)
   %[1]s/kubectl get pods -o wide
+  %[1]s/meridian-lab exec default/client -- wget -qO- http://web
   %[1]s/meridian-lab exec default/%[2]s -- wget -qO- http://%[3]s/
   %[1]s/meridian-lab exec node-1 -- ip route show proto %[4]d
   %[1]s/meridianctl --socket %[5]s peers
@@ -105,7 +112,78 @@ The lab is running. Explore it:
 	if f := m.Failures(); f > 0 {
 		return fmt.Errorf("%d of %d pod pairs cannot reach each other", f, len(ready)*len(ready))
 	}
+	if len(answered) == 0 {
+		return fmt.Errorf("wget http://web from pod client: no replica answered")
+	}
 	return nil
+}
+
+// fetches is how many times the client fetches http://web: enough that
+// three replicas chosen at random all show up with high probability.
+const fetches = 12
+
+// exposeAndFetch is the seed's next step: `kubectl expose deployment web
+// --port=80`, then `wget -O- http://web` from another pod, by name through
+// the cluster's DNS (CoreDNS behind kube-dns, 10.96.0.10) and the ClusterIP
+// Meridian programs. It returns how often each replica answered.
+func exposeAndFetch(ctx context.Context, l *lab.Lab, kubectl func(...string) error, replicas []corev1.Pod, out io.Writer) (map[string]int, error) {
+	client, err := l.Client()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := client.CoreV1().Services("default").Get(ctx, "web", metav1.GetOptions{}); err != nil {
+		if err := kubectl("expose", "deployment", "web", "--port=80"); err != nil {
+			return nil, fmt.Errorf("expose deployment web: %w", err)
+		}
+	}
+	if _, err := client.CoreV1().Pods("default").Get(ctx, "client", metav1.GetOptions{}); err != nil {
+		if err := kubectl("run", "client", "--image=busybox", "--restart=Never", "--", "sleep", "86400"); err != nil {
+			return nil, fmt.Errorf("run pod client: %w", err)
+		}
+	}
+	if err := kubectl("wait", "--for=condition=Ready", "pod/client", "--timeout=180s"); err != nil {
+		return nil, fmt.Errorf("wait for pod client: %w", err)
+	}
+	dctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	err = l.WaitDNSReady(dctx)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("wait for CoreDNS: %w", err)
+	}
+	if err := kubectl("get", "service", "web", "-o", "wide"); err != nil {
+		return nil, err
+	}
+	names := map[string]bool{}
+	for _, p := range replicas {
+		names[p.Name] = true
+	}
+	fmt.Fprintf(out, "\n$ kubectl exec client -- wget -qO- http://web   (%d times)\n", fetches)
+	answered := map[string]int{}
+	var lastErr string
+	for range fetches {
+		cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		b, err := l.ExecPod(cctx, "default", "client", "wget", "-q", "-T", "5", "-O-", "http://web/")
+		cancel()
+		body := strings.TrimSpace(string(b))
+		if err != nil {
+			lastErr = strings.TrimSpace(err.Error() + " " + body)
+			continue
+		}
+		fmt.Fprintln(out, body)
+		for n := range names {
+			if strings.Contains(body, "Hello from "+n+" ") {
+				answered[n]++
+			}
+		}
+	}
+	fmt.Fprintf(out, "\n# replicas that answered http://web (resolved by CoreDNS to the ClusterIP, spread by Meridian's Service NAT)\n")
+	for _, p := range replicas {
+		fmt.Fprintf(out, "  %-28s on %-7s %d of %d\n", p.Name, p.Spec.NodeName, answered[p.Name], fetches)
+	}
+	if lastErr != "" {
+		fmt.Fprintf(out, "  some fetches failed, last: %s\n", lastErr)
+	}
+	return answered, nil
 }
 
 // Result is one cell of the matrix.
