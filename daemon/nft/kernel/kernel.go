@@ -426,9 +426,10 @@ func (c *Conn) dumpTable(conn *netlink.Conn) (nft.Table, error) {
 func (c *Conn) Counters() ([]nft.RuleCounter, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: c.netnsFd})
+	// Large datagrams: the kernel restarts its walk for every one.
+	conn, err := dialDump(c.netnsFd)
 	if err != nil {
-		return nil, fmt.Errorf("read nft counters: dial netlink: %w", err)
+		return nil, fmt.Errorf("read nft counters: %w", err)
 	}
 	defer conn.Close()
 	rules, err := listRules(conn)
