@@ -19,6 +19,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
 
 	"github.com/meridian-net/meridian/integration/lab"
 )
@@ -238,17 +239,21 @@ func ensureBenchNode(ctx context.Context, c kubernetes.Interface, name string, a
 		// No agent runs for it: the scheduler must not put pods there.
 		Spec: corev1.NodeSpec{Taints: []corev1.Taint{{Key: benchLabel, Value: "true", Effect: corev1.TaintEffectNoSchedule}}},
 	}
-	got, err := c.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
-	if apierrors.IsAlreadyExists(err) {
-		got, err = c.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
-	}
-	if err != nil {
+	if _, err := c.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("create bench node %s: %w", name, err)
 	}
 	// kube-proxy waits 30 s for its Node's addresses before it programs
-	// anything.
-	got.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: addr.String()}}
-	if _, err := c.CoreV1().Nodes().UpdateStatus(ctx, got, metav1.UpdateOptions{}); err != nil {
+	// anything. The controller manager writes the Node too (pod CIDR).
+	err := retry.RetryOnConflict(retry.DefaultBackoff, func() error {
+		got, err := c.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		got.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: addr.String()}}
+		_, err = c.CoreV1().Nodes().UpdateStatus(ctx, got, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("bench node %s address: %w", name, err)
 	}
 	return nil
@@ -465,6 +470,14 @@ func measure(ctx context.Context, k *proxyKind, objs *benchObjects, n int, chang
 	// Endpoint changes: one slice's last endpoint replaced by a fresh
 	// address, timed from the API call until its chain is committed.
 	for range opts.Changes {
+		// Idle first: kube-proxy holds syncs 1 s apart (--min-sync-period),
+		// meridiand 100 ms; a change right after a sync would time that
+		// hold-off, not the work.
+		select {
+		case <-ctx.Done():
+			return r, ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
 		*change++
 		svc := 1 + (*change*7919)%(n-1)
 		addrs := EndpointAddrs(svc)

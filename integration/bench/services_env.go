@@ -261,8 +261,9 @@ func startProc(name, netnsName string, argv []string, env []string, logPath stri
 	return p, nil
 }
 
-// sample follows the peak RSS of the process and of its children until it
-// exits. Children are short-lived (nft -f), so they are polled often.
+// sample follows the peak RSS of the process and of its nft children (as
+// kube-proxy runs them) until it exits. Children are short-lived (nft -f),
+// so they are polled often.
 func (p *proc) sample() {
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
@@ -274,6 +275,11 @@ func (p *proc) sample() {
 			p.mu.Unlock()
 		}
 		for _, c := range childPIDs(pid) {
+			// Only children that have exec'd: between fork and exec a
+			// child shares its parent's memory and reports its RSS.
+			if comm, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(c), "comm")); err != nil || strings.TrimSpace(string(comm)) != "nft" {
+				continue
+			}
 			if v, err := readVmHWM(c); err == nil {
 				p.mu.Lock()
 				p.childMax = max(p.childMax, v)

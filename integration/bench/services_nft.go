@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -94,9 +95,10 @@ func countFrontends(netnsName string, ref tableRef, want map[netip.Addr]bool) (i
 	return n, nil
 }
 
-// chainWatch reports chains as the kernel commits them, from nftables'
-// netlink multicast group: one endpoint change is timed by the moment its
-// new endpoint chain exists, without reading 100k chains per poll.
+// chainWatch reports what the kernel commits, from nftables' netlink
+// multicast group (events arrive once their transaction is committed): one
+// endpoint change is timed by the moment its new endpoint is in the table,
+// without reading 100k chains per poll.
 type chainWatch struct {
 	mon    *nftables.Monitor
 	events chan *nftables.MonitorEvent
@@ -133,7 +135,7 @@ func (w *chainWatch) waitEndpoint(ctx context.Context, addr netip.Addr, timeout 
 			if ev.Type == nftables.MonitorEventTypeOOB {
 				return time.Time{}, fmt.Errorf("nftables monitor: %w", ev.Error)
 			}
-			if ch, isChain := ev.Data.(*nftables.Chain); isChain && ev.Type == nftables.MonitorEventTypeNewChain && ChainNamesEndpoint(ch.Name, addr) {
+			if EventShowsEndpoint(ev, addr) {
 				return time.Now(), nil
 			}
 		case <-deadline:
@@ -152,4 +154,27 @@ func (w *chainWatch) close() {
 		}
 	}()
 	w.done()
+}
+
+// EventShowsEndpoint reports whether a committed object carries endpoint
+// addr: Meridian makes a chain per endpoint (ep-<id>-10-244-248-1-8080);
+// kube-proxy v1.37 (without session affinity) DNATs with
+// `numgen random mod N map { 0 : 10.244.248.1 . 8080, ... }`, whose
+// anonymous map elements have the address . port as data.
+func EventShowsEndpoint(ev *nftables.MonitorEvent, addr netip.Addr) bool {
+	switch d := ev.Data.(type) {
+	case *nftables.Chain:
+		return ev.Type == nftables.MonitorEventTypeNewChain && ChainNamesEndpoint(d.Name, addr)
+	case []nftables.SetElement:
+		if ev.Type != nftables.MonitorEventTypeNewSetElem {
+			return false
+		}
+		a := addr.AsSlice()
+		for _, e := range d {
+			if bytes.HasPrefix(e.Val, a) || bytes.HasPrefix(e.Key, a) {
+				return true
+			}
+		}
+	}
+	return false
 }
