@@ -368,6 +368,13 @@ func deleteServices(ctx context.Context, c kubernetes.Interface, from int) error
 	if err != nil {
 		return err
 	}
+	if from == 0 {
+		// One call for every slice; Services go one by one.
+		err := c.DiscoveryV1().EndpointSlices(ServicesNamespace).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{LabelSelector: benchLabel})
+		if err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("delete bench EndpointSlices: %w", err)
+		}
+	}
 	var names []string
 	for _, s := range svcs.Items {
 		if i, ok := ServiceIndex(s.Name); ok && i >= from {
