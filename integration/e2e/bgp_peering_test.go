@@ -103,10 +103,14 @@ func bgpAPI(t *testing.T, l *lab.Lab) dynamic.Interface {
 	}
 	for _, crd := range crds {
 		name := crd.Name
-		t.Cleanup(func() {
-			_ = ext.ApiextensionsV1().CustomResourceDefinitions().Delete(ctx, name, metav1.DeleteOptions{})
-		})
-		if _, err := ext.ApiextensionsV1().CustomResourceDefinitions().Create(ctx, crd, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		// The lab installs the CRDs at up; remove only what this test added.
+		_, err := ext.ApiextensionsV1().CustomResourceDefinitions().Create(ctx, crd, metav1.CreateOptions{})
+		switch {
+		case err == nil:
+			t.Cleanup(func() {
+				_ = ext.ApiextensionsV1().CustomResourceDefinitions().Delete(ctx, name, metav1.DeleteOptions{})
+			})
+		case !apierrors.IsAlreadyExists(err):
 			t.Fatalf("create CRD %s: %v", name, err)
 		}
 	}

@@ -371,3 +371,128 @@ func readyz(node lab.Node) error {
 	}
 	return nil
 }
+
+// hostGet sends one HTTP GET from the host's namespace (over mlab0) and
+// returns the status, the X-Client-Address the pod saw and the body.
+func hostGet(addr, path string) (int, string, string, error) {
+	hc := &http.Client{Timeout: 3 * time.Second}
+	resp, err := hc.Get("http://" + addr + path)
+	if err != nil {
+		return 0, "", "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header.Get("X-Client-Address"), string(b), err
+}
+
+// TestExternalTrafficPolicyLocal: a LoadBalancer Service with
+// externalTrafficPolicy Local answers on its NodePort only on the node that
+// runs its endpoint, with the client's own address (no masquerade), and its
+// health-check node port tells a load balancer which node that is; with
+// policy Cluster every node answers and the client is masqueraded.
+func TestExternalTrafficPolicyLocal(t *testing.T) {
+	l := needLab(t)
+	c := client(t, l)
+	ctx := context.Background()
+	ns := svcNS + "-etp"
+	createNamespace(t, c, ns)
+	createDeployment(t, c, ns, "local", 1)
+	pod := readyPods(t, c, ns, "local", 1)[0]
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "local"},
+		Spec: corev1.ServiceSpec{
+			Type:                  corev1.ServiceTypeLoadBalancer,
+			ExternalTrafficPolicy: corev1.ServiceExternalTrafficPolicyLocal,
+			Selector:              map[string]string{"app": "local"},
+			Ports:                 []corev1.ServicePort{{Protocol: corev1.ProtocolTCP, Port: 80, TargetPort: intstr.FromInt(80)}},
+		},
+	}
+	svc, err := c.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create service: %v", err)
+	}
+	nodePort, hcPort := svc.Spec.Ports[0].NodePort, svc.Spec.HealthCheckNodePort
+	if hcPort == 0 {
+		t.Fatal("the API server allocated no healthCheckNodePort")
+	}
+	host := lab.HostIP.String()
+	for _, n := range l.Nodes() {
+		addr := net.JoinHostPort(n.IP.String(), fmt.Sprint(nodePort))
+		hc := net.JoinHostPort(n.IP.String(), fmt.Sprint(hcPort))
+		if n.Name == pod.Spec.NodeName {
+			eventually(t, 30*time.Second, "Local NodePort on the endpoint's node "+n.Name, func() error {
+				code, client, body, err := hostGet(addr, "/")
+				if err != nil {
+					return err
+				}
+				if code != http.StatusOK || replicaOf(body) != pod.Name {
+					return fmt.Errorf("%d %q", code, body)
+				}
+				if ip, _, _ := net.SplitHostPort(client); ip != host {
+					return fmt.Errorf("pod saw client %s, want the host's own %s (not masqueraded)", client, host)
+				}
+				return nil
+			})
+			eventually(t, 30*time.Second, "health check 200 on "+n.Name, func() error {
+				code, _, body, err := hostGet(hc, "/healthz")
+				if err != nil {
+					return err
+				}
+				if code != http.StatusOK || !strings.Contains(body, `"localEndpoints":1`) {
+					return fmt.Errorf("%d %s", code, body)
+				}
+				return nil
+			})
+			continue
+		}
+		// No local endpoint: the node drops (a load balancer would not
+		// send here, its health check says so).
+		eventually(t, 30*time.Second, "health check 503 on "+n.Name, func() error {
+			code, _, body, err := hostGet(hc, "/healthz")
+			if err != nil {
+				return err
+			}
+			if code != http.StatusServiceUnavailable || !strings.Contains(body, `"localEndpoints":0`) {
+				return fmt.Errorf("%d %s", code, body)
+			}
+			return nil
+		})
+		if code, _, body, err := hostGet(addr, "/"); err == nil {
+			t.Errorf("Local NodePort on %s (no local endpoint) answered %d %q", n.Name, code, body)
+		}
+	}
+
+	// Policy Cluster: every node answers, and a node other than the
+	// endpoint's masquerades the client to reach it.
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cur, err := c.CoreV1().Services(ns).Get(ctx, "local", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		cur.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyCluster
+		_, err = c.CoreV1().Services(ns).Update(ctx, cur, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("switch to policy Cluster: %v", err)
+	}
+	for _, n := range l.Nodes() {
+		if n.Name == pod.Spec.NodeName {
+			continue
+		}
+		addr := net.JoinHostPort(n.IP.String(), fmt.Sprint(nodePort))
+		eventually(t, 30*time.Second, "Cluster NodePort via "+n.Name, func() error {
+			code, client, body, err := hostGet(addr, "/")
+			if err != nil {
+				return err
+			}
+			if code != http.StatusOK || replicaOf(body) != pod.Name {
+				return fmt.Errorf("%d %q", code, body)
+			}
+			if ip, _, _ := net.SplitHostPort(client); ip != n.IP.String() {
+				return fmt.Errorf("pod saw client %s, want %s's address (masqueraded)", client, n.Name)
+			}
+			return nil
+		})
+	}
+}

@@ -144,6 +144,9 @@ func (l *Lab) startControlPlane(ctx context.Context) error {
 	if err := l.applyMeridiandRBAC(ctx); err != nil {
 		return err
 	}
+	if err := l.applyCRDs(ctx); err != nil {
+		return err
+	}
 	for _, p := range []procSpec{
 		{Name: procControllerManager, Netns: CPNetns, Argv: controllerManagerArgv(l.st.BinDir, l.layout)},
 		{Name: procScheduler, Netns: CPNetns, Argv: schedulerArgv(l.st.BinDir, l.layout)},

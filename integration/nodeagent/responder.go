@@ -125,7 +125,11 @@ func serveHTTP(conn net.Conn, br *bufio.Reader, id podIdentity) error {
 		}
 		switch req.Method {
 		case http.MethodGet, http.MethodHead:
-			writeResponse(bw, http.StatusOK, connHdr, req.Method == http.MethodHead, id.page(), nil)
+			// The client's address as this pod sees it, for tests of
+			// source NAT (externalTrafficPolicy Local keeps it, Cluster
+			// masquerades); the body stays what nginx-like pages show.
+			writeResponse(bw, http.StatusOK, connHdr, req.Method == http.MethodHead, id.page(),
+				[][2]string{{"X-Client-Address", conn.RemoteAddr().String()}})
 		default:
 			writeResponse(bw, http.StatusMethodNotAllowed, connHdr, false, "method not allowed\n",
 				[][2]string{{"Allow", "GET, HEAD"}})
