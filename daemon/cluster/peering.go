@@ -51,6 +51,8 @@ type Settings struct {
 	ClusterID netip.Addr
 	// AcceptedPrefixes overrides the allowed set when not empty.
 	AcceptedPrefixes []netip.Prefix
+	// Services are the Service ranges this node advertises.
+	Services ServiceBlocks
 }
 
 // DefaultSettings is what applies without a BGPConfiguration.
@@ -106,10 +108,27 @@ func SettingsFrom(c *v1alpha1.BGPConfiguration, nodes []NodeInfo, defaultASN uin
 		}
 		s.AcceptedPrefixes = append(s.AcceptedPrefixes, p.Masked())
 	}
+	var blockErrs []string
+	// A /0 of ClusterIPs would be a default route; a /0 of external or
+	// LoadBalancer IPs only means "any of them", each still a /32.
+	s.Services.ClusterIPs, blockErrs = serviceBlocksFrom("serviceClusterIPs", cidrsOf(c.Spec.ServiceClusterIPs), false)
+	errs = append(errs, blockErrs...)
+	s.Services.ExternalIPs, blockErrs = serviceBlocksFrom("serviceExternalIPs", cidrsOf(c.Spec.ServiceExternalIPs), true)
+	errs = append(errs, blockErrs...)
+	s.Services.LoadBalancerIPs, blockErrs = serviceBlocksFrom("serviceLoadBalancerIPs", cidrsOf(c.Spec.ServiceLoadBalancerIPs), true)
+	errs = append(errs, blockErrs...)
 	if len(errs) > 0 {
 		return DefaultSettings(defaultASN), invalid("%s", joinMessages(errs))
 	}
 	return s, nil
+}
+
+func cidrsOf(blocks []v1alpha1.ServiceCIDRBlock) []string {
+	out := make([]string, 0, len(blocks))
+	for _, b := range blocks {
+		out = append(out, string(b.CIDR))
+	}
+	return out
 }
 
 // Secrets holds the data of the Secrets BGPPeers refer to; a missing entry
