@@ -1,7 +1,7 @@
 // Package routing keeps a node's BGP speaker and kernel routes in step with
 // the cluster: it peers with the other Nodes (full mesh or through route
 // reflectors) and the BGPPeers that select this node, advertises this
-// node's pod CIDR and installs the accepted best paths it learns. One goroutine owns all of it;
+// node's pod CIDR and the configured Service addresses, and installs the accepted best paths it learns. One goroutine owns all of it;
 // informer callbacks and speaker events only wake it up.
 package routing
 
@@ -89,6 +89,15 @@ type Controller struct {
 	skipped map[cluster.PeerSkip]bool
 	crds    *crdSource
 	record  func(obj runtime.Object, eventType, reason, msg string)
+	// factory holds the core informers; Services and EndpointSlices join
+	// it when first needed (svc).
+	factory informers.SharedInformerFactory
+	svc     *serviceSource
+	// serviceAds is the last Service advertisement set, and serviceBlocks
+	// the blocks in effect (paths from peers inside them are the other
+	// nodes' Service advertisements, refused quietly).
+	serviceAds    []bgp.Advertisement
+	serviceBlocks []netip.Prefix
 	// ready is closed after the first sync that installed every route with
 	// BGP converged; the health endpoint and the Node condition use it.
 	ready chan struct{}
@@ -146,6 +155,7 @@ type running struct {
 // through graceful restart, so a restart does not drop traffic.
 func (c *Controller) Run(ctx context.Context) error {
 	factory := informers.NewSharedInformerFactory(c.client, 0)
+	c.factory = factory
 	nodeInformer := factory.Core().V1().Nodes()
 	lister := nodeInformer.Lister()
 	if _, err := nodeInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -368,7 +378,16 @@ func (c *Controller) sync(ctx context.Context, lister corelisters.NodeLister, sp
 	if err := speaker.SetPeers(ctx, plan.Peers); err != nil {
 		errs = append(errs, fmt.Errorf("set BGP peers: %w", err))
 	}
-	if err := speaker.SetAdvertisements(ctx, cluster.Advertisements(self)); err != nil {
+	c.serviceBlocks = settings.Services.All()
+	ads := cluster.Advertisements(self)
+	if svcAds, err := c.serviceAdvertisements(ctx, settings.Services, self); err != nil {
+		// Keep advertising the pod CIDRs and the last Service set.
+		errs = append(errs, fmt.Errorf("service advertisements: %w", err))
+		ads = mergeAdvertisements(ads, c.serviceAds)
+	} else {
+		ads = mergeAdvertisements(ads, svcAds)
+	}
+	if err := speaker.SetAdvertisements(ctx, ads); err != nil {
 		errs = append(errs, fmt.Errorf("set advertisements: %w", err))
 	}
 	paths, err := speaker.Paths(ctx)
@@ -427,7 +446,11 @@ func (c *Controller) logRejections(paths []bgp.Path) {
 		}
 		r := rejection{prefix: p.Prefix.Masked(), peer: p.PeerAddress, reason: p.Rejected}
 		now[r] = true
-		if !c.rejected[r] {
+		if !c.rejected[r] && r.reason == bgp.ReasonOutsideAllowed && slices.ContainsFunc(c.serviceBlocks, func(b netip.Prefix) bool { return b.Overlaps(r.prefix) }) {
+			// Nodes advertise Service addresses to each other too; they
+			// are for the fabric, not for this node to route.
+			c.log.Debug("service path from a peer not installed", "prefix", r.prefix, "peer", r.peer)
+		} else if !c.rejected[r] {
 			c.log.Warn("path rejected by import policy", "prefix", r.prefix, "peer", r.peer, "next_hop", p.NextHop, "reason", r.reason)
 		}
 	}
