@@ -51,7 +51,8 @@ type Renderers struct {
 	// kernel refused a sync, with the pods whose enforcement changed since
 	// applied (the suspects) reduced to a counted drop: they fail closed,
 	// every other pod keeps its enforcement, and Services still sync.
-	PolicyFailClosed func(m *policy.Model, applied nft.Table) nft.Table
+	// It returns the table and the pods ("namespace/name") failed closed.
+	PolicyFailClosed func(m *policy.Model, applied nft.Table) (nft.Table, []string)
 }
 
 // HealthChecks answers load balancers' health checks for Services with
@@ -78,6 +79,9 @@ type SyncReport struct {
 	StaleFlows uint
 	Services   int
 	Pods       int // local pods under policy
+	// FailedClosed counts the pods whose policy the kernel refused and
+	// that drop new traffic until it accepts the full table.
+	FailedClosed int
 }
 
 // Status is the state of the last successful sync, for the API.
@@ -336,16 +340,17 @@ func (c *Controller) sync(snap snapshot, st *syncState) error {
 		c.mu.Lock()
 		applied := c.status.Table
 		c.mu.Unlock()
-		fallback, merr := nft.Merge(c.render.Services(svcModel), c.render.PolicyFailClosed(polModel, applied))
+		polTable, closed := c.render.PolicyFailClosed(polModel, applied)
+		fallback, merr := nft.Merge(c.render.Services(svcModel), polTable)
 		if merr == nil {
 			if fres, ferr := st.syncer.Sync(fallback); ferr == nil {
-				c.log.Error("kernel refused the table; pods whose policy changed fail closed until it accepts it", "err", err)
+				c.log.Error("kernel refused the table; pods whose policy changed fail closed until it accepts it", "err", err, "pods", closed)
 				if c.events != nil {
 					c.events.Warning("PolicyFailedClosed", fmt.Sprintf("nftables refused the policy update (%v); affected pods drop new traffic until it applies", err))
 				}
 				// The real table is retried with backoff; the fallback
 				// holds meanwhile.
-				rep := SyncReport{Duration: time.Since(start), Ops: res.Ops + fres.Ops, Err: err, Services: len(svcModel.Services), Pods: len(polModel.Pods)}
+				rep := SyncReport{Duration: time.Since(start), Ops: res.Ops + fres.Ops, Err: err, Services: len(svcModel.Services), Pods: len(polModel.Pods), FailedClosed: len(closed)}
 				c.emit(rep)
 				c.mu.Lock()
 				c.status.LastError = err

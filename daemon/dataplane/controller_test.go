@@ -380,14 +380,16 @@ func TestRefusedPolicyFailsClosedAndServicesStillSync(t *testing.T) {
 	c := New(Config{NodeName: node, Services: services.DefaultConfig(), MinSyncInterval: time.Millisecond},
 		client, conn, Renderers{
 			Services: frontendsSet, Policy: isolatedSet,
-			PolicyFailClosed: func(m *policy.Model, _ nft.Table) nft.Table {
+			PolicyFailClosed: func(m *policy.Model, _ nft.Table) (nft.Table, []string) {
 				s := nft.Set{Name: "pol-failed-closed", KeyType: []nft.DataType{nft.TypeIPv4Addr}}
+				var pods []string
 				for _, p := range m.Pods {
+					pods = append(pods, p.Key())
 					for _, a := range p.IPs {
 						s.Elements = append(s.Elements, nft.Element{Key: a.String()})
 					}
 				}
-				return nft.Table{Sets: []nft.Set{s}}
+				return nft.Table{Sets: []nft.Set{s}}, pods
 			},
 		},
 		Options{OnSync: rec.onSync, Events: rec}, slog.New(slog.NewTextHandler(t.Output(), nil)))
@@ -400,6 +402,9 @@ func TestRefusedPolicyFailsClosedAndServicesStillSync(t *testing.T) {
 	})
 	if !hasElement(t, conn.Fake, "pol-failed-closed", "10.244.1.7") {
 		t.Fatal("the pod whose policy was refused does not fail closed")
+	}
+	if !slices.ContainsFunc(rec.snapshot().reports, func(r SyncReport) bool { return r.Err != nil && r.FailedClosed == 1 }) {
+		t.Fatalf("no sync report counts the failed-closed pod: %+v", rec.snapshot().reports)
 	}
 	if !hasElement(t, conn.Fake, "svc-frontends", "10.96.0.10 . udp . 53") {
 		t.Fatal("Services were not programmed while policy was refused")

@@ -28,6 +28,7 @@ type Metrics struct {
 	staleFlows      prometheus.Counter
 	services        prometheus.Gauge
 	policyPods      prometheus.Gauge
+	failedClosed    prometheus.Gauge
 }
 
 // New registers every metric in a fresh registry, with the Go runtime and
@@ -62,8 +63,12 @@ func New() *Metrics {
 			Name: "meridian_policy_local_pods",
 			Help: "Local pods whose NetworkPolicy enforcement was programmed at the last sync.",
 		}),
+		failedClosed: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "meridian_policy_failed_closed_pods",
+			Help: "Local pods dropping new traffic because the kernel refused their NetworkPolicy rules (0 once the full table applies).",
+		}),
 	}
-	m.Registry.MustRegister(m.nftSyncSeconds, m.nftSyncFailures, m.nftOps, m.staleFlows, m.services, m.policyPods,
+	m.Registry.MustRegister(m.nftSyncSeconds, m.nftSyncFailures, m.nftOps, m.staleFlows, m.services, m.policyPods, m.failedClosed,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -73,6 +78,7 @@ func New() *Metrics {
 func (m *Metrics) ObserveSync(r dataplane.SyncReport) {
 	m.nftSyncSeconds.Observe(r.Duration.Seconds())
 	m.nftOps.Add(float64(r.Ops))
+	m.failedClosed.Set(float64(r.FailedClosed))
 	if r.Err != nil {
 		m.nftSyncFailures.Inc()
 		return

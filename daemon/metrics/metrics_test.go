@@ -34,7 +34,7 @@ func TestMetricsExposeSyncsSessionsAndIPAM(t *testing.T) {
 	}, log)
 	m.WatchIPAM(func() (int, int, error) { return 5, 254, nil }, log)
 	m.ObserveSync(dataplane.SyncReport{Duration: 3 * time.Millisecond, Ops: 12, Services: 4, Pods: 2, StaleFlows: 1})
-	m.ObserveSync(dataplane.SyncReport{Duration: time.Millisecond, Err: errors.New("refused")})
+	m.ObserveSync(dataplane.SyncReport{Duration: time.Millisecond, Err: errors.New("refused"), FailedClosed: 2})
 
 	code, body := scrape(t, m.Handler(nil), "/metrics")
 	if code != http.StatusOK {
@@ -52,6 +52,7 @@ func TestMetricsExposeSyncsSessionsAndIPAM(t *testing.T) {
 		`meridian_services_programmed 4`,
 		`meridian_policy_local_pods 2`,
 		`meridian_conntrack_stale_entries_deleted_total 1`,
+		`meridian_policy_failed_closed_pods 2`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("missing %q", want)

@@ -83,8 +83,9 @@ func newDataplane(ctx context.Context, f dataplaneFlags, nodeName string, client
 	}, client, nftkernel.New(0, log), dataplane.Renderers{
 		Services: func(m *services.Model) nft.Table { return servicenft.Render(m, renderCfg) },
 		Policy:   policynft.Render,
-		PolicyFailClosed: func(m *policy.Model, applied nft.Table) nft.Table {
-			return policynft.RenderWith(m, policynft.RenderOptions{FailClosed: policynft.Suspects(m, applied)})
+		PolicyFailClosed: func(m *policy.Model, applied nft.Table) (nft.Table, []string) {
+			suspects := policynft.Suspects(m, applied)
+			return policynft.RenderWith(m, policynft.RenderOptions{FailClosed: suspects}), suspects
 		},
 	}, dataplane.Options{
 		Conntrack:    dataplane.NetlinkConntrack{Handle: h},
