@@ -3,6 +3,7 @@ package routing
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	dynamicfake "k8s.io/client-go/dynamic/fake"
 
 	"github.com/meridian-net/meridian/api/crd/v1alpha1"
+	"github.com/meridian-net/meridian/bgp"
 )
 
 func (h *harness) advertised() string {
@@ -136,3 +138,47 @@ func TestControllerAdvertisesServices(t *testing.T) {
 }
 
 func ptrTo[T any](v T) *T { return &v }
+
+// The other nodes' Service advertisements reach this node over the mesh:
+// refused by the import policy like anything outside the allowed set, but
+// not worth a warning each.
+func TestControllerQuietAboutPeersServicePaths(t *testing.T) {
+	cfg := &v1alpha1.BGPConfiguration{
+		TypeMeta:   metav1.TypeMeta{APIVersion: v1alpha1.SchemeGroupVersion.String(), Kind: "BGPConfiguration"},
+		ObjectMeta: metav1.ObjectMeta{Name: "default", Generation: 1},
+		Spec:       v1alpha1.BGPConfigurationSpec{ServiceClusterIPs: []v1alpha1.ServiceCIDRBlock{{CIDR: "10.96.0.0/12"}}},
+	}
+	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{
+		bgpPeersGVR:          "BGPPeerList",
+		bgpConfigurationsGVR: "BGPConfigurationList",
+	}, unstructuredOf(t, cfg))
+	app := &fakeApplier{}
+	h := startWith(t, app, dyn,
+		mkNode("n1", "198.18.0.11", "10.244.1.0/24", nil),
+		mkNode("n2", "198.18.0.12", "10.244.2.0/24", nil))
+	h.waitAdvertised(t, "ClusterIP range", "10.244.1.0/24@198.18.0.11,10.96.0.0/12@198.18.0.11")
+	n2 := netip.MustParseAddr("198.18.0.12")
+	h.speaker().set(func(s *fakeSpeaker) {
+		s.converged = true
+		s.paths = []bgp.Path{
+			{Prefix: netip.MustParsePrefix("10.244.2.0/24"), NextHop: n2, PeerAddress: n2, Best: true},
+			{Prefix: netip.MustParsePrefix("10.96.0.0/12"), NextHop: n2, PeerAddress: n2, Best: true},
+			{Prefix: netip.MustParsePrefix("192.0.2.0/24"), NextHop: n2, PeerAddress: n2, Best: true},
+		}
+	})
+	waitFor(t, "the unrelated path's rejection logged", func() error {
+		if !strings.Contains(h.logs.String(), "prefix=192.0.2.0/24") {
+			return fmt.Errorf("no rejection logged yet")
+		}
+		return nil
+	})
+	if strings.Contains(h.logs.String(), "prefix=10.96.0.0/12") {
+		t.Errorf("a peer's ClusterIP range was logged as a rejection:\n%s", h.logs.String())
+	}
+	a, _ := app.last()
+	for _, r := range a.routes {
+		if r.Dst == netip.MustParsePrefix("10.96.0.0/12") {
+			t.Errorf("peer's Service range installed: %s", r)
+		}
+	}
+}
