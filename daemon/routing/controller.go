@@ -1,8 +1,9 @@
 // Package routing keeps a node's BGP speaker and kernel routes in step with
 // the cluster: it peers with the other Nodes (full mesh or through route
 // reflectors) and the BGPPeers that select this node, advertises this
-// node's pod CIDR and the configured Service addresses, and installs the accepted best paths it learns. One goroutine owns all of it;
-// informer callbacks and speaker events only wake it up.
+// node's pod CIDR and the configured Service addresses, and installs the
+// accepted best paths it learns. One goroutine owns all of it; informer
+// callbacks and speaker events only wake it up.
 package routing
 
 import (
@@ -446,7 +447,7 @@ func (c *Controller) logRejections(paths []bgp.Path) {
 		}
 		r := rejection{prefix: p.Prefix.Masked(), peer: p.PeerAddress, reason: p.Rejected}
 		now[r] = true
-		if !c.rejected[r] && r.reason == bgp.ReasonOutsideAllowed && slices.ContainsFunc(c.serviceBlocks, func(b netip.Prefix) bool { return b.Overlaps(r.prefix) }) {
+		if !c.rejected[r] && r.reason == bgp.ReasonOutsideAllowed && slices.ContainsFunc(c.serviceBlocks, func(b netip.Prefix) bool { return b.Bits() <= r.prefix.Bits() && b.Contains(r.prefix.Addr()) }) {
 			// Nodes advertise Service addresses to each other too; they
 			// are for the fabric, not for this node to route.
 			c.log.Debug("service path from a peer not installed", "prefix", r.prefix, "peer", r.peer)
