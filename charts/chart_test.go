@@ -47,10 +47,10 @@ const (
 	kubeVersion = "1.34.0"
 )
 
-// pendingFlags are meridiand flags the chart passes that the Service,
-// policy, metrics and API work is adding; TestArgsAreMeridiandFlags accepts
-// them without meridiand defining them yet.
-var pendingFlags = []string{"metrics-addr", "cluster-cidr", "nat-outgoing", "nodeport-addresses", "api-listen", "api-tls-secret"}
+// pendingFlags are meridiand flags the chart passes that the API work is
+// adding (the gRPC TCP listener); TestArgsAreMeridiandFlags accepts them
+// without meridiand defining them yet.
+var pendingFlags = []string{"api-listen", "api-tls-secret"}
 
 // binDir is where `make` puts helm and meridiand.
 func binDir() string {
