@@ -86,6 +86,14 @@ type Peer struct {
 	// used, invalid meaning the router ID.
 	RouteReflectorClient    bool
 	RouteReflectorClusterID netip.Addr
+	// External marks a neighbour outside the node mesh (a BGPPeer such as
+	// a top-of-rack router) rather than another node: it is sent only the
+	// paths this node originates, never what it learned from other nodes
+	// or other external peers. A node is no transit: re-exporting another
+	// node's pod CIDR or Service address would make the neighbour spread
+	// that traffic over nodes that only forward it again or, for a Service
+	// with externalTrafficPolicy Local, drop it.
+	External bool
 }
 
 // GracefulRestart is a per-session graceful restart setting.

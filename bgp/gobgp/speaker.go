@@ -25,6 +25,11 @@
 // A clean stop (Run's context done) deconfigures the neighbours, which
 // sends Cease/Peer De-configured, mapped to Hard Reset under RFC 8538:
 // peers flush our routes at once. Only a crash leaves them stale.
+//
+// Neighbours marked bgp.Peer.External get only the paths this node
+// originates: a global export policy rejects iBGP- and eBGP-learned paths
+// towards the addresses in a neighbor set that SetPeers keeps equal to the
+// external neighbours (see export.go).
 package gobgp
 
 import (
@@ -71,6 +76,9 @@ type Speaker struct {
 	peers    map[netip.Addr]bgp.Peer
 	peersSet bool
 	ads      map[netip.Prefix]bgp.Advertisement
+	// external is the content of the export policy's neighbor set: the
+	// addresses of the External peers.
+	external map[netip.Addr]bool
 
 	// policyMu guards policy, which Paths and Peers read; it is separate
 	// from mu so a slow SetPeers does not hold up the API.
@@ -91,15 +99,16 @@ func New(cfg bgp.Config, log *slog.Logger) (*Speaker, error) {
 	log = log.With("subsys", "bgp")
 	cfg.ListenAddresses = slices.Clone(cfg.ListenAddresses)
 	return &Speaker{
-		cfg:     cfg,
-		log:     log,
-		srv:     server.NewBgpServer(server.LoggerOption(slogLogger{log: log.With("component", "gobgp")})),
-		changes: make(chan struct{}, 1),
-		recheck: make(chan struct{}, 1),
-		started: make(chan struct{}),
-		stopped: make(chan struct{}),
-		peers:   make(map[netip.Addr]bgp.Peer),
-		ads:     make(map[netip.Prefix]bgp.Advertisement),
+		cfg:      cfg,
+		log:      log,
+		srv:      server.NewBgpServer(server.LoggerOption(slogLogger{log: log.With("component", "gobgp")})),
+		changes:  make(chan struct{}, 1),
+		recheck:  make(chan struct{}, 1),
+		started:  make(chan struct{}),
+		stopped:  make(chan struct{}),
+		peers:    make(map[netip.Addr]bgp.Peer),
+		ads:      make(map[netip.Prefix]bgp.Advertisement),
+		external: make(map[netip.Addr]bool),
 	}, nil
 }
 
@@ -138,6 +147,10 @@ func (s *Speaker) Run(ctx context.Context) error {
 		ListenAddresses: listen,
 	}}); err != nil {
 		return fmt.Errorf("start bgp: %w", err)
+	}
+	if err := s.installExportPolicy(ctx); err != nil {
+		s.shutdown()
+		return err
 	}
 
 	watchCtx, stopWatch := context.WithCancel(context.Background())
@@ -313,6 +326,10 @@ func (s *Speaker) SetPeers(ctx context.Context, peers []bgp.Peer) error {
 		cur, ok := s.peers[a]
 		switch {
 		case !ok:
+			if err := s.markExternal(ctx, a, p.External); err != nil {
+				errs = append(errs, err)
+				continue
+			}
 			if err := s.addPeer(ctx, p); err != nil {
 				errs = append(errs, err)
 				continue
@@ -326,6 +343,10 @@ func (s *Speaker) SetPeers(ctx context.Context, peers []bgp.Peer) error {
 				continue
 			}
 			delete(s.peers, a)
+			if err := s.markExternal(ctx, a, p.External); err != nil {
+				errs = append(errs, err)
+				continue
+			}
 			if err := s.addPeer(ctx, p); err != nil {
 				errs = append(errs, err)
 				continue
@@ -342,6 +363,17 @@ func (s *Speaker) SetPeers(ctx context.Context, peers []bgp.Peer) error {
 			continue
 		}
 		delete(s.peers, a)
+	}
+	// Drop deleted neighbours from the set only now: an address still in
+	// it without a neighbour filters nothing.
+	external := make(map[netip.Addr]bool)
+	for a, p := range s.peers {
+		if p.External {
+			external[a] = true
+		}
+	}
+	if err := s.setExternal(ctx, external); err != nil {
+		errs = append(errs, err)
 	}
 	if len(errs) == 0 {
 		s.peersSet = true

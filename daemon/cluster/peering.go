@@ -342,6 +342,10 @@ func Desired(self NodeInfo, nodes []NodeInfo, s Settings, peers []PeerSpec, clus
 			continue
 		}
 		taken[p.Address] = true
+		// Not a node: like Calico, a node exports to it only the routes it
+		// originates, so the peer reaches each pod CIDR and Local Service
+		// through the node that owns it.
+		p.External = true
 		if p.MaxPrefixAction == bgp.MaxPrefixDrop && p.MaxPrefixes > 0 {
 			maxDrop[p.Address] = p.MaxPrefixes
 		}
