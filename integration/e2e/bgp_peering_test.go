@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -646,22 +647,24 @@ func TestBGPPeersWithToRs(t *testing.T) {
 		}
 	})
 
-	t.Run("routers learn every pod CIDR", func(t *testing.T) {
-		for _, r := range []*router{tor1, tor2} {
-			eventually(t, 90*time.Second, r.name+" learns the pod CIDRs", func() error {
-				got, err := r.frrRoutes()
-				if err != nil {
-					return err
+	// Each pod CIDR comes from its owner only: nodes send external peers
+	// just what they originate, never what other nodes told them.
+	t.Run("routers learn every pod CIDR from its owner only", func(t *testing.T) {
+		frrOwnersOnly := func(r *router) error {
+			got, err := r.frrRoutes()
+			if err != nil {
+				return err
+			}
+			for _, n := range nodes {
+				hops := slices.Clone(got[cidrs[n.Name].String()])
+				slices.Sort(hops)
+				if hops = slices.Compact(hops); !slices.Equal(hops, []string{n.IP.String()}) {
+					return fmt.Errorf("%s: %s via %v, want via %s only; table %v", r.name, cidrs[n.Name], hops, n.IP, got)
 				}
-				for _, n := range nodes {
-					if !slices.Contains(got[cidrs[n.Name].String()], n.IP.String()) {
-						return fmt.Errorf("%s: no path for %s via %s; table %v", r.name, cidrs[n.Name], n.IP, got)
-					}
-				}
-				return nil
-			})
+			}
+			return nil
 		}
-		eventually(t, 90*time.Second, "BIRD learns the pod CIDRs", func() error {
+		birdOwnersOnly := func() error {
 			for _, n := range nodes {
 				out, err := bird.birdc("show", "route", "for", cidrs[n.Name].String(), "all")
 				if err != nil {
@@ -670,9 +673,31 @@ func TestBGPPeersWithToRs(t *testing.T) {
 				if !strings.Contains(out, cidrs[n.Name].String()) || !strings.Contains(out, n.IP.String()) {
 					return fmt.Errorf("BIRD has no route for %s via %s:\n%s", cidrs[n.Name], n.IP, out)
 				}
+				for _, other := range nodes {
+					// As a word: 10.0.0.1 must not match in 10.0.0.11.
+					mention := regexp.MustCompile(`\b` + regexp.QuoteMeta(other.IP.String()) + `\b`)
+					if other.Name != n.Name && mention.MatchString(out) {
+						return fmt.Errorf("BIRD has %s also via %s:\n%s", cidrs[n.Name], other.IP, out)
+					}
+				}
 			}
 			return nil
-		})
+		}
+		for _, r := range []*router{tor1, tor2} {
+			eventually(t, 90*time.Second, r.name+" learns the pod CIDRs", func() error { return frrOwnersOnly(r) })
+		}
+		eventually(t, 90*time.Second, "BIRD learns the pod CIDRs", birdOwnersOnly)
+		// A re-exported path would follow within moments of the owner's;
+		// make sure none comes.
+		time.Sleep(3 * time.Second)
+		for _, r := range []*router{tor1, tor2} {
+			if err := frrOwnersOnly(r); err != nil {
+				t.Error(err)
+			}
+		}
+		if err := birdOwnersOnly(); err != nil {
+			t.Error(err)
+		}
 	})
 
 	t.Run("import policy and multipath", func(t *testing.T) {

@@ -21,7 +21,7 @@ import (
 // ClusterIP range from every node, an externalIP inside the configured
 // block as a /32 from every node (externalTrafficPolicy Cluster), one
 // outside it not at all, and a Local LoadBalancer IP only once a node runs
-// an endpoint, withdrawn when it goes.
+// an endpoint, from that node alone, withdrawn when it goes.
 func TestBGPServices(t *testing.T) {
 	l := needLab(t)
 	if _, err := os.Stat(frrBgpd); err != nil {
@@ -116,25 +116,28 @@ func TestBGPServices(t *testing.T) {
 		t.Errorf("externalIP %s outside the configured block advertised via %v", outsideIP, hops)
 	}
 
-	// An endpoint on the second node: that node originates the Local
-	// Service's LoadBalancer IP. The other nodes do not originate it, but
-	// GoBGP passes what they learn from node-2 over iBGP on to eBGP
-	// neighbours with next-hop-self, so FRR sees them too until the speaker
-	// exports only locally originated paths to external peers; hence
-	// "contains", not "equals".
+	// An endpoint on the second node: only that node originates the Local
+	// Service's LoadBalancer IP, and nodes send external peers only what
+	// they originate, so FRR must reach it through node-2 alone; another
+	// next hop would be a node that drops the traffic.
 	pod := runPod(t, c, "e2e-bgp-svc", nodes[1].Name)
-	eventually(t, 60*time.Second, "LB IP from the endpoint's node", func() error {
+	eventually(t, 60*time.Second, "LB IP from the endpoint's node only", func() error {
 		routes, err := tor.frrRoutes()
 		if err != nil {
 			return err
 		}
-		if got := nextHops(routes, lbIP+"/32"); !slices.Contains(got, nodes[1].IP.String()) {
-			return fmt.Errorf("%s/32 via %v, want %s among them", lbIP, got, nodes[1].IP)
+		if got, want := nextHops(routes, lbIP+"/32"), []string{nodes[1].IP.String()}; !slices.Equal(got, want) {
+			return fmt.Errorf("%s/32 via %v, want via %v only", lbIP, got, want)
 		}
 		return nil
 	})
-	if routes, err := tor.frrRoutes(); err == nil {
-		t.Logf("%s/32 next hops at FRR: %v (only %s originates it)", lbIP, nextHops(routes, lbIP+"/32"), nodes[1].IP)
+	// A re-exported path would follow within moments of node-2's; make
+	// sure none comes.
+	time.Sleep(3 * time.Second)
+	if routes, err := tor.frrRoutes(); err != nil {
+		t.Fatal(err)
+	} else if got, want := nextHops(routes, lbIP+"/32"), []string{nodes[1].IP.String()}; !slices.Equal(got, want) {
+		t.Errorf("%s/32 via %v after settling, want via %v only", lbIP, got, want)
 	}
 	deletePod(t, c, pod.Name)
 	eventually(t, 60*time.Second, "LB IP withdrawn with the endpoint", func() error {
