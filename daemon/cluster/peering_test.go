@@ -74,6 +74,13 @@ func TestDesiredSessions(t *testing.T) {
 			if got := peerNames(plan.Peers); got != tc.want {
 				t.Errorf("peers = %s, want %s", got, tc.want)
 			}
+			// BGPPeers get only this node's own routes; other nodes (mesh
+			// or reflector sessions) get everything.
+			for _, p := range plan.Peers {
+				if isNode := strings.HasPrefix(p.Name, "n"); p.External == isNode {
+					t.Errorf("session %s: External = %v", p.Name, p.External)
+				}
+			}
 			skips := map[string]string{}
 			for _, s := range plan.Skipped {
 				skips[s.Name] = s.Reason
