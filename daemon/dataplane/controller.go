@@ -392,6 +392,9 @@ func (c *Controller) sync(snap snapshot, st *syncState) error {
 		Table: table, SyncedAt: time.Now(),
 	}
 	c.mu.Unlock()
+	// Reported before readiness, so whoever waits for Ready sees the sync
+	// that made it ready.
+	c.emit(rep)
 	select {
 	case <-c.ready:
 	default:
@@ -401,7 +404,6 @@ func (c *Controller) sync(snap snapshot, st *syncState) error {
 	if res.Ops > 0 {
 		c.log.Debug("nftables synced", "ops", res.Ops, "duration", rep.Duration, "staleFlows", rep.StaleFlows)
 	}
-	c.emit(rep)
 	return nil
 }
 
