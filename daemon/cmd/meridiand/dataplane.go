@@ -112,12 +112,6 @@ func ipamUsage(stateDir string) func() (int, int, error) {
 		if err != nil {
 			return 0, 0, err
 		}
-		// Network and broadcast addresses are never handed out, except in
-		// a /31 or /32 (RFC 3021), as cni-plugin/ipam.Next decides.
-		size := 1 << (32 - pool.Bits())
-		if pool.Bits() <= 30 {
-			size -= 2
-		}
-		return len(allocs), size, nil
+		return len(allocs), ipam.Usable(pool), nil
 	}
 }
