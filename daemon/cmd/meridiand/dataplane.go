@@ -69,7 +69,7 @@ func (d *dataplaneFlags) register() {
 
 // newDataplane wires Service NAT and NetworkPolicy into table inet meridian
 // of the host's network namespace.
-func newDataplane(ctx context.Context, f dataplaneFlags, nodeName string, client kubernetes.Interface, h *netlink.Handle, m *metrics.Metrics, log *slog.Logger) (*dataplane.Controller, *healthcheck.Server) {
+func newDataplane(ctx context.Context, f dataplaneFlags, nodeName string, client kubernetes.Interface, h *netlink.Handle, conn *nftkernel.Conn, m *metrics.Metrics, log *slog.Logger) (*dataplane.Controller, *healthcheck.Server) {
 	svcCfg := services.DefaultConfig()
 	svcCfg.NATOutgoing = f.natOutgoing
 	svcCfg.MasqueradeAll = f.masqueradeAll
@@ -80,7 +80,7 @@ func newDataplane(ctx context.Context, f dataplaneFlags, nodeName string, client
 		NodeName:     nodeName,
 		ClusterCIDRs: f.clusterCIDRs,
 		Services:     svcCfg,
-	}, client, nftkernel.New(0, log), dataplane.Renderers{
+	}, client, conn, dataplane.Renderers{
 		Services: func(m *services.Model) nft.Table { return servicenft.Render(m, renderCfg) },
 		Policy:   policynft.Render,
 		PolicyFailClosed: func(m *policy.Model, applied nft.Table) (nft.Table, []string) {

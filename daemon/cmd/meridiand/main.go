@@ -138,20 +138,24 @@ func run(ctx context.Context, log *slog.Logger, nodeName, kubeconfig string, asn
 	}, client, crdClient, applier, newSpeaker, writeState, log)
 	log.Info("meridiand starting", "node", nodeName, "asn", asn, "stateDir", stateDir, "apiSocket", apiSocket)
 
-	var api sync.WaitGroup
+	// The API, the metrics listener and the dataplane run beside routing.
+	var wg sync.WaitGroup
 	m := metrics.New()
 	m.WatchBGP(func() ([]bgp.PeerState, error) { return current.Peers(ctx) }, log)
 	m.WatchIPAM(ipamUsage(stateDir), log)
-	dpCtrl, health := newDataplane(ctx, dp, nodeName, client, h, m, log)
+	// One handle on table inet meridian: the dataplane writes it, the API
+	// reads its counters.
+	nftConn := nftkernel.New(0, log)
+	dpCtrl, health := newDataplane(ctx, dp, nodeName, client, h, nftConn, m, log)
 	defer health.Close()
 	if apiSocket != "" {
 		srv := apiserver.New(apiserver.Sources{
 			Kernel: applier, BGP: &current, IPAM: ipam.NewStore(stateDir),
 			// Services and policy as last applied, and the kernel's rule
 			// counters for the policy view.
-			Dataplane: dpCtrl, Counters: nftkernel.New(0, log),
+			Dataplane: dpCtrl, Counters: nftConn,
 		}, log)
-		api.Go(func() {
+		wg.Go(func() {
 			// The API only observes: losing it must not stop routing.
 			if err := srv.Serve(ctx, apiSocket); err != nil {
 				log.Error("gRPC API not served; routing goes on without it", "subsys", "api", "socket", apiSocket, "err", err)
@@ -163,7 +167,7 @@ func run(ctx context.Context, log *slog.Logger, nodeName, kubeconfig string, asn
 			{Name: "routes", Ready: metrics.Closed(ctrl.Ready(), "routes not installed with BGP converged yet")},
 			{Name: "nftables", Ready: metrics.Closed(dpCtrl.Ready(), "Services and NetworkPolicy not programmed yet")},
 		}
-		api.Go(func() {
+		wg.Go(func() {
 			if err := m.Serve(ctx, dp.metricsAddr, checks, log); err != nil {
 				log.Error("metrics and health not served", "subsys", "metrics", "err", err)
 			}
@@ -172,11 +176,11 @@ func run(ctx context.Context, log *slog.Logger, nodeName, kubeconfig string, asn
 	// Routing and the dataplane are independent: a stuck API watch or a
 	// refused nftables transaction in one does not hold up the other.
 	var dpErr error
-	api.Go(func() { dpErr = dpCtrl.Run(ctx) })
+	wg.Go(func() { dpErr = dpCtrl.Run(ctx) })
 	err = ctrl.Run(ctx)
 	// Routing only returns early on a setup error; take the rest down too.
 	cancel()
-	api.Wait()
+	wg.Wait()
 	// Kernel routes and table inet meridian stay as they are: the next
 	// meridiand adopts them.
 	log.Info("meridiand stopping; kernel routes and nftables left in place", "withdrawSessions", withdraw)
