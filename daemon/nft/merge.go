@@ -16,8 +16,10 @@ func Merge(parts ...Table) (Table, error) {
 	chains := map[string]Chain{}
 	sets := map[string]Set{}
 	maps := map[string]Map{}
+	// Parts need no sorting of their own: sets and maps compare by their
+	// text, which lists elements sorted, and the result is sorted (and
+	// copied) once at the end.
 	for _, p := range parts {
-		p = p.Sorted()
 		for _, c := range p.Chains {
 			if old, ok := chains[c.Name]; ok {
 				if !chainsEqual(old, c) {
