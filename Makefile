@@ -7,6 +7,9 @@ LDFLAGS := -s -w
 # Debian packages the lab, the tests and the benchmarks run.
 DEBS := etcd-server frr bird2 containernetworking-plugins iperf3 nftables iproute2 \
 	netcat-openbsd tcpdump iputils-ping conntrack wget curl
+# Installed without their recommends (qemu's would pull a GUI): the VM that
+# runs the IPIP tests on kernels without ipip (integration/vm).
+DEBS_NO_RECOMMENDS := qemu-system-x86
 LAB_NODES ?= 3
 
 .PHONY: all build meridian tools deps lab lab-down test unit-test integration-test chart-test chart-crds image bench fuzz api fmt vet clean
@@ -35,9 +38,12 @@ tools:
 # Installs the Debian packages that are missing (needs root).
 deps:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-		echo "installing:$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	bare=""; for p in $(DEBS_NO_RECOMMENDS); do dpkg -s $$p >/dev/null 2>&1 || bare="$$bare $$p"; done; \
+	if [ -n "$$missing$$bare" ]; then \
+		echo "installing:$$missing$$bare"; \
+		apt-get update -qq || exit 1; \
+		if [ -n "$$missing" ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing || exit 1; fi; \
+		if [ -n "$$bare" ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$bare || exit 1; fi; \
 	fi
 
 lab: deps build
