@@ -1,5 +1,5 @@
 // Package apiserver serves meridian.v1, the node API of meridiand, on a Unix
-// socket. It only reads: every answer comes from the component that owns the
+// socket and, optionally, on TCP with mutual TLS. It only reads: every answer comes from the component that owns the
 // state (the kernel route applier, the BGP speaker, the IPAM store), through
 // small interfaces, and is streamed one row per message.
 package apiserver
@@ -19,6 +19,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
@@ -111,8 +112,33 @@ func (s *Server) Serve(ctx context.Context, path string) error {
 		return err
 	}
 	defer os.Remove(path)
+	return s.serve(ctx, ln, "socket", path)
+}
 
-	gs := grpc.NewServer()
+// ServeTCP serves the same API on a TCP listener with mutual TLS until ctx
+// is done, and closes ln. tlsDir is a mounted kubernetes.io/tls Secret:
+// tls.crt and tls.key are the server's certificate, and every client must
+// present a certificate that verifies against ca.crt. There is no TCP
+// listener without it: the API shows the cluster's topology and policy,
+// and on the socket the file mode is what keeps others out. The files are
+// read again when they change, as the kubelet rotates mounted Secrets.
+func (s *Server) ServeTCP(ctx context.Context, ln net.Listener, tlsDir string) error {
+	if tlsDir == "" {
+		ln.Close()
+		return errors.New("serve API on TCP: no TLS directory; a TCP listener requires mutual TLS")
+	}
+	certs, err := NewCertReloader(tlsDir, s.log)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("serve API on %s: %w", ln.Addr(), err)
+	}
+	return s.serve(ctx, ln, "addr", ln.Addr().String(), grpc.Creds(credentials.NewTLS(certs.ServerConfig())))
+}
+
+// serve runs one gRPC server on ln until ctx is done; where and what name
+// the listener in logs.
+func (s *Server) serve(ctx context.Context, ln net.Listener, where, what string, opts ...grpc.ServerOption) error {
+	gs := grpc.NewServer(opts...)
 	meridianv1.RegisterMeridianServer(gs, s)
 	hs := health.NewServer()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
@@ -123,11 +149,11 @@ func (s *Server) Serve(ctx context.Context, path string) error {
 
 	served := make(chan error, 1)
 	go func() { served <- gs.Serve(ln) }()
-	s.log.Info("API serving", "socket", path)
+	s.log.Info("API serving", where, what)
 
 	select {
 	case err := <-served:
-		return fmt.Errorf("serve API on %s: %w", path, err)
+		return fmt.Errorf("serve API on %s: %w", what, err)
 	case <-ctx.Done():
 	}
 	// Tell health watchers first and end route watches, then let streams
@@ -142,12 +168,12 @@ func (s *Server) Serve(ctx context.Context, path string) error {
 	select {
 	case <-stopped:
 	case <-time.After(s.StopTimeout):
-		s.log.Warn("API streams still open after stop timeout; closing them", "socket", path, "timeout", s.StopTimeout)
+		s.log.Warn("API streams still open after stop timeout; closing them", where, what, "timeout", s.StopTimeout)
 		gs.Stop()
 		<-stopped
 	}
 	<-served
-	s.log.Info("API stopped", "socket", path)
+	s.log.Info("API stopped", where, what)
 	return nil
 }
 

@@ -11,9 +11,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"runtime"
+	"time"
 
 	cnins "github.com/containernetworking/cni/pkg/ns"
 	"github.com/containernetworking/cni/pkg/skel"
@@ -24,6 +26,7 @@ import (
 
 	"github.com/meridian-net/meridian/cni-plugin/config"
 	"github.com/meridian-net/meridian/cni-plugin/ipam"
+	"github.com/meridian-net/meridian/cni-plugin/opstats"
 	"github.com/meridian-net/meridian/cni-plugin/plumbing"
 )
 
@@ -45,12 +48,33 @@ func init() {
 
 func main() {
 	skel.PluginMainFuncs(skel.CNIFuncs{
-		Add:    cmdAdd,
-		Check:  cmdCheck,
-		Del:    cmdDel,
+		Add:    recorded(opstats.OpAdd, cmdAdd),
+		Check:  recorded(opstats.OpCheck, cmdCheck),
+		Del:    recorded(opstats.OpDel, cmdDel),
 		Status: cmdStatus,
 		GC:     cmdGC,
 	}, version.PluginSupports(config.SupportedVersions...), "meridian-cni: routed veth pod networking for Meridian")
+}
+
+// recorded measures one operation for meridiand's metrics (package
+// opstats). The record goes to the state directory of the network's
+// configuration, or the default one when the configuration cannot be read;
+// losing it never changes the operation's result.
+func recorded(op opstats.Op, f func(*skel.CmdArgs) error) func(*skel.CmdArgs) error {
+	return func(args *skel.CmdArgs) error {
+		start := time.Now()
+		err := f(args)
+		r := opstats.Record{Op: op, Start: start, Duration: time.Since(start)}
+		if err != nil {
+			r.Code = uint16(min(codeOf(err), math.MaxUint16))
+		}
+		dir := config.DefaultStateDir
+		if conf, cerr := config.Parse(args.StdinData); cerr == nil {
+			dir = conf.StateDir
+		}
+		_ = opstats.Append(dir, r)
+		return err
+	}
 }
 
 func cmdAdd(args *skel.CmdArgs) (err error) {

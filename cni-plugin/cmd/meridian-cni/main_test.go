@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -25,6 +26,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/meridian-net/meridian/cni-plugin/ipam"
+	"github.com/meridian-net/meridian/cni-plugin/opstats"
 	"github.com/meridian-net/meridian/cni-plugin/plumbing"
 )
 
@@ -324,6 +326,24 @@ func TestAddCheckDel(t *testing.T) {
 	}
 	n.del(t, id, pod.Path())
 	n.del(t, id, "")
+
+	// Every operation left its record for meridiand's metrics, failures
+	// with their code.
+	recs, skipped, err := opstats.Drain(n.stateDir)
+	if err != nil || skipped != 0 {
+		t.Fatalf("drain operation records: %v, %d bytes skipped", err, skipped)
+	}
+	var got []string
+	for _, r := range recs {
+		got = append(got, fmt.Sprintf("%s/%d", r.Op, r.Code))
+		if r.Duration <= 0 || time.Since(r.Start) > time.Minute {
+			t.Errorf("record %+v: implausible start or duration", r)
+		}
+	}
+	want := []string{"add/0", "add/0", "check/0", "check/101", "del/0", "del/0", "del/0"}
+	if !slices.Equal(got, want) {
+		t.Errorf("operation records %v, want %v", got, want)
+	}
 }
 
 func TestAddOldVersionResult(t *testing.T) {
