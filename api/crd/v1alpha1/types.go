@@ -39,6 +39,7 @@ const BGPConfigurationName = "default"
 // +kubebuilder:printcolumn:name="ASN",type=integer,JSONPath=`.spec.asNumber`
 // +kubebuilder:printcolumn:name="Mesh",type=boolean,JSONPath=`.spec.nodeToNodeMesh`
 // +kubebuilder:printcolumn:name="Encapsulation",type=string,JSONPath=`.spec.encapsulation`
+// +kubebuilder:printcolumn:name="Type",type=string,JSONPath=`.spec.encapsulationType`
 // +kubebuilder:printcolumn:name="Accepted",type=string,JSONPath=`.status.conditions[?(@.type=="Accepted")].status`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 // +kubebuilder:validation:XValidation:rule="self.metadata.name == 'default'",message="there is one BGPConfiguration per cluster and it must be named default"
@@ -100,6 +101,14 @@ type BGPConfigurationSpec struct {
 	// +optional
 	Encapsulation EncapsulationMode `json:"encapsulation,omitempty"`
 
+	// EncapsulationType is the tunnel used when Encapsulation tunnels:
+	// IPIP (IP protocol 4, 20 bytes of overhead) or VXLAN (UDP 4789, 50
+	// bytes), for networks that drop IP protocol 4. Every node must use
+	// the same type. Empty: meridiand's --encapsulation-type (IPIP unless
+	// set otherwise).
+	// +optional
+	EncapsulationType EncapsulationType `json:"encapsulationType,omitempty"`
+
 	// ServiceClusterIPs are the Service ClusterIP ranges nodes advertise.
 	// Empty: none.
 	// +kubebuilder:validation:MaxItems=16
@@ -145,6 +154,19 @@ const (
 	EncapsulationCrossSubnet EncapsulationMode = "CrossSubnet"
 	// EncapsulationAlways tunnels all pod traffic between nodes.
 	EncapsulationAlways EncapsulationMode = "Always"
+)
+
+// EncapsulationType is the tunnel pod traffic between nodes goes through
+// when it is encapsulated.
+// +kubebuilder:validation:Enum=IPIP;VXLAN
+type EncapsulationType string
+
+const (
+	// EncapsulationIPIP is IP in IP (RFC 2003) over tunl0.
+	EncapsulationIPIP EncapsulationType = "IPIP"
+	// EncapsulationVXLAN is VXLAN (RFC 7348) with forwarding entries
+	// programmed from BGP, no multicast flooding and no learning.
+	EncapsulationVXLAN EncapsulationType = "VXLAN"
 )
 
 // Community is a BGP community: standard "65000:100" (RFC 1997, two 16-bit

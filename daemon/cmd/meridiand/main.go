@@ -52,6 +52,8 @@ func main() {
 	)
 	var dp dataplaneFlags
 	dp.register()
+	var ef encapFlags
+	ef.register()
 	flag.Parse()
 
 	var level slog.Level
@@ -66,6 +68,10 @@ func main() {
 	}
 	if *bgpPort < 1 || *bgpPort > 65535 {
 		log.Error("invalid --bgp-port", "port", *bgpPort)
+		os.Exit(2)
+	}
+	if _, _, err := ef.parse(); err != nil {
+		log.Error("invalid encapsulation flags", "err", err)
 		os.Exit(2)
 	}
 
