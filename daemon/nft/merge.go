@@ -3,6 +3,7 @@ package nft
 import (
 	"fmt"
 	"slices"
+	"strings"
 )
 
 // Merge unions tables rendered separately into the one table Meridian
@@ -17,8 +18,9 @@ func Merge(parts ...Table) (Table, error) {
 	sets := map[string]Set{}
 	maps := map[string]Map{}
 	// Parts need no sorting of their own: sets and maps compare by their
-	// text, which lists elements sorted, and the result is sorted (and
-	// copied) once at the end.
+	// text, which lists elements sorted. Only the object lists are sorted
+	// at the end; elements and rules are shared with the parts, not
+	// copied (Plan finds elements by key, in any order).
 	for _, p := range parts {
 		for _, c := range p.Chains {
 			if old, ok := chains[c.Name]; ok {
@@ -57,7 +59,10 @@ func Merge(parts ...Table) (Table, error) {
 			out.Maps = append(out.Maps, m)
 		}
 	}
-	return out.Sorted(), nil
+	slices.SortFunc(out.Chains, func(a, b Chain) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(out.Sets, func(a, b Set) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(out.Maps, func(a, b Map) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
 }
 
 // chainsEqual compares hooks and rules, comments included.

@@ -181,8 +181,8 @@ func TestPlan(t *testing.T) {
 			cur:  two, des: one,
 			want: "add table inet meridian\n" +
 				"delete element inet meridian svc-web-eps { 1 }\n" +
-				"flush chain inet meridian svc-web\n" +
 				"flush chain inet meridian ep-10-244-2-3\n" +
+				"flush chain inet meridian svc-web\n" +
 				"add rule inet meridian svc-web counter numgen random mod 1 vmap @svc-web-eps\n" +
 				"delete chain inet meridian ep-10-244-2-3\n",
 		},

@@ -173,9 +173,10 @@ func Plan(current, desired Table) Transaction {
 		}
 		return Transaction{DeleteTable: true}
 	}
-	cur, des := current.Sorted(), desired.Sorted()
-	des.Sets = withoutDynamicElements(des.Sets)
-	des.Maps = withoutDynamicMapElements(des.Maps)
+	// Objects are matched by name and the transaction's lists are sorted
+	// at the end, so neither table is copied or sorted here: at 10k
+	// Services that copy cost more than the diff itself.
+	cur, des := current, desired
 	curChains := byName(cur.Chains, func(c Chain) string { return c.Name })
 	for _, c := range des.Chains {
 		if old, ok := curChains[c.Name]; ok && (old.Type != c.Type || old.Hook != c.Hook || old.Priority != c.Priority) {
@@ -199,6 +200,9 @@ func Plan(current, desired Table) Transaction {
 			ok = false
 		}
 		if !ok {
+			if s.Dynamic {
+				s.Elements = nil
+			}
 			tx.AddSets = append(tx.AddSets, s)
 			continue
 		}
@@ -218,6 +222,9 @@ func Plan(current, desired Table) Transaction {
 			ok = false
 		}
 		if !ok {
+			if m.Dynamic {
+				m.Elements = nil
+			}
 			tx.AddMaps = append(tx.AddMaps, m)
 			continue
 		}
@@ -271,7 +278,30 @@ func Plan(current, desired Table) Transaction {
 			tx.DeleteChains = append(tx.DeleteChains, c.Name)
 		}
 	}
+	tx.sort()
 	return tx
+}
+
+// sort orders every list of the transaction by name and every element op
+// by key, so that a plan does not depend on the order of its inputs.
+func (tx *Transaction) sort() {
+	byChain := func(a, b Chain) int { return strings.Compare(a.Name, b.Name) }
+	byOp := func(a, b ElementOp) int { return strings.Compare(a.Name, b.Name) }
+	slices.SortFunc(tx.AddChains, byChain)
+	slices.SortFunc(tx.FillChains, byChain)
+	slices.Sort(tx.FlushChains)
+	slices.Sort(tx.DeleteChains)
+	slices.Sort(tx.DeleteSets)
+	tx.DeleteSets = slices.Compact(tx.DeleteSets)
+	slices.SortFunc(tx.AddSets, func(a, b Set) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(tx.AddMaps, func(a, b Map) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(tx.DeleteElements, byOp)
+	slices.SortFunc(tx.AddElements, byOp)
+	for _, ops := range [][]ElementOp{tx.DeleteElements, tx.AddElements} {
+		for _, op := range ops {
+			slices.SortFunc(op.Elements, func(a, b Element) int { return strings.Compare(a.Key, b.Key) })
+		}
+	}
 }
 
 // Full is the transaction that rebuilds the table from scratch in one batch:
@@ -356,7 +386,23 @@ func (r Rule) references() []string {
 
 // diffElements returns the elements to delete and to add. A map element
 // whose value changed is deleted and re-added (nft has no in-place update).
+// Renderers emit elements in a stable order, so the common head and tail of
+// the two lists are skipped pairwise and only the middle, where a change
+// is, pays for the lookup maps: an endpoint change in one Service then costs
+// a compare of the other Services' elements, not two maps of all of them.
 func diffElements(cur, des []Element) (del, add []Element) {
+	head := 0
+	for head < len(cur) && head < len(des) && cur[head] == des[head] {
+		head++
+	}
+	tail := 0
+	for tail < len(cur)-head && tail < len(des)-head && cur[len(cur)-1-tail] == des[len(des)-1-tail] {
+		tail++
+	}
+	cur, des = cur[head:len(cur)-tail], des[head:len(des)-tail]
+	if len(cur) == 0 && len(des) == 0 {
+		return nil, nil
+	}
 	have := make(map[string]string, len(cur))
 	for _, e := range cur {
 		have[e.Key] = e.Value

@@ -33,6 +33,8 @@ type SyncResult struct {
 }
 
 // Sync makes the table equal desired. Sync(Table{}) removes the table.
+// The Syncer keeps desired for the next plan: the caller must not modify it
+// afterwards.
 func (s *Syncer) Sync(desired Table) (res SyncResult, err error) {
 	start := time.Now()
 	defer func() {
@@ -59,7 +61,8 @@ func (s *Syncer) Sync(desired Table) (res SyncResult, err error) {
 		s.known = nil
 		return res, fmt.Errorf("sync nft table: %w", err)
 	}
-	d := desired.Sorted()
-	s.known = &d
+	// Kept as given, not copied: Plan never modifies its inputs, and
+	// callers hand over a freshly rendered table each sync.
+	s.known = &desired
 	return res, nil
 }

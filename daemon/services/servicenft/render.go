@@ -112,7 +112,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
-	"strings"
+	"strconv"
 	"time"
 
 	"github.com/meridian-net/meridian/daemon/nft"
@@ -343,7 +343,7 @@ func (r *renderer) table(m *services.Model) nft.Table {
 				}
 				id := r.ids[t.Key]
 				for b, e := range t.Endpoints {
-					endpoints[id%EndpointShards] = append(endpoints[id%EndpointShards], nft.Element{Key: fmt.Sprintf("%d . %d", id, b), Value: fmt.Sprintf("%s . %d", e.Addr, e.Port)})
+					endpoints[id%EndpointShards] = append(endpoints[id%EndpointShards], endpointElem(id, b, e))
 					if e.Addr.Is4() {
 						hairpin[e.Addr] = true
 					}
@@ -428,13 +428,34 @@ func targetChain(id uint32, proto services.Protocol, t services.Target, affinity
 	return c
 }
 
-// hairpinElems lists (a . a) for every endpoint address a.
+// endpointElem is bucket b of target id: "id . b : addr . port". Built
+// with strconv rather than fmt: a full render formats one per endpoint.
+func endpointElem(id uint32, b int, e services.Endpoint) nft.Element {
+	k := strconv.AppendUint(make([]byte, 0, 16), uint64(id), 10)
+	k = append(k, " . "...)
+	k = strconv.AppendInt(k, int64(b), 10)
+	v := e.Addr.AppendTo(make([]byte, 0, 24))
+	v = append(v, " . "...)
+	v = strconv.AppendUint(v, uint64(e.Port), 10)
+	return nft.Element{Key: string(k), Value: string(v)}
+}
+
+// hairpinElems lists (a . a) for every endpoint address a, in address
+// order (stable from one render to the next, which Plan relies on to skip
+// unchanged runs cheaply).
 func hairpinElems(addrs map[netip.Addr]bool) []nft.Element {
-	out := make([]nft.Element, 0, len(addrs))
+	sorted := make([]netip.Addr, 0, len(addrs))
 	for a := range addrs {
-		out = append(out, nft.Element{Key: a.String() + " . " + a.String()})
+		sorted = append(sorted, a)
 	}
-	slices.SortFunc(out, func(x, y nft.Element) int { return strings.Compare(x.Key, y.Key) })
+	slices.SortFunc(sorted, netip.Addr.Compare)
+	out := make([]nft.Element, len(sorted))
+	for i, a := range sorted {
+		b := a.AppendTo(make([]byte, 0, 34))
+		b = append(b, " . "...)
+		b = a.AppendTo(b)
+		out[i] = nft.Element{Key: string(b)}
+	}
 	return out
 }
 
