@@ -188,10 +188,11 @@ type Decision struct {
 	Reason   string
 }
 
-// Decide chooses native or encapsulated for one prefix. Native through the
-// fabric wins in CrossSubnet whenever a connected ToR announced the prefix:
-// a ToR path's next hop is the owning node (the import policy refuses any
-// other), so the ToR's own address is the gateway that works. Otherwise the
+// Decide chooses native or encapsulated for one prefix. Unless the mode is
+// Always, native through the fabric wins whenever a connected ToR announced
+// the prefix: a ToR path's next hop is the owning node (the import policy
+// refuses any other), which the kernel cannot use as a gateway on another
+// subnet, so the ToR's own address is the gateway that works. Otherwise the
 // best paths' next hops are used natively when every one is on a connected
 // subnet, and the tunnel to the owning node carries the rest.
 func Decide(in Input) Decision {
@@ -204,6 +205,9 @@ func Decide(in Input) Decision {
 	}
 	switch in.Mode {
 	case ModeNever:
+		if len(fabric) > 0 {
+			return Decision{NextHops: fabric, Reason: ReasonFabricHasPrefix}
+		}
 		return Decision{NextHops: native, Reason: ReasonModeNever}
 	case ModeAlways:
 		if !in.Endpoint.IsValid() {
