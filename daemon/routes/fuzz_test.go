@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/meridian-net/meridian/bgp"
+	"github.com/meridian-net/meridian/daemon/encap"
 )
 
 // fuzzAddr maps fuzz input onto addresses that collide often: the top bit
@@ -27,8 +28,13 @@ func fuzzPrefix(sel byte, b []byte, bits byte) netip.Prefix {
 	return netip.PrefixFrom(fuzzAddr(sel, b), int(bits%33))
 }
 
+// fuzzToR is the external peer whose paths mean the fabric has a prefix.
+var fuzzToR = netip.MustParseAddr("198.18.0.1")
+
 // decode turns fuzz bytes into a Local and paths: 11 bytes for the local
-// node, then 11 bytes per path.
+// node, then 11 bytes per path. Bits of the header pick the encapsulation
+// mode, type and connected subnets; bits of a path's last byte make it come
+// from the ToR, be rejected, or make its next hop the prefix's owner.
 func decode(data []byte) (Local, []bgp.Path) {
 	var local Local
 	if len(data) < 11 {
@@ -49,16 +55,61 @@ func decode(data []byte) (Local, []bgp.Path) {
 	default:
 		local.AllowedPrefixes = []netip.Prefix{fuzzPrefix(h[10]>>2, h[1:5], h[10]>>3)}
 	}
+	local.Encap = Encap{
+		Mode:          []encap.Mode{"", encap.ModeNever, encap.ModeCrossSubnet, encap.ModeAlways}[h[7]%4],
+		Type:          []encap.Type{"", encap.TypeIPIP, encap.TypeVXLAN, encap.TypeVXLAN}[h[8]%4],
+		Connected:     [][]netip.Prefix{nil, {netip.MustParsePrefix("198.18.0.0/24")}, {netip.MustParsePrefix("198.18.0.0/29")}, {netip.MustParsePrefix("0.0.0.0/0")}}[(h[8]>>2)%4],
+		FabricPeers:   []netip.Addr{fuzzToR},
+		PodCIDROwners: map[netip.Prefix]netip.Addr{},
+	}
+	for _, p := range local.PodCIDRs {
+		local.Encap.PodCIDROwners[p.Masked()] = local.NodeIP
+	}
 	var paths []bgp.Path
 	for rec := data[11:]; len(rec) >= 11; rec = rec[11:] {
-		paths = append(paths, bgp.Path{
+		p := bgp.Path{
 			Prefix:  fuzzPrefix(rec[0], rec[1:5], rec[5]),
 			NextHop: fuzzAddr(rec[0]>>2, rec[6:10]),
 			Best:    rec[10]&1 != 0,
 			Stale:   rec[10]&2 != 0,
-		})
+		}
+		p.PeerAddress = p.NextHop
+		if rec[10]&4 != 0 {
+			p.PeerAddress = fuzzToR
+		}
+		if rec[10]&8 != 0 {
+			p.Rejected = bgp.ReasonNextHopNotOwner
+		}
+		if rec[10]&16 != 0 && p.Prefix.IsValid() {
+			local.Encap.PodCIDROwners[p.Prefix.Masked()] = p.NextHop
+		}
+		paths = append(paths, p)
 	}
 	return local, paths
+}
+
+// checkTunnelRoute holds what every tunnelled route must satisfy.
+func checkTunnelRoute(t *testing.T, r Route, local Local) {
+	t.Helper()
+	e := local.Encap
+	if e.Mode != encap.ModeAlways && e.Mode != encap.ModeCrossSubnet {
+		t.Fatalf("route %v tunnelled in mode %q", r, e.Mode)
+	}
+	if len(r.NextHops) != 1 || !r.Endpoint.IsValid() || r.Endpoint == local.NodeIP || e.PodCIDROwners[r.Dst] != r.Endpoint {
+		t.Fatalf("route %v: tunnel endpoint is not the prefix's owner %v", r, e.PodCIDROwners[r.Dst])
+	}
+	switch r.Dev {
+	case encap.IPIPDevice:
+		if e.Type == encap.TypeVXLAN || r.NextHops[0] != r.Endpoint {
+			t.Fatalf("IPIP route %v with type %q", r, e.Type)
+		}
+	case encap.VXLANDevice:
+		if e.Type != encap.TypeVXLAN || r.NextHops[0] != r.Dst.Addr() {
+			t.Fatalf("VXLAN route %v with type %q", r, e.Type)
+		}
+	default:
+		t.Fatalf("route %v through an unknown device", r)
+	}
 }
 
 func FuzzDesired(f *testing.F) {
@@ -72,6 +123,12 @@ func FuzzDesired(f *testing.F) {
 		13, 0, 0, 1, 0, 25, 0, 0, 0, 12, 1,
 		13, 0, 0, 0, 0, 16, 0, 0, 0, 11, 1,
 		13, 0, 0, 4, 0, 24, 0, 0, 0, 12, 1})
+	// Encapsulation: cross-subnet VXLAN, 198.18.0.0/29 connected; one
+	// path owned and off-subnet, one from the ToR.
+	f.Add([]byte{1, 0, 0, 1, 0, 24, 0, 0, 2, 11, 1,
+		13, 0, 0, 2, 0, 24, 0, 0, 0, 12, 17,
+		13, 0, 0, 3, 0, 24, 0, 0, 0, 13, 17,
+		13, 0, 0, 3, 0, 24, 0, 0, 0, 13, 20})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		local, paths := decode(data)
 		routes, skipped := Desired(paths, local)
@@ -117,6 +174,14 @@ func FuzzDesired(f *testing.F) {
 			}
 			if len(r.NextHops) == 0 {
 				t.Fatalf("route %v has no next hop", r)
+			}
+			if (r.Reason == "") != (local.Encap.Mode == "") {
+				t.Fatalf("route %v: reason %q with mode %q", r, r.Reason, local.Encap.Mode)
+			}
+			if r.Dev != "" {
+				checkTunnelRoute(t, r, local)
+			} else if r.Endpoint.IsValid() || r.Reason == encap.ReasonModeAlways || r.Reason == encap.ReasonNextHopNotConnected {
+				t.Fatalf("native route %v with a tunnel endpoint or a tunnel's reason", r)
 			}
 			for j, nh := range r.NextHops {
 				if !validNextHop(nh) || nh == local.NodeIP {

@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/meridian-net/meridian/bgp"
+	"github.com/meridian-net/meridian/daemon/encap"
 )
 
 // Protocol is the route protocol number (rtm_protocol, see
@@ -57,6 +58,20 @@ type Route struct {
 	NextHops []netip.Addr
 	// Blackhole drops matching packets (RTN_BLACKHOLE).
 	Blackhole bool
+	// Dev, when set, sends the route through that tunnel device
+	// (encap.IPIPDevice or encap.VXLANDevice) with its one next hop
+	// onlink: for IPIP the remote node, for VXLAN the remote VTEP address.
+	Dev string
+
+	// Endpoint is the remote node a tunnelled route's packets are carried
+	// to (the outer destination). For IPIP it is the next hop; for VXLAN
+	// the forwarding entry holds it, not the route, so routes read back
+	// from the kernel leave it unset and Equal ignores it.
+	Endpoint netip.Addr
+	// Reason is the encapsulation decision's code (encap.Reason*) for a
+	// learned route; empty for blackholes and routes read back. Equal
+	// ignores it.
+	Reason string
 }
 
 // String renders the route the way `ip route` writes it (multipath on one
@@ -78,6 +93,11 @@ func (r Route) format(proto bool) string {
 		b.WriteString(" via ")
 		b.WriteString(r.NextHops[0].String())
 	}
+	if r.Dev != "" {
+		b.WriteString(" dev ")
+		b.WriteString(r.Dev)
+		b.WriteString(" onlink")
+	}
 	if proto {
 		b.WriteString(" proto ")
 		b.WriteString(strconv.Itoa(Protocol))
@@ -93,7 +113,7 @@ func (r Route) format(proto bool) string {
 
 // Equal reports whether two routes program the same kernel state.
 func (r Route) Equal(o Route) bool {
-	return r.Dst == o.Dst && r.Blackhole == o.Blackhole && slices.Equal(r.NextHops, o.NextHops)
+	return r.Dst == o.Dst && r.Blackhole == o.Blackhole && r.Dev == o.Dev && slices.Equal(r.NextHops, o.NextHops)
 }
 
 // Local is what Desired needs to know about this node.
@@ -108,6 +128,28 @@ type Local struct {
 	// AllowedPrefixes bound where learned routes may go (the cluster CIDR,
 	// e.g. 10.244.0.0/16). Empty allows nothing.
 	AllowedPrefixes []netip.Prefix
+	// Encap decides which learned routes go through a tunnel. The zero
+	// value routes everything natively.
+	Encap Encap
+}
+
+// Encap is what the encapsulation decision (encap.Decide) needs.
+type Encap struct {
+	// Mode is the encapsulation mode; empty decides nothing: plain routes
+	// over the best paths' next hops, with no Reason.
+	Mode encap.Mode
+	// Type is the tunnel; empty is encap.DefaultType.
+	Type encap.Type
+	// Connected are the subnets of the node's links (not the tunnels').
+	Connected []netip.Prefix
+	// FabricPeers are the addresses of the external peers (ToRs,
+	// bgp.Peer.External): a path from one means the fabric routes the
+	// prefix natively.
+	FabricPeers []netip.Addr
+	// PodCIDROwners maps each node's pod CIDR to the node's address, where
+	// a tunnel to that CIDR ends. A prefix no node owns is never
+	// tunnelled.
+	PodCIDROwners map[netip.Prefix]netip.Addr
 }
 
 // Skip says why a path, or a pod CIDR, did not become a route.
@@ -118,7 +160,13 @@ type Skip struct {
 
 // Desired computes the routes the main table should hold for the given
 // paths: one route per prefix over all its best paths (ECMP when several
-// peers' paths were selected), plus a blackhole per own pod CIDR. Stale best
+// peers' paths were selected), plus a blackhole per own pod CIDR. Each
+// learned route is native or tunnelled as encap.Decide says for
+// local.Encap: natively over the best paths' next hops or through the ToRs
+// that announced it, or through the tunnel device to the node owning the
+// prefix (IPIP: via the node, onlink on tunl0; VXLAN: via the node's VTEP
+// address, the network address of its pod CIDR, onlink on the VXLAN
+// device). Stale best
 // paths are kept, because during a peer's graceful restart (RFC 4724) the
 // forwarding state must survive. Both results are sorted and deterministic;
 // skipped has one entry per prefix and reason.
@@ -146,8 +194,13 @@ func Desired(paths []bgp.Path, local Local) (routes []Route, skipped []Skip) {
 		}
 	}
 	nodeIP := local.NodeIP.Unmap()
+	fabricPeers := map[netip.Addr]bool{}
+	for _, a := range local.Encap.FabricPeers {
+		fabricPeers[a.Unmap()] = true
+	}
 
 	hops := map[netip.Prefix][]netip.Addr{}
+	fabric := map[netip.Prefix][]netip.Addr{}
 	for _, path := range paths {
 		// Non-IPv4 prefixes are reported as given; everything else is
 		// reported and keyed masked, since the kernel only takes masked
@@ -158,6 +211,13 @@ func Desired(paths []bgp.Path, local Local) (routes []Route, skipped []Skip) {
 			continue
 		}
 		dst = dst.Masked()
+		if peer := path.PeerAddress.Unmap(); path.Rejected == "" && fabricPeers[peer] && peer != nodeIP &&
+			validNextHop(peer) && checkPrefix(dst, own, allowed) == "" {
+			// Any accepted ToR path, best or not: the mesh's path to the
+			// owner usually wins selection on AS path length, yet the
+			// fabric still routes the prefix.
+			fabric[dst] = append(fabric[dst], peer)
+		}
 		if !path.Best {
 			skip(dst, ReasonNotBest)
 			continue
@@ -181,8 +241,7 @@ func Desired(paths []bgp.Path, local Local) (routes []Route, skipped []Skip) {
 	}
 
 	for dst, nhs := range hops {
-		slices.SortFunc(nhs, netip.Addr.Compare)
-		routes = append(routes, Route{Dst: dst, NextHops: nhs})
+		routes = append(routes, learned(dst, nhs, fabric[dst], nodeIP, local.Encap))
 	}
 	// Learned routes never overlap own pod CIDRs, so only duplicates among
 	// the pod CIDRs themselves need removing.
@@ -199,6 +258,36 @@ func Desired(paths []bgp.Path, local Local) (routes []Route, skipped []Skip) {
 		return cmp.Or(comparePrefix(a.Prefix, b.Prefix), strings.Compare(a.Reason, b.Reason))
 	})
 	return routes, skipped
+}
+
+// learned builds the route for one learned prefix with the next hops of its
+// best paths.
+func learned(dst netip.Prefix, nhs, fabric []netip.Addr, nodeIP netip.Addr, e Encap) Route {
+	if e.Mode == "" {
+		slices.SortFunc(nhs, netip.Addr.Compare)
+		return Route{Dst: dst, NextHops: nhs}
+	}
+	endpoint := e.PodCIDROwners[dst].Unmap()
+	if !validNextHop(endpoint) || endpoint == nodeIP {
+		endpoint = netip.Addr{}
+	}
+	typ := e.Type
+	if typ == "" {
+		typ = encap.DefaultType
+	}
+	vtep, vtepOK := encap.TunnelAddress(dst)
+	if typ == encap.TypeVXLAN && !vtepOK {
+		// No network address to spare as the remote VTEP's.
+		endpoint = netip.Addr{}
+	}
+	d := encap.Decide(encap.Input{Mode: e.Mode, NextHops: nhs, FabricPeers: fabric, Endpoint: endpoint, Connected: e.Connected})
+	if !d.Encapsulate {
+		return Route{Dst: dst, NextHops: d.NextHops, Reason: d.Reason}
+	}
+	if typ == encap.TypeVXLAN {
+		return Route{Dst: dst, NextHops: []netip.Addr{vtep}, Dev: encap.VXLANDevice, Endpoint: d.Endpoint, Reason: d.Reason}
+	}
+	return Route{Dst: dst, NextHops: []netip.Addr{d.Endpoint}, Dev: encap.IPIPDevice, Endpoint: d.Endpoint, Reason: d.Reason}
 }
 
 // checkPrefix returns the reason a learned, masked IPv4 prefix must not be

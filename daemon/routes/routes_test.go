@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/meridian-net/meridian/bgp"
+	"github.com/meridian-net/meridian/daemon/encap"
 )
 
 var (
@@ -336,5 +337,93 @@ func TestDiff(t *testing.T) {
 				t.Errorf("remove = %v, want %v", remove, tt.remove)
 			}
 		})
+	}
+}
+
+func TestDesiredEncap(t *testing.T) {
+	// This node 198.18.1.11 (rack 1, ToR 198.18.1.1); node B 198.18.1.12
+	// in the same rack owns 10.244.2.0/24; node C 198.18.2.11 in rack 2
+	// owns 10.244.3.0/24.
+	self, nodeB, nodeC, tor := addr("198.18.1.11"), addr("198.18.1.12"), addr("198.18.2.11"), addr("198.18.1.1")
+	owners := map[netip.Prefix]netip.Addr{ownPods: self, pfx("10.244.2.0/24"): nodeB, pfx("10.244.3.0/24"): nodeC}
+	local := func(mode encap.Mode, typ encap.Type) Local {
+		return Local{PodCIDRs: []netip.Prefix{ownPods}, NodeIP: self, AllowedPrefixes: []netip.Prefix{cluster},
+			Encap: Encap{Mode: mode, Type: typ, Connected: []netip.Prefix{pfx("198.18.1.11/24")}, FabricPeers: []netip.Addr{tor}, PodCIDROwners: owners}}
+	}
+	mesh := []bgp.Path{best("10.244.2.0/24", nodeB), best("10.244.3.0/24", nodeC)}
+	// The ToR's path to C's CIDR keeps C as next hop (the import policy
+	// refuses any other) and loses selection to the mesh path.
+	torPath := bgp.Path{Prefix: pfx("10.244.3.0/24"), NextHop: nodeC, PeerAddress: tor, ASPath: []uint32{65001, 65002}, LocalPref: 100}
+	rejectedTorPath := torPath
+	rejectedTorPath.Rejected = bgp.ReasonNextHopNotOwner
+
+	b := Route{Dst: pfx("10.244.2.0/24"), NextHops: []netip.Addr{nodeB}, Reason: encap.ReasonNextHopConnected}
+	tests := []struct {
+		name  string
+		paths []bgp.Path
+		local Local
+		want  []Route
+	}{
+		{"cross-subnet IPIP: same rack native, other rack through tunl0", mesh, local(encap.ModeCrossSubnet, encap.TypeIPIP), []Route{
+			blackholeOwn(), b,
+			{Dst: pfx("10.244.3.0/24"), NextHops: []netip.Addr{nodeC}, Dev: "tunl0", Endpoint: nodeC, Reason: encap.ReasonNextHopNotConnected},
+		}},
+		{"cross-subnet VXLAN: the remote VTEP is the network address of its pod CIDR", mesh, local(encap.ModeCrossSubnet, encap.TypeVXLAN), []Route{
+			blackholeOwn(), b,
+			{Dst: pfx("10.244.3.0/24"), NextHops: []netip.Addr{addr("10.244.3.0")}, Dev: "vxlan.meridian", Endpoint: nodeC, Reason: encap.ReasonNextHopNotConnected},
+		}},
+		{"cross-subnet with a ToR path: native through the ToR", append(slices.Clone(mesh), torPath), local(encap.ModeCrossSubnet, encap.TypeIPIP), []Route{
+			blackholeOwn(), b,
+			{Dst: pfx("10.244.3.0/24"), NextHops: []netip.Addr{tor}, Reason: encap.ReasonFabricHasPrefix},
+		}},
+		{"a rejected ToR path does not count", append(slices.Clone(mesh), rejectedTorPath), local(encap.ModeCrossSubnet, encap.TypeIPIP), []Route{
+			blackholeOwn(), b,
+			{Dst: pfx("10.244.3.0/24"), NextHops: []netip.Addr{nodeC}, Dev: "tunl0", Endpoint: nodeC, Reason: encap.ReasonNextHopNotConnected},
+		}},
+		{"always: both through the tunnel", mesh, local(encap.ModeAlways, encap.TypeIPIP), []Route{
+			blackholeOwn(),
+			{Dst: pfx("10.244.2.0/24"), NextHops: []netip.Addr{nodeB}, Dev: "tunl0", Endpoint: nodeB, Reason: encap.ReasonModeAlways},
+			{Dst: pfx("10.244.3.0/24"), NextHops: []netip.Addr{nodeC}, Dev: "tunl0", Endpoint: nodeC, Reason: encap.ReasonModeAlways},
+		}},
+		{"never: both native", mesh, local(encap.ModeNever, encap.TypeVXLAN), []Route{
+			blackholeOwn(),
+			{Dst: pfx("10.244.2.0/24"), NextHops: []netip.Addr{nodeB}, Reason: encap.ReasonModeNever},
+			{Dst: pfx("10.244.3.0/24"), NextHops: []netip.Addr{nodeC}, Reason: encap.ReasonModeNever},
+		}},
+		{"a prefix no node owns is never tunnelled", []bgp.Path{best("10.244.9.0/24", nodeC)}, local(encap.ModeAlways, encap.TypeIPIP), []Route{
+			blackholeOwn(),
+			{Dst: pfx("10.244.9.0/24"), NextHops: []netip.Addr{nodeC}, Reason: encap.ReasonNoTunnelEndpoint},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, _ := Desired(tt.paths, tt.local)
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("routes:\n got  %+v\n want %+v", got, tt.want)
+			}
+		})
+	}
+	// VXLAN needs a network address to spare for the remote VTEP.
+	tiny := local(encap.ModeAlways, encap.TypeVXLAN)
+	tiny.Encap.PodCIDROwners = map[netip.Prefix]netip.Addr{pfx("10.244.3.0/31"): nodeC}
+	got, _ := Desired([]bgp.Path{best("10.244.3.0/31", nodeC)}, tiny)
+	if want := (Route{Dst: pfx("10.244.3.0/31"), NextHops: []netip.Addr{nodeC}, Reason: encap.ReasonNoTunnelEndpoint}); len(got) != 2 || !reflect.DeepEqual(got[1], want) {
+		t.Errorf("VXLAN to a /31: %+v, want %+v", got, want)
+	}
+}
+
+func TestRouteStringTunnel(t *testing.T) {
+	r := Route{Dst: pfx("10.244.3.0/24"), NextHops: []netip.Addr{addr("198.18.2.11")}, Dev: "tunl0", Endpoint: addr("198.18.2.11")}
+	if got, want := r.String(), "10.244.3.0/24 via 198.18.2.11 dev tunl0 onlink proto 201"; got != want {
+		t.Errorf("String() = %q, want %q", got, want)
+	}
+	native := Route{Dst: r.Dst, NextHops: r.NextHops}
+	if r.Equal(native) {
+		t.Error("a tunnel route equals the native route with the same next hop")
+	}
+	readBack := r
+	readBack.Endpoint, readBack.Reason = netip.Addr{}, ""
+	if !r.Equal(readBack) {
+		t.Error("Equal looks at Endpoint or Reason, which the kernel does not hold")
 	}
 }
