@@ -47,10 +47,10 @@ const (
 	kubeVersion = "1.34.0"
 )
 
-// pendingFlags are meridiand flags the chart passes that the API work is
-// adding (the gRPC TCP listener); TestArgsAreMeridiandFlags accepts them
-// without meridiand defining them yet.
-var pendingFlags = []string{"api-listen", "api-tls-secret"}
+// pendingFlags are meridiand flags the chart passes before meridiand has
+// them; TestArgsAreMeridiandFlags accepts them without meridiand defining
+// them yet. None now: the gRPC TCP listener flags landed.
+var pendingFlags []string
 
 // binDir is where `make` puts helm and meridiand.
 func binDir() string {

@@ -1,17 +1,21 @@
 package metrics
 
 import (
+	"context"
 	"errors"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/meridian-net/meridian/bgp"
+	"github.com/meridian-net/meridian/cni-plugin/opstats"
 	"github.com/meridian-net/meridian/daemon/dataplane"
 )
 
@@ -85,5 +89,66 @@ func TestReadyzListsChecks(t *testing.T) {
 	close(routed)
 	if code, body := scrape(t, h, "/readyz"); code != http.StatusOK || !strings.Contains(body, "readyz check passed") {
 		t.Fatalf("/readyz after: %d %q", code, body)
+	}
+}
+
+// meridian-cni's records reach /metrics once, whether a scrape or Run
+// drains them.
+func TestCNIRecordsBecomeMetrics(t *testing.T) {
+	dir := t.TempDir()
+	m := New()
+	c := m.WatchCNI(dir, slog.New(slog.DiscardHandler))
+	for _, r := range []opstats.Record{
+		{Op: opstats.OpAdd, Duration: 30 * time.Millisecond},
+		{Op: opstats.OpAdd, Code: 11, Duration: 2 * time.Millisecond},
+		{Op: opstats.OpAdd, Code: 11, Duration: 2 * time.Millisecond},
+		{Op: opstats.OpDel, Duration: 5 * time.Millisecond},
+	} {
+		if err := opstats.Append(dir, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, body := scrape(t, m.Handler(nil), "/metrics")
+	for _, want := range []string{
+		`meridian_cni_operation_duration_seconds_count{op="add"} 3`,
+		`meridian_cni_operation_duration_seconds_count{op="del"} 1`,
+		`meridian_cni_operation_duration_seconds_count{op="check"} 0`,
+		`meridian_cni_operation_duration_seconds_bucket{op="add",le="0.002"} 2`,
+		`meridian_cni_operation_errors_total{code="11",op="add"} 2`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+
+	// Run drains between scrapes; the next scrape counts nothing twice.
+	if err := opstats.Append(dir, opstats.Record{Op: opstats.OpCheck, Code: 101, Duration: time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c.DrainInterval = time.Hour
+	done := make(chan struct{})
+	go func() { c.Run(ctx); close(done) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if st, err := os.Stat(filepath.Join(dir, opstats.FileName)); err == nil && st.Size() == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Run did not drain the records")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	_, body = scrape(t, m.Handler(nil), "/metrics")
+	for _, want := range []string{
+		`meridian_cni_operation_duration_seconds_count{op="add"} 3`,
+		`meridian_cni_operation_duration_seconds_count{op="check"} 1`,
+		`meridian_cni_operation_errors_total{code="101",op="check"} 1`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("after Run drained: /metrics lacks %s", want)
+		}
 	}
 }

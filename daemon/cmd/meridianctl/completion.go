@@ -20,18 +20,19 @@ _meridianctl() {
     local i
     for ((i = 1; i < COMP_CWORD; i++)); do
         case "${COMP_WORDS[i]}" in
-            --socket) ((i++)) ;;
+            --socket|--server|--node|--kubeconfig|--api-port|--tls-cert|--tls-key|--ca|--tls-server-name) ((i++)) ;;
             -*) ;;
             *) cmd="${COMP_WORDS[i]}"; break ;;
         esac
     done
     case "$prev" in
         -o) COMPREPLY=($(compgen -W "table wide json yaml" -- "$cur")); return ;;
-        --socket) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --socket|--kubeconfig|--tls-cert|--tls-key|--ca) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --node) COMPREPLY=($(compgen -W "$(kubectl get nodes -o name 2>/dev/null | sed 's|^node/||')" -- "$cur")); return ;;
         --source) COMPREPLY=($(compgen -W "kernel rib" -- "$cur")); return ;;
     esac
     case "$cmd" in
-        "") COMPREPLY=($(compgen -W "routes peers ipam services policy trace doctor completion help --socket" -- "$cur")) ;;
+        "") COMPREPLY=($(compgen -W "routes peers ipam services policy trace doctor completion help --socket --server --node --kubeconfig --api-port --tls-cert --tls-key --ca --tls-server-name" -- "$cur")) ;;
         routes) COMPREPLY=($(compgen -W "--prefix --contains --source --watch -o" -- "$cur")) ;;
         services) COMPREPLY=($(compgen -W "-n -o $(meridianctl __complete services 2>/dev/null)" -- "$cur")) ;;
         policy) COMPREPLY=($(compgen -W "evaluate -n -o $(meridianctl __complete pods 2>/dev/null)" -- "$cur")) ;;
@@ -58,6 +59,14 @@ _meridianctl() {
     )
     _arguments -C \
         '--socket[meridiand API socket]:socket:_files' \
+        '--server[meridiand TCP address]:host\:port:' \
+        "--node[reach this node's meridiand]:node:($(kubectl get nodes -o name 2>/dev/null | sed 's|^node/||'))" \
+        '--kubeconfig[kubeconfig for --node]:kubeconfig:_files' \
+        '--api-port[TCP port of the API for --node]:port:' \
+        '--tls-cert[client certificate]:file:_files' \
+        '--tls-key[client key]:file:_files' \
+        '--ca[CA of the daemon certificate]:file:_files' \
+        '--tls-server-name[name in the daemon certificate]:name:' \
         '1: :->cmd' \
         '*:: :->args'
     case $state in
@@ -89,13 +98,13 @@ func completion(out io.Writer, shell string) error {
 
 // completeNames prints Service or pod names, one per line, for the shell
 // scripts. Errors print nothing: completion must never spew.
-func completeNames(ctx context.Context, out io.Writer, socket string, args []string) {
+func completeNames(ctx context.Context, out io.Writer, tgt target, args []string) {
 	if len(args) != 1 {
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	c, conn, err := dial(socket)
+	c, conn, err := connect(ctx, tgt)
 	if err != nil {
 		return
 	}

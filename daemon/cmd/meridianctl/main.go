@@ -28,7 +28,7 @@ import (
 const defaultSocket = "/var/run/meridian/meridian.sock"
 
 func usage(w io.Writer) {
-	fmt.Fprintf(w, `usage: meridianctl [--socket PATH] COMMAND [flags] [-o table|wide|json|yaml]
+	fmt.Fprintf(w, `usage: meridianctl [--socket PATH | --server HOST:PORT | --node NAME] [TLS flags] COMMAND [flags] [-o table|wide|json|yaml]
 
 commands:
   routes [--prefix CIDR] [--contains IP] [--source kernel|rib] [--watch]
@@ -50,7 +50,14 @@ commands:
               print a shell completion script
 
 --socket defaults to $MERIDIAN_SOCKET, else %s.
-`, routes.Protocol, defaultSocket)
+--server HOST:PORT dials a meridiand's TCP listener (--api-listen) instead;
+--node NAME finds that node's InternalIP through the Kubernetes API
+(--kubeconfig, else $KUBECONFIG or ~/.kube/config) and dials it on
+--api-port (default %d). Both use mutual TLS: --tls-cert and --tls-key (this
+client's certificate), --ca (the CA of the daemon's certificate) and, when
+the daemon's certificate does not name the address dialled,
+--tls-server-name.
+`, routes.Protocol, defaultSocket, defaultAPIPort)
 }
 
 func main() {
@@ -66,7 +73,8 @@ func run(ctx context.Context, argv []string, stdout, stderr io.Writer) int {
 	global := flag.NewFlagSet("meridianctl", flag.ContinueOnError)
 	global.SetOutput(stderr)
 	global.Usage = func() { usage(stderr) }
-	socket := global.String("socket", def, "meridiand API socket")
+	tgt := &target{socket: def, apiPort: defaultAPIPort}
+	tgt.register(global)
 	if err := global.Parse(argv); err != nil {
 		return 2
 	}
@@ -92,7 +100,7 @@ func run(ctx context.Context, argv []string, stdout, stderr io.Writer) int {
 		return 0
 	case "__complete":
 		// Dynamic completion for the shell scripts: names the daemon knows.
-		completeNames(ctx, stdout, *socket, args)
+		completeNames(ctx, stdout, *tgt, args)
 		return 0
 	}
 	c, ok := commands[cmd]
@@ -103,7 +111,8 @@ func run(ctx context.Context, argv []string, stdout, stderr io.Writer) int {
 	}
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(socket, "socket", *socket, "meridiand API socket")
+	// The connection flags are taken after the command too, kubectl-like.
+	tgt.register(fs)
 	opts := &options{}
 	fs.StringVar(&opts.format, "o", formatTable, "output format: "+strings.Join(formats, ", "))
 	if c.flags != nil {
@@ -117,7 +126,11 @@ func run(ctx context.Context, argv []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "meridianctl %s: %v\n", cmd, err)
 		return 2
 	}
-	opts.args, opts.socket = pos, *socket
+	if err := tgt.check(); err != nil {
+		fmt.Fprintf(stderr, "meridianctl %s: %v\n", cmd, err)
+		return 2
+	}
+	opts.args, opts.target = pos, *tgt
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -153,8 +166,9 @@ func errorText(err error) string {
 
 // options are the flags and arguments of one command.
 type options struct {
-	socket, format string
-	args           []string
+	target target
+	format string
+	args   []string
 	// routes
 	prefix, contains, source string
 	watch                    bool
@@ -180,24 +194,24 @@ var commands = map[string]command{
 				return err
 			}
 			if o.watch {
-				return withClient(o, func(c meridianv1.MeridianClient) error {
+				return withClient(ctx, o, func(c meridianv1.MeridianClient) error {
 					return watchRoutes(ctx, out, c, o.prefix, o.contains, o.source, o.format)
 				})
 			}
-			return listRoutes(ctx, out, o.socket, o.prefix, o.contains, o.source, o.format)
+			return listRoutes(ctx, out, o.target, o.prefix, o.contains, o.source, o.format)
 		},
 	},
 	"peers": {run: func(ctx context.Context, out io.Writer, o *options) error {
 		if err := noArgs(o); err != nil {
 			return err
 		}
-		return withClient(o, func(c meridianv1.MeridianClient) error { return listPeers(ctx, out, c, o.format) })
+		return withClient(ctx, o, func(c meridianv1.MeridianClient) error { return listPeers(ctx, out, c, o.format) })
 	}},
 	"ipam": {run: func(ctx context.Context, out io.Writer, o *options) error {
 		if err := noArgs(o); err != nil {
 			return err
 		}
-		return withClient(o, func(c meridianv1.MeridianClient) error { return listIPAM(ctx, out, c, o.format) })
+		return withClient(ctx, o, func(c meridianv1.MeridianClient) error { return listIPAM(ctx, out, c, o.format) })
 	}},
 	"services": {
 		flags: namespaceFlag,
@@ -209,7 +223,7 @@ var commands = map[string]command{
 			if len(o.args) == 1 {
 				name = o.args[0]
 			}
-			return withClient(o, func(c meridianv1.MeridianClient) error {
+			return withClient(ctx, o, func(c meridianv1.MeridianClient) error {
 				return listServices(ctx, out, c, o.namespace, name, o.format)
 			})
 		},
@@ -222,7 +236,7 @@ var commands = map[string]command{
 				if err != nil {
 					return err
 				}
-				return withClient(o, func(c meridianv1.MeridianClient) error { return evaluate(ctx, out, c, q, o.format) })
+				return withClient(ctx, o, func(c meridianv1.MeridianClient) error { return evaluate(ctx, out, c, q, o.format) })
 			}
 			if len(o.args) > 1 {
 				return usageError{fmt.Sprintf("want at most one pod name, got %q", o.args)}
@@ -231,7 +245,7 @@ var commands = map[string]command{
 			if len(o.args) == 1 {
 				pod = o.args[0]
 			}
-			return withClient(o, func(c meridianv1.MeridianClient) error {
+			return withClient(ctx, o, func(c meridianv1.MeridianClient) error {
 				return listPolicies(ctx, out, c, o.namespace, pod, o.format)
 			})
 		},
@@ -241,13 +255,13 @@ var commands = map[string]command{
 		if err != nil {
 			return err
 		}
-		return withClient(o, func(c meridianv1.MeridianClient) error { return trace(ctx, out, c, q, o.format) })
+		return withClient(ctx, o, func(c meridianv1.MeridianClient) error { return trace(ctx, out, c, q, o.format) })
 	}},
 	"doctor": {run: func(ctx context.Context, out io.Writer, o *options) error {
 		if err := noArgs(o); err != nil {
 			return err
 		}
-		return withClient(o, func(c meridianv1.MeridianClient) error { return doctor(ctx, out, c, o.format) })
+		return withClient(ctx, o, func(c meridianv1.MeridianClient) error { return doctor(ctx, out, c, o.format) })
 	}},
 }
 
@@ -284,6 +298,7 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
+// dial connects to the daemon's Unix socket.
 func dial(socket string) (meridianv1.MeridianClient, io.Closer, error) {
 	if _, err := os.Stat(socket); err != nil {
 		return nil, nil, fmt.Errorf("no meridiand API at %s (is meridiand running with --api-socket %s?): %w", socket, socket, err)
@@ -295,8 +310,8 @@ func dial(socket string) (meridianv1.MeridianClient, io.Closer, error) {
 	return meridianv1.NewMeridianClient(conn), conn, nil
 }
 
-func withClient(o *options, f func(meridianv1.MeridianClient) error) error {
-	c, conn, err := dial(o.socket)
+func withClient(ctx context.Context, o *options, f func(meridianv1.MeridianClient) error) error {
+	c, conn, err := connect(ctx, o.target)
 	if err != nil {
 		return err
 	}

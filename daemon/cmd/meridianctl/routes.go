@@ -29,21 +29,21 @@ func parseSource(source string) (meridianv1.Route_Source, error) {
 	return 0, usageError{fmt.Sprintf("unknown --source %q (want kernel or rib)", source)}
 }
 
-func listRoutes(ctx context.Context, out io.Writer, socket, prefix, contains, source, format string) error {
+func listRoutes(ctx context.Context, out io.Writer, tgt target, prefix, contains, source, format string) error {
 	src, err := parseSource(source)
 	if err != nil {
 		return err
 	}
 	var rows []*meridianv1.Route
-	if _, err := os.Stat(socket); errors.Is(err, os.ErrNotExist) && src != meridianv1.Route_SOURCE_RIB && contains == "" {
+	if _, err := os.Stat(tgt.socket); !tgt.remote() && errors.Is(err, os.ErrNotExist) && src != meridianv1.Route_SOURCE_RIB && contains == "" {
 		// Without a daemon the kernel still answers; that is when an
 		// operator most needs to see what the last meridiand left there.
-		fmt.Fprintf(os.Stderr, "meridianctl: no API socket at %s; reading kernel routes directly (no BGP RIB)\n", socket)
+		fmt.Fprintf(os.Stderr, "meridianctl: no API socket at %s; reading kernel routes directly (no BGP RIB)\n", tgt.socket)
 		if rows, err = kernelRoutes(prefix); err != nil {
 			return err
 		}
 	} else {
-		c, conn, err := dial(socket)
+		c, conn, err := connect(ctx, tgt)
 		if err != nil {
 			return err
 		}

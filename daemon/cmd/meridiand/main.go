@@ -15,6 +15,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -47,7 +48,9 @@ func main() {
 		grTime     = flag.Duration("graceful-restart-time", 120*time.Second, "BGP graceful restart time announced to peers (0 disables graceful restart)")
 		stateDir   = flag.String("state-dir", "/var/lib/meridian", "directory shared with meridian-cni (node state, IPAM)")
 		logLevel   = flag.String("log-level", "info", "debug, info, warn or error")
-		apiSocket  = flag.String("api-socket", "/var/run/meridian/meridian.sock", "Unix socket of the gRPC API (mode 0600); empty disables the API")
+		apiSocket  = flag.String("api-socket", "/var/run/meridian/meridian.sock", "Unix socket of the gRPC API (mode 0600); empty disables it")
+		apiListen  = flag.String("api-listen", "", "also serve the gRPC API on this TCP address (e.g. :9092) with mutual TLS; needs --api-tls-secret; empty disables it")
+		apiTLS     = flag.String("api-tls-secret", "", "directory of a mounted kubernetes.io/tls Secret for --api-listen: tls.crt and tls.key serve, ca.crt verifies the client certificates every client must present; re-read when the files change")
 		withdraw   = flag.Bool("withdraw-on-stop", false, "on SIGTERM, close BGP sessions with a hard reset so peers withdraw this node's routes at once (default: peers keep them for the graceful-restart time, so restarts and upgrades do not drop traffic)")
 	)
 	var dp dataplaneFlags
@@ -66,6 +69,10 @@ func main() {
 		log.Error("no node name: set --node-name or NODE_NAME (the DaemonSet sets it from spec.nodeName)")
 		os.Exit(2)
 	}
+	if *apiListen != "" && *apiTLS == "" {
+		log.Error("--api-listen needs --api-tls-secret: the API is only served on TCP with mutual TLS")
+		os.Exit(2)
+	}
 	if *bgpPort < 1 || *bgpPort > 65535 {
 		log.Error("invalid --bgp-port", "port", *bgpPort)
 		os.Exit(2)
@@ -77,13 +84,20 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := run(ctx, log, *nodeName, *kubeconfig, uint32(*asn), int32(*bgpPort), *grTime, *stateDir, *apiSocket, *withdraw, dp); err != nil {
+	if err := run(ctx, log, *nodeName, *kubeconfig, uint32(*asn), int32(*bgpPort), *grTime, *stateDir, apiFlags{*apiSocket, *apiListen, *apiTLS}, *withdraw, dp); err != nil {
 		log.Error("meridiand stopped", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, log *slog.Logger, nodeName, kubeconfig string, asn uint32, bgpPort int32, grTime time.Duration, stateDir, apiSocket string, withdraw bool, dp dataplaneFlags) error {
+// apiFlags say where the gRPC API is served.
+type apiFlags struct {
+	socket string
+	// listen and tlsDir: the optional mutual-TLS TCP listener.
+	listen, tlsDir string
+}
+
+func run(ctx context.Context, log *slog.Logger, nodeName, kubeconfig string, asn uint32, bgpPort int32, grTime time.Duration, stateDir string, api apiFlags, withdraw bool, dp dataplaneFlags) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var restCfg *rest.Config
@@ -142,7 +156,7 @@ func run(ctx context.Context, log *slog.Logger, nodeName, kubeconfig string, asn
 		// acceptedPrefixes.
 		ClusterCIDRs: dp.clusterCIDRs,
 	}, client, crdClient, applier, newSpeaker, writeState, log)
-	log.Info("meridiand starting", "node", nodeName, "asn", asn, "stateDir", stateDir, "apiSocket", apiSocket)
+	log.Info("meridiand starting", "node", nodeName, "asn", asn, "stateDir", stateDir, "apiSocket", api.socket, "apiListen", api.listen)
 
 	// The API, the metrics listener and the dataplane run beside routing.
 	var wg sync.WaitGroup
@@ -154,19 +168,36 @@ func run(ctx context.Context, log *slog.Logger, nodeName, kubeconfig string, asn
 	nftConn := nftkernel.New(0, log)
 	dpCtrl, health := newDataplane(ctx, dp, nodeName, client, h, nftConn, m, log)
 	defer health.Close()
-	if apiSocket != "" {
+	// meridian-cni's per-operation records, drained into the CNI metrics.
+	cniRecords := m.WatchCNI(stateDir, log)
+	wg.Go(func() { cniRecords.Run(ctx) })
+	if api.socket != "" || api.listen != "" {
 		srv := apiserver.New(apiserver.Sources{
 			Kernel: applier, BGP: &current, IPAM: ipam.NewStore(stateDir),
 			// Services and policy as last applied, and the kernel's rule
 			// counters for the policy view.
 			Dataplane: dpCtrl, Counters: nftConn,
 		}, log)
-		wg.Go(func() {
-			// The API only observes: losing it must not stop routing.
-			if err := srv.Serve(ctx, apiSocket); err != nil {
-				log.Error("gRPC API not served; routing goes on without it", "subsys", "api", "socket", apiSocket, "err", err)
-			}
-		})
+		// The API only observes: losing it must not stop routing.
+		if api.socket != "" {
+			wg.Go(func() {
+				if err := srv.Serve(ctx, api.socket); err != nil {
+					log.Error("gRPC API not served; routing goes on without it", "subsys", "api", "socket", api.socket, "err", err)
+				}
+			})
+		}
+		if api.listen != "" {
+			wg.Go(func() {
+				var lc net.ListenConfig
+				ln, err := lc.Listen(ctx, "tcp", api.listen)
+				if err == nil {
+					err = srv.ServeTCP(ctx, ln, api.tlsDir)
+				}
+				if err != nil {
+					log.Error("gRPC API not served on TCP; routing goes on without it", "subsys", "api", "addr", api.listen, "err", err)
+				}
+			})
+		}
 	}
 	if dp.metricsAddr != "" {
 		checks := []metrics.Check{
