@@ -12,7 +12,7 @@ DEBS := etcd-server frr bird2 containernetworking-plugins iperf3 nftables iprout
 DEBS_NO_RECOMMENDS := qemu-system-x86
 LAB_NODES ?= 3
 
-.PHONY: all build meridian tools deps lab lab-down test unit-test integration-test chart-test chart-crds image bench fuzz api fmt vet clean
+.PHONY: all build meridian tools deps lab lab-down test unit-test integration-test vm-test chart-test chart-crds image bench fuzz api fmt vet clean
 
 all: build
 
@@ -69,6 +69,15 @@ unit-test:
 # cannot run.
 integration-test:
 	MERIDIAN_BIN_DIR=$(BIN) MERIDIAN_REQUIRE_LAB=1 $(GO) test -count=1 -timeout 30m -p 1 ./integration/...
+
+# The IPIP kernel tests in a QEMU VM booting Debian's kernel
+# (integration/vm), whatever the host kernel has; integration-test runs them
+# there only when the host has no ipip. VM_PKGS="./daemon/routes ..." picks
+# the packages (default: integration/vm's VMPackages).
+VM_PKGS ?=
+vm-test: deps
+	MERIDIAN_VM=1 MERIDIAN_VM_PKGS="$(VM_PKGS)" MERIDIAN_BIN_DIR=$(BIN) MERIDIAN_REQUIRE_LAB=1 \
+		$(GO) test -count=1 -timeout 20m -v -run TestIPIPTestsInVM ./integration/vm/
 
 # The Helm chart: helm lint, helm template with the default values and with
 # charts/meridian/ci/all-values.yaml, schema refusals, and the rendered objects
