@@ -11,6 +11,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/meridian-net/meridian/daemon/encap"
 )
 
 // dumpAttempts bounds the retries of a route dump the kernel marked
@@ -103,6 +105,14 @@ func (a *Applier) snapshot() (kernelState, error) {
 	if err != nil {
 		return kernelState{}, err
 	}
+	// Tunnel routes name their device by index; only Meridian's tunnel
+	// devices are resolved, anything else reads back as unexpected.
+	devs := map[int]string{}
+	for _, name := range []string{encap.IPIPDevice, encap.VXLANDevice} {
+		if l, err := a.h.LinkByName(name); err == nil {
+			devs[l.Attrs().Index] = name
+		}
+	}
 	st := kernelState{
 		owned:   map[netip.Prefix]netlink.Route{},
 		foreign: map[netip.Prefix]netlink.RouteProtocol{},
@@ -126,7 +136,7 @@ func (a *Applier) snapshot() (kernelState, error) {
 				continue
 			}
 			st.owned[dst] = kr
-			st.current = append(st.current, fromKernel(dst, kr))
+			st.current = append(st.current, fromKernel(dst, kr, devs))
 		default:
 			st.strays = append(st.strays, kr)
 		}
@@ -237,7 +247,15 @@ func (a *Applier) Apply(desired []Route, prune bool) (Result, error) {
 }
 
 func (a *Applier) install(r Route, op func(*netlink.Route) error) error {
-	kr, err := toKernel(r)
+	link := 0
+	if r.Dev != "" {
+		l, err := a.h.LinkByName(r.Dev)
+		if err != nil {
+			return fmt.Errorf("install route %s: tunnel device %s: %w", r.target(), r.Dev, err)
+		}
+		link = l.Attrs().Index
+	}
+	kr, err := toKernel(r, link)
 	if err != nil {
 		return fmt.Errorf("install route %s: %w", r.target(), err)
 	}
@@ -270,8 +288,9 @@ func (a *Applier) remove(kr netlink.Route) error {
 	return nil
 }
 
-// toKernel builds the netlink route Apply writes for r.
-func toKernel(r Route) (*netlink.Route, error) {
+// toKernel builds the netlink route Apply writes for r; link is the index of
+// r.Dev.
+func toKernel(r Route, link int) (*netlink.Route, error) {
 	if !r.Dst.IsValid() || !r.Dst.Addr().Is4() || r.Dst != r.Dst.Masked() {
 		return nil, fmt.Errorf("destination %s must be a masked IPv4 prefix: %w", r.Dst, ErrInvalidRoute)
 	}
@@ -296,6 +315,18 @@ func toKernel(r Route) (*netlink.Route, error) {
 		if !validNextHop(nh) {
 			return nil, fmt.Errorf("next hop %s: %w", nh, ErrInvalidRoute)
 		}
+	}
+	if r.Dev != "" {
+		if len(r.NextHops) != 1 || link <= 0 {
+			return nil, fmt.Errorf("tunnel route needs one next hop and its device: %w", ErrInvalidRoute)
+		}
+		// onlink: the gateway (the remote node for IPIP, its VTEP
+		// address for VXLAN) is on no subnet of the tunnel device; the
+		// kernel takes it as directly reachable through it.
+		kr.Gw = r.NextHops[0].AsSlice()
+		kr.LinkIndex = link
+		kr.Flags = int(netlink.FLAG_ONLINK)
+		return kr, nil
 	}
 	if len(r.NextHops) == 1 {
 		kr.Gw = r.NextHops[0].AsSlice()
@@ -326,14 +357,30 @@ func kernelDst(kr netlink.Route) (netip.Prefix, bool) {
 	return netip.PrefixFrom(ip.Unmap(), ones), true
 }
 
-// fromKernel converts one of our kernel routes into the model. Anything
-// Apply would not have written this way becomes a bare Route{Dst}, which
-// never equals a desired route, so Apply rewrites or prunes it.
-func fromKernel(dst netip.Prefix, kr netlink.Route) Route {
+// fromKernel converts one of our kernel routes into the model; devs names
+// Meridian's tunnel devices by index. Anything Apply would not have written
+// this way becomes a bare Route{Dst}, which never equals a desired route,
+// so Apply rewrites or prunes it.
+func fromKernel(dst netip.Prefix, kr netlink.Route, devs map[int]string) Route {
 	bare := Route{Dst: dst}
-	if kr.Scope != netlink.SCOPE_UNIVERSE || kr.Src != nil || kr.Encap != nil || kr.Via != nil ||
-		kr.NewDst != nil || kr.Flags&configFlags != 0 {
+	if kr.Scope != netlink.SCOPE_UNIVERSE || kr.Src != nil || kr.Encap != nil || kr.Via != nil || kr.NewDst != nil {
 		return bare
+	}
+	if kr.Flags&configFlags != 0 {
+		// Only a tunnel route: one onlink gateway on one of our devices.
+		dev, ok := devs[kr.LinkIndex]
+		if !ok || kr.Flags&configFlags != unix.RTNH_F_ONLINK || kr.Type != unix.RTN_UNICAST || len(kr.MultiPath) > 0 {
+			return bare
+		}
+		nh, ok := gateway(kr.Gw)
+		if !ok {
+			return bare
+		}
+		r := Route{Dst: dst, NextHops: []netip.Addr{nh}, Dev: dev}
+		if dev == encap.IPIPDevice {
+			r.Endpoint = nh
+		}
+		return r
 	}
 	switch kr.Type {
 	case unix.RTN_BLACKHOLE:
@@ -387,7 +434,7 @@ func fromKernelString(kr netlink.Route) string {
 	if !ok {
 		return kr.String()
 	}
-	s := fromKernel(dst, kr).target()
+	s := fromKernel(dst, kr, nil).target()
 	if kr.Priority != 0 {
 		s += fmt.Sprintf(" metric %d", kr.Priority)
 	}
