@@ -74,14 +74,16 @@ func newDataplane(ctx context.Context, f dataplaneFlags, nodeName string, client
 	svcCfg.NATOutgoing = f.natOutgoing
 	svcCfg.MasqueradeAll = f.masqueradeAll
 	svcCfg.NodePortAddresses = f.nodePortAddresses
-	renderCfg := servicenft.DefaultConfig()
+	// One Renderer for the life of the loop: it reuses the element text of
+	// unchanged endpoints from one sync to the next.
+	svcRenderer := servicenft.NewRenderer(servicenft.DefaultConfig())
 	health := healthcheck.New("", log)
 	ctrl := dataplane.New(dataplane.Config{
 		NodeName:     nodeName,
 		ClusterCIDRs: f.clusterCIDRs,
 		Services:     svcCfg,
 	}, client, conn, dataplane.Renderers{
-		Services: func(m *services.Model) nft.Table { return servicenft.Render(m, renderCfg) },
+		Services: svcRenderer.Render,
 		Policy:   policynft.Render,
 		PolicyFailClosed: func(m *policy.Model, applied nft.Table) (nft.Table, []string) {
 			suspects := policynft.Suspects(m, applied)

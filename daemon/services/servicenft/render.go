@@ -251,18 +251,82 @@ func frontendElem(f services.Frontend) string {
 // IPv6 Service ports, node addresses and CIDRs are left out: the nft model
 // is IPv4-only for now.
 func Render(m *services.Model, cfg Config) nft.Table {
+	return NewRenderer(cfg).Render(m)
+}
+
+// Renderer is Render with memory: it keeps the element text it built for
+// each target's endpoints and for the hairpin set, and reuses it while the
+// endpoints are the same. A sync after one endpoint change then builds the
+// strings of that target only instead of one per endpoint of the node.
+// Its output equals Render's for the same model. Not safe for concurrent
+// use: one sync loop owns it.
+type Renderer struct {
+	cfg Config
+	// eps caches per target id; gen marks the entries the last Render used,
+	// so targets that went away are dropped.
+	eps     map[uint32]*endpointCache
+	gen     uint64
+	hairpin hairpinCache
+}
+
+type endpointCache struct {
+	gen   uint64
+	addrs []netip.AddrPort
+	elems []nft.Element
+}
+
+type hairpinCache struct {
+	addrs []netip.Addr
+	elems []nft.Element
+}
+
+// NewRenderer returns a Renderer for cfg (a zero MasqueradeMark takes the
+// default).
+func NewRenderer(cfg Config) *Renderer {
 	if cfg.MasqueradeMark == 0 {
 		cfg.MasqueradeMark = DefaultConfig().MasqueradeMark
 	}
-	r := renderer{cfg: cfg}
+	return &Renderer{cfg: cfg, eps: map[uint32]*endpointCache{}}
+}
+
+// Render computes the table for m, as the package function does.
+func (rr *Renderer) Render(m *services.Model) nft.Table {
+	rr.gen++
+	r := renderer{cfg: rr.cfg, cache: rr}
 	r.index(m)
-	return r.table(m)
+	t := r.table(m)
+	for id, c := range rr.eps {
+		if c.gen != rr.gen {
+			delete(rr.eps, id)
+		}
+	}
+	return t
 }
 
 type renderer struct {
 	cfg     Config
+	cache   *Renderer
 	ids     map[services.TargetKey]uint32
 	targets map[services.TargetKey]*services.Target
+}
+
+// endpointElems returns the endpoint map elements of target id, from the
+// cache when its endpoints' addresses and ports are unchanged.
+func (rr *Renderer) endpointElems(id uint32, eps []services.Endpoint) []nft.Element {
+	c := rr.eps[id]
+	if c != nil && len(c.addrs) == len(eps) && slices.EqualFunc(c.addrs, eps, func(a netip.AddrPort, e services.Endpoint) bool {
+		return a == e.AddrPort()
+	}) {
+		c.gen = rr.gen
+		return c.elems
+	}
+	c = &endpointCache{gen: rr.gen, addrs: make([]netip.AddrPort, len(eps)), elems: make([]nft.Element, len(eps))}
+	for b, e := range eps {
+		c.addrs[b] = e.AddrPort()
+		c.elems[b] = endpointElem(id, b, e)
+	}
+	rr.eps[id] = c
+	return c.elems
 }
 
 func v4(p services.ServicePort) bool { return p.Family == services.IPv4 }
@@ -301,7 +365,7 @@ func (r *renderer) table(m *services.Model) nft.Table {
 		frontends, noEps    []nft.Element
 		masqAlways, masqOff []nft.Element
 		endpoints           [EndpointShards][]nft.Element
-		hairpin             = map[netip.Addr]bool{}
+		hairpin             []netip.Addr
 		affinity            = map[int32]bool{}
 	)
 	extDone := map[uint32]bool{}
@@ -342,10 +406,10 @@ func (r *renderer) table(m *services.Model) nft.Table {
 					continue
 				}
 				id := r.ids[t.Key]
-				for b, e := range t.Endpoints {
-					endpoints[id%EndpointShards] = append(endpoints[id%EndpointShards], endpointElem(id, b, e))
+				endpoints[id%EndpointShards] = append(endpoints[id%EndpointShards], r.cache.endpointElems(id, t.Endpoints)...)
+				for _, e := range t.Endpoints {
 					if e.Addr.Is4() {
-						hairpin[e.Addr] = true
+						hairpin = append(hairpin, e.Addr)
 					}
 				}
 				chains = append(chains, targetChain(id, p.Protocol, t, affinity))
@@ -387,7 +451,7 @@ func (r *renderer) table(m *services.Model) nft.Table {
 		{Name: SetMasqOffClust, KeyType: frontendKey, Elements: masqOff},
 		{Name: SetClusterCIDRs, KeyType: []nft.DataType{nft.TypeIPv4Addr}, Interval: true, Elements: prefixElems(m.ClusterCIDRs)},
 		{Name: SetNATOutgoing, KeyType: []nft.DataType{nft.TypeIPv4Addr}, Interval: true, Elements: prefixElems(m.NATOutgoing)},
-		{Name: SetHairpin, KeyType: []nft.DataType{nft.TypeIPv4Addr, nft.TypeIPv4Addr}, Elements: hairpinElems(hairpin)},
+		{Name: SetHairpin, KeyType: []nft.DataType{nft.TypeIPv4Addr, nft.TypeIPv4Addr}, Elements: r.cache.hairpinElems(hairpin)},
 	}
 	verdict := []nft.DataType{nft.TypeVerdict}
 	nftMaps := []nft.Map{
@@ -440,22 +504,33 @@ func endpointElem(id uint32, b int, e services.Endpoint) nft.Element {
 	return nft.Element{Key: string(k), Value: string(v)}
 }
 
-// hairpinElems lists (a . a) for every endpoint address a, in address
-// order (stable from one render to the next, which Plan relies on to skip
-// unchanged runs cheaply).
-func hairpinElems(addrs map[netip.Addr]bool) []nft.Element {
-	sorted := make([]netip.Addr, 0, len(addrs))
-	for a := range addrs {
-		sorted = append(sorted, a)
+// hairpinElems lists (a . a) for every endpoint address a (addrs may
+// repeat), in address order, stable from one render to the next, which
+// Plan relies on to skip unchanged runs cheaply. Elements of addresses the
+// last render had are reused, found by walking both sorted lists.
+func (rr *Renderer) hairpinElems(addrs []netip.Addr) []nft.Element {
+	slices.SortFunc(addrs, netip.Addr.Compare)
+	addrs = slices.Compact(addrs)
+	prev := rr.hairpin
+	if slices.Equal(prev.addrs, addrs) {
+		return prev.elems
 	}
-	slices.SortFunc(sorted, netip.Addr.Compare)
-	out := make([]nft.Element, len(sorted))
-	for i, a := range sorted {
+	out := make([]nft.Element, len(addrs))
+	j := 0
+	for i, a := range addrs {
+		for j < len(prev.addrs) && prev.addrs[j].Less(a) {
+			j++
+		}
+		if j < len(prev.addrs) && prev.addrs[j] == a {
+			out[i] = prev.elems[j]
+			continue
+		}
 		b := a.AppendTo(make([]byte, 0, 34))
 		b = append(b, " . "...)
 		b = a.AppendTo(b)
 		out[i] = nft.Element{Key: string(b)}
 	}
+	rr.hairpin = hairpinCache{addrs: addrs, elems: out}
 	return out
 }
 
