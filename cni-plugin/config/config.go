@@ -14,6 +14,8 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/utils"
 	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/meridian-net/meridian/cni-plugin/ipam"
 )
 
 // PluginType is the value the "type" field must carry.
@@ -44,7 +46,9 @@ type NetConf struct {
 
 	// StateDir holds node.json (written by meridiand) and the IPAM store.
 	StateDir string `json:"stateDir,omitempty"`
-	// MTU is set on both ends of the pod's veth pair.
+	// MTU is set on both ends of the pod's veth pair. Unset, it is the MTU
+	// meridiand published in the node state (the node's link MTU minus the
+	// tunnel overhead when encapsulation can be used), else DefaultMTU.
 	MTU int `json:"mtu,omitempty"`
 	// HostVethPrefix starts the name of every host-side veth, so they are
 	// recognisable as Meridian's (Calico uses "cali").
@@ -87,7 +91,7 @@ func Parse(data []byte) (*NetConf, error) {
 	conf.StateDir = filepath.Clean(conf.StateDir)
 
 	if conf.MTU == 0 {
-		conf.MTU = DefaultMTU
+		conf.MTU = nodeMTU(conf.StateDir)
 	}
 	if conf.MTU < MinMTU || conf.MTU > MaxMTU {
 		return nil, invalid(fmt.Sprintf("mtu %d outside %d..%d", conf.MTU, MinMTU, MaxMTU))
@@ -126,4 +130,16 @@ func validatePrefix(p string) error {
 
 func invalid(msg string) *types.Error {
 	return types.NewError(types.ErrInvalidNetworkConfig, msg, "")
+}
+
+// nodeMTU is the MTU meridiand wrote into the node state, or DefaultMTU when
+// there is none (no node.json yet, an older meridiand) or it is out of
+// range. An unreadable node state is not an error here: ADD reports it when
+// it needs the pod CIDR from the same file.
+func nodeMTU(stateDir string) int {
+	s, err := ipam.ReadNodeState(stateDir)
+	if err != nil || s.MTU < MinMTU || s.MTU > MaxMTU {
+		return DefaultMTU
+	}
+	return s.MTU
 }

@@ -2,12 +2,15 @@ package config
 
 import (
 	"errors"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/meridian-net/meridian/cni-plugin/ipam"
 )
 
 func TestParse(t *testing.T) {
@@ -165,4 +168,37 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("accepted type %q name %q", c.Type, c.Name)
 		}
 	})
+}
+
+// Without "mtu" in the conflist, the MTU meridiand wrote into node.json is
+// used; the conflist's wins when set; without either, DefaultMTU.
+func TestMTUFromNodeState(t *testing.T) {
+	dir := t.TempDir()
+	conf := func(extra string) string {
+		return `{"cniVersion":"1.0.0","name":"n","type":"meridian-cni","stateDir":"` + dir + `"` + extra + `}`
+	}
+	parse := func(in string) int {
+		t.Helper()
+		c, err := Parse([]byte(in))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.MTU
+	}
+	if got := parse(conf("")); got != DefaultMTU {
+		t.Errorf("no node.json: mtu %d, want %d", got, DefaultMTU)
+	}
+	for _, tc := range []struct {
+		nodeMTU, want int
+	}{{1480, 1480}, {1450, 1450}, {0, DefaultMTU}, {100, DefaultMTU}, {70000, DefaultMTU}} {
+		if err := (ipam.NodeState{NodeName: "node-1", PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}, MTU: tc.nodeMTU}).Write(dir); err != nil {
+			t.Fatal(err)
+		}
+		if got := parse(conf("")); got != tc.want {
+			t.Errorf("node.json mtu %d: mtu %d, want %d", tc.nodeMTU, got, tc.want)
+		}
+		if got := parse(conf(`,"mtu":9000`)); got != 9000 {
+			t.Errorf("node.json mtu %d and conflist 9000: mtu %d, want the conflist's", tc.nodeMTU, got)
+		}
+	}
 }

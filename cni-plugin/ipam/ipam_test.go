@@ -455,3 +455,22 @@ func TestCrashRecovery(t *testing.T) {
 		t.Errorf("stray temporary file not swept: %v", err)
 	}
 }
+
+func TestNodeStateMTU(t *testing.T) {
+	dir := t.TempDir()
+	in := NodeState{NodeName: "node-1", PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}, MTU: 1450}
+	if err := in.Write(dir); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, NodeStateFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"nodeName":"node-1","podCIDRs":["10.244.1.0/24"],"mtu":1450}`; strings.TrimSpace(string(b)) != want {
+		t.Errorf("file %s, want %s", b, want)
+	}
+	out, err := ReadNodeState(dir)
+	if err != nil || out.MTU != 1450 {
+		t.Fatalf("round trip: %+v %v", out, err)
+	}
+}

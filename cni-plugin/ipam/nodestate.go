@@ -19,10 +19,15 @@ const NodeStateFile = "node.json"
 var ErrNoPodCIDR = errors.New("node has no pod CIDR yet")
 
 // NodeState is the contract between meridiand and meridian-cni, stored as
-// <stateDir>/node.json, e.g. {"nodeName":"node-1","podCIDRs":["10.244.1.0/24"]}.
+// <stateDir>/node.json, e.g.
+// {"nodeName":"node-1","podCIDRs":["10.244.1.0/24"],"mtu":1480}.
 type NodeState struct {
 	NodeName string         `json:"nodeName"`
 	PodCIDRs []netip.Prefix `json:"podCIDRs"`
+	// MTU is the pod interface MTU meridiand derived from the node's link
+	// and the encapsulation (or its --pod-mtu); 0 when unknown. A conflist
+	// "mtu" takes precedence.
+	MTU int `json:"mtu,omitempty"`
 }
 
 // ReadNodeState reads <stateDir>/node.json. A missing file is reported as an
