@@ -41,6 +41,9 @@ type Config struct {
 	// WorkDir holds the initramfs while the VM runs (default os.TempDir());
 	// it is removed when Run returns.
 	WorkDir string
+	// Initramfs, when set, is where the initramfs is written instead, and
+	// kept, to boot again by hand (with rdinit=/bin/sh for a shell).
+	Initramfs string
 	// Console receives every line the VM prints on its serial console and
 	// everything QEMU prints on stderr, as they come.
 	Console func(line string)
@@ -107,11 +110,18 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("resolve modules: %w", err)
 	}
-	f, err := os.CreateTemp(cfg.WorkDir, "meridian-vm-initramfs-*.cpio")
+	var f *os.File
+	if cfg.Initramfs != "" {
+		f, err = os.Create(cfg.Initramfs)
+	} else {
+		f, err = os.CreateTemp(cfg.WorkDir, "meridian-vm-initramfs-*.cpio")
+		if err == nil {
+			defer os.Remove(f.Name())
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("create initramfs: %w", err)
 	}
-	defer os.Remove(f.Name())
 	werr := writeInitramfs(f, cfg, mods, nonce)
 	if cerr := f.Close(); werr == nil {
 		werr = cerr
@@ -262,6 +272,8 @@ func writeInitramfs(w io.Writer, cfg Config, mods []Module, nonce string) error 
 	if err := addHostFile(c, "bin/busybox", cfg.Assets.Busybox, 0o755); err != nil {
 		return err
 	}
+	// For rdinit=/bin/sh when booting by hand; /init installs the rest.
+	c.Symlink("bin/sh", "busybox")
 	for _, m := range mods {
 		c.File("lib/modules/"+m.Name+".ko", 0o644, m.Data)
 	}

@@ -123,8 +123,10 @@ func TestIPIPTestsInVM(t *testing.T) {
 		Env:     []string{"MERIDIAN_REQUIRE_IPIP=1"},
 		QEMU:    qemu,
 		WorkDir: work,
-		Console: func(l string) { t.Log("vm| " + l) },
-		Log:     log,
+		// MERIDIAN_VM_INITRAMFS=path keeps the initramfs there.
+		Initramfs: os.Getenv("MERIDIAN_VM_INITRAMFS"),
+		Console:   func(l string) { t.Log("vm| " + l) },
+		Log:       log,
 	})
 	t.Logf("the VM ran for %s", time.Since(start).Round(time.Second))
 	if err != nil {
