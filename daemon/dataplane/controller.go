@@ -226,7 +226,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	c.log.Info("caches synced; programming nftables", "node", c.cfg.NodeName)
 
-	state := &syncState{syncer: nft.NewSyncer(c.conn, c.log)}
+	state := &syncState{syncer: nft.NewSyncer(c.conn, c.log), compiler: services.NewCompiler()}
 	read := func() (snapshot, error) {
 		var s snapshot
 		var err error
@@ -306,6 +306,9 @@ type snapshot struct {
 // syncState is what the loop carries from one sync to the next.
 type syncState struct {
 	syncer *nft.Syncer
+	// compiler remembers each Service's model while its objects are
+	// unchanged, so a sync costs the Services that changed.
+	compiler *services.Compiler
 	// applied is the Service model in the kernel, nil until the first
 	// successful sync of this process.
 	applied  *services.Model
@@ -315,7 +318,7 @@ type syncState struct {
 func (c *Controller) sync(snap snapshot, st *syncState) error {
 	start := time.Now()
 	node, clusterCIDRs := c.nodeInfo(snap.nodes)
-	svcModel, svcProblems := services.Desired(services.Snapshot{
+	svcModel, svcProblems := st.compiler.Desired(services.Snapshot{
 		Services:       snap.services,
 		EndpointSlices: snap.slices,
 		Node:           services.Node{Name: c.cfg.NodeName, Addresses: node, ClusterCIDRs: clusterCIDRs},

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 
@@ -83,16 +84,103 @@ func (p Problem) String() string {
 // Desired computes the Service load-balancing state for one node. It is
 // pure: the result depends only on s, and the inputs are not modified.
 func Desired(s Snapshot) (*Model, []Problem) {
-	c := compiler{snap: s, slicesBySvc: map[string][]*discoveryv1.EndpointSlice{}}
-	return c.run()
+	return NewCompiler().Desired(s)
+}
+
+// Compiler is Desired with memory: a Service whose object, EndpointSlices
+// (compared by pointer), node and config are the ones of the previous call
+// reuses its compiled ports and problems instead of compiling them again.
+// It relies on what informer caches guarantee: an object is replaced, never
+// modified in place. Services that lost a frontend conflict are always
+// compiled again, since the outcome depends on the others. Its results
+// equal Desired's. Not safe for concurrent use: one sync loop owns it.
+type Compiler struct {
+	node    Node
+	config  Config
+	entries map[string]*compiled
+	gen     uint64
+}
+
+type compiled struct {
+	gen      uint64
+	svc      *corev1.Service
+	slices   []*discoveryv1.EndpointSlice
+	out      Service
+	ok       bool
+	problems []Problem
+	claims   []frontendKey
+}
+
+// NewCompiler returns a Compiler with nothing remembered.
+func NewCompiler() *Compiler { return &Compiler{entries: map[string]*compiled{}} }
+
+// Desired computes the model for s, as the package function does.
+func (cc *Compiler) Desired(s Snapshot) (*Model, []Problem) {
+	if !reflect.DeepEqual(cc.node, s.Node) || !reflect.DeepEqual(cc.config, s.Config) {
+		clear(cc.entries)
+		cc.node, cc.config = cloneNode(s.Node), cloneConfig(s.Config)
+	}
+	cc.gen++
+	c := compiler{snap: s, slicesBySvc: map[string][]*discoveryv1.EndpointSlice{}, memo: cc}
+	m, ps := c.run()
+	for id, e := range cc.entries {
+		if e.gen != cc.gen {
+			delete(cc.entries, id)
+		}
+	}
+	return m, ps
+}
+
+func cloneNode(n Node) Node {
+	n.Addresses = slices.Clone(n.Addresses)
+	n.ClusterCIDRs = slices.Clone(n.ClusterCIDRs)
+	return n
+}
+
+func cloneConfig(c Config) Config {
+	c.NodePortAddresses = slices.Clone(c.NodePortAddresses)
+	return c
 }
 
 type compiler struct {
 	snap        Snapshot
 	slicesBySvc map[string][]*discoveryv1.EndpointSlice
 	problems    []Problem
-	// claimed tracks frontend keys already taken, for conflicts.
+	// claimed tracks frontend keys already taken, for conflicts; claims
+	// lists them in order, so a Service's share can be remembered.
 	claimed map[frontendKey]string
+	claims  []frontendKey
+	memo    *Compiler
+}
+
+// cachedService is service, reusing the memo's result when the Service and
+// its slices are the objects it was compiled from and its frontends are
+// still free.
+func (c *compiler) cachedService(m *Model, svc *corev1.Service) (Service, bool) {
+	id := svc.Namespace + "/" + svc.Name
+	sls := c.slicesBySvc[id]
+	if e := c.memo.entries[id]; e != nil && e.svc == svc && slices.Equal(e.slices, sls) &&
+		!slices.ContainsFunc(e.claims, func(k frontendKey) bool { _, taken := c.claimed[k]; return taken }) {
+		for _, k := range e.claims {
+			c.claimed[k] = id
+		}
+		c.claims = append(c.claims, e.claims...)
+		c.problems = append(c.problems, e.problems...)
+		e.gen = c.memo.gen
+		return e.out, e.ok
+	}
+	p0, k0 := len(c.problems), len(c.claims)
+	out, ok := c.service(m, svc)
+	problems := c.problems[p0:]
+	if slices.ContainsFunc(problems, func(p Problem) bool { return p.Reason == ReasonFrontendConflict }) {
+		delete(c.memo.entries, id)
+		return out, ok
+	}
+	c.memo.entries[id] = &compiled{
+		gen: c.memo.gen, svc: svc, slices: slices.Clone(sls), out: out, ok: ok,
+		problems: slices.Clone(problems), claims: slices.Clone(c.claims[k0:]),
+	}
+	return out, ok
 }
 
 type frontendKey struct {
@@ -153,7 +241,7 @@ func (c *compiler) run() (*Model, []Problem) {
 	svcs = slices.CompactFunc(svcs, func(a, b *corev1.Service) bool { return a.Namespace == b.Namespace && a.Name == b.Name })
 	c.claimed = map[frontendKey]string{}
 	for _, svc := range svcs {
-		if out, ok := c.service(m, svc); ok {
+		if out, ok := c.cachedService(m, svc); ok {
 			m.Services = append(m.Services, out)
 		}
 	}
@@ -468,6 +556,7 @@ func (c *compiler) port(m *Model, id string, p *ServicePort, vips []netip.Addr, 
 			return false
 		}
 		c.claimed[k] = id
+		c.claims = append(c.claims, k)
 		return true
 	}
 

@@ -169,6 +169,13 @@ func FuzzDesired(f *testing.F) {
 		if m.String() != m2.String() || !reflect.DeepEqual(ps, ps2) {
 			t.Fatalf("not deterministic")
 		}
+		// A Compiler that compiled the same objects before answers from
+		// memory, and must answer the same.
+		cc := NewCompiler()
+		cc.Desired(snap)
+		if m4, ps4 := cc.Desired(snap); m.String() != m4.String() || !reflect.DeepEqual(ps, ps4) {
+			t.Fatalf("Compiler from memory differs:\n%s\nwant:\n%s\nproblems %v, want %v", m4, m, ps4, ps)
+		}
 		rev := snap
 		rev.Services, rev.EndpointSlices = slices.Clone(snap.Services), slices.Clone(snap.EndpointSlices)
 		slices.Reverse(rev.Services)

@@ -10,12 +10,13 @@ import (
 
 // BenchmarkEndpointChange is the userspace half of one endpoint change at
 // n Services × 10 endpoints: compute the model, render the table and plan
-// against the previous one, as each dataplane sync does.
+// against the previous one, with the memory meridiand's sync loop keeps.
 func BenchmarkEndpointChange(b *testing.B) {
 	for _, n := range []int{1000, 5000} {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
 			snap := scaleSnapshot(n, 10)
-			m, _ := services.Desired(snap)
+			cc := services.NewCompiler()
+			m, _ := cc.Desired(snap)
 			r := NewRenderer(DefaultConfig())
 			prev := r.Render(m)
 			b.ResetTimer()
@@ -23,7 +24,7 @@ func BenchmarkEndpointChange(b *testing.B) {
 				sl := snap.EndpointSlices[n/2].DeepCopy()
 				sl.Endpoints[9].Addresses = []string{fmt.Sprintf("10.250.%d.%d", i>>8&0xff, i&0xff)}
 				snap.EndpointSlices[n/2] = sl
-				m, _ := services.Desired(snap)
+				m, _ := cc.Desired(snap)
 				next := r.Render(m)
 				if tx := nft.Plan(prev, next); tx.Empty() {
 					b.Fatal("no change planned")

@@ -368,6 +368,17 @@ func (r *renderer) table(m *services.Model) nft.Table {
 		hairpin             []netip.Addr
 		affinity            = map[int32]bool{}
 	)
+	// Sized up front: appending 100k elements into 64 growing slices
+	// was most of a render's garbage.
+	var perShard [EndpointShards]int
+	for key, t := range r.targets {
+		if r.dnat(key) {
+			perShard[r.ids[key]%EndpointShards] += len(t.Endpoints)
+		}
+	}
+	for i, n := range perShard {
+		endpoints[i] = make([]nft.Element, 0, n)
+	}
 	extDone := map[uint32]bool{}
 	for i := range m.Services {
 		for _, p := range m.Services[i].Ports {
