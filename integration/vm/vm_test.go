@@ -20,6 +20,7 @@ import (
 // MERIDIAN_VM_PKGS (space-separated package paths) replaces the list.
 var VMPackages = []VMPackage{
 	{Path: "./daemon/routes"},
+	{Path: "./daemon/tunnel"},
 	{Path: "./integration/vm/ipiptest"},
 }
 
@@ -30,14 +31,15 @@ type VMPackage struct {
 }
 
 // VMModules are the kernel modules the VM loads before the tests (their
-// dependencies come along): ipip for tunl0 and ipip links, veth for the
+// dependencies come along): ipip for tunl0 and ipip links, vxlan so the
+// tunnel package's VXLAN test runs beside its IPIP one, veth for the
 // tests' underlays, bridge and dummy for tests that build fabrics;
 // xfrm_user and nfnetlink because netlink.NewHandleAt opens a socket of
 // every family it supports (NETLINK_XFRM, NETLINK_NETFILTER too) and fails
 // when one is missing; nf_tables for tests that program nftables, after
 // crc32c_generic: libcrc32c (one of its dependencies) asks the crypto API
 // for crc32c at load, a soft dependency .modinfo names only as "softdep".
-var VMModules = []string{"ipip", "veth", "bridge", "dummy", "xfrm_user", "nfnetlink", "crc32c_generic", "nf_tables"}
+var VMModules = []string{"ipip", "vxlan", "veth", "bridge", "dummy", "xfrm_user", "nfnetlink", "crc32c_generic", "nf_tables"}
 
 // vmTimeout bounds one boot: a hang guard for TCG, which runs the tests
 // several times slower than the host, not a measure of anything.
