@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 )
 
 // Assets are the unpacked Debian packages a VM boots from.
@@ -45,6 +46,7 @@ func Fetch(ctx context.Context, cacheDir string, log *slog.Logger) (Assets, erro
 	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
 		return Assets{}, fmt.Errorf("create cache dir: %w", err)
 	}
+	pruneAbandonedFetches(cacheDir, log)
 	pkg, err := currentKernelPackage(ctx, log)
 	if err != nil {
 		cached, cerr := newestCachedKernel(cacheDir)
@@ -220,6 +222,22 @@ func pruneOtherKernels(cacheDir, keep string, log *slog.Logger) {
 			log.Warn("cannot remove an old kernel from the cache", "dir", d, "err", err)
 		} else {
 			log.Info("removed an old kernel from the cache", "dir", d)
+		}
+	}
+}
+
+// pruneAbandonedFetches removes the temporary directories of fetches that
+// were killed mid-way (a run's own is removed when it returns); an hour
+// old, none can still be in use.
+func pruneAbandonedFetches(cacheDir string, log *slog.Logger) {
+	dirs, _ := filepath.Glob(filepath.Join(cacheDir, ".fetch-*"))
+	for _, d := range dirs {
+		st, err := os.Stat(d)
+		if err != nil || time.Since(st.ModTime()) < time.Hour {
+			continue
+		}
+		if err := os.RemoveAll(d); err != nil {
+			log.Warn("cannot remove an abandoned download", "dir", d, "err", err)
 		}
 	}
 }
