@@ -7,6 +7,7 @@
 package routing
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -31,7 +32,9 @@ import (
 
 	"github.com/meridian-net/meridian/bgp"
 	"github.com/meridian-net/meridian/daemon/cluster"
+	"github.com/meridian-net/meridian/daemon/encap"
 	"github.com/meridian-net/meridian/daemon/routes"
+	"github.com/meridian-net/meridian/daemon/tunnel"
 )
 
 // RouteApplier is the part of routes.Applier the controller uses.
@@ -43,8 +46,17 @@ type RouteApplier interface {
 // NewSpeaker builds a speaker for one router ID and ASN.
 type NewSpeaker func(cfg bgp.Config) (bgp.Speaker, error)
 
-// NodeStateWriter publishes the node's pod CIDRs for the CNI plugin.
-type NodeStateWriter func(nodeName string, podCIDRs []netip.Prefix) error
+// NodeStateWriter publishes the node's pod CIDRs and pod MTU (0: unknown)
+// for the CNI plugin.
+type NodeStateWriter func(nodeName string, podCIDRs []netip.Prefix, mtu int) error
+
+// Tunnels is what encapsulation needs from the kernel: the node's connected
+// subnets and link MTU, and the tunnel devices (tunnel.Applier).
+type Tunnels interface {
+	Connected() ([]netip.Prefix, error)
+	LinkMTU(addr netip.Addr) (int, error)
+	Apply(c tunnel.Config) error
+}
 
 // Config holds what does not change while the daemon runs.
 type Config struct {
@@ -67,6 +79,14 @@ type Config struct {
 	// CRDSyncTimeout bounds how long Run waits for the first list of
 	// BGPConfiguration and BGPPeer before running on defaults; 0 is 5s.
 	CRDSyncTimeout time.Duration
+	// Encapsulation and EncapsulationType apply when the BGPConfiguration
+	// does not set spec.encapsulation / spec.encapsulationType (meridiand's
+	// --encapsulation and --encapsulation-type); empty: CrossSubnet, IPIP.
+	Encapsulation     encap.Mode
+	EncapsulationType encap.Type
+	// PodMTU overrides the pod MTU published for the CNI plugin; 0 derives
+	// it from the node's link MTU and the encapsulation.
+	PodMTU int
 }
 
 // Controller is the node's routing loop.
@@ -75,6 +95,7 @@ type Controller struct {
 	client     kubernetes.Interface
 	dyn        dynamic.Interface
 	applier    RouteApplier
+	tunnels    Tunnels
 	newSpeaker NewSpeaker
 	writeState NodeStateWriter
 	log        *slog.Logger
@@ -99,6 +120,11 @@ type Controller struct {
 	// nodes' Service advertisements, refused quietly).
 	serviceAds    []bgp.Advertisement
 	serviceBlocks []netip.Prefix
+	// encapReasons holds each learned route's last encapsulation reason,
+	// so a change is logged once.
+	encapReasons map[netip.Prefix]string
+	// hostMTUErr is the last failure to read the link MTU, logged once.
+	hostMTUErr string
 	// ready is closed after the first sync that installed every route with
 	// BGP converged; the health endpoint and the Node condition use it.
 	ready chan struct{}
@@ -112,7 +138,9 @@ type rejection struct {
 
 // New wires a controller; Run starts it. dyn reads BGPConfiguration and
 // BGPPeer objects; nil runs the node mesh with the flags' defaults only.
-func New(cfg Config, client kubernetes.Interface, dyn dynamic.Interface, applier RouteApplier, newSpeaker NewSpeaker, writeState NodeStateWriter, log *slog.Logger) *Controller {
+// tunnels nil turns encapsulation off: every route is native, as with mode
+// Never.
+func New(cfg Config, client kubernetes.Interface, dyn dynamic.Interface, applier RouteApplier, tunnels Tunnels, newSpeaker NewSpeaker, writeState NodeStateWriter, log *slog.Logger) *Controller {
 	if cfg.ResyncPeriod == 0 {
 		cfg.ResyncPeriod = 30 * time.Second
 	}
@@ -124,6 +152,7 @@ func New(cfg Config, client kubernetes.Interface, dyn dynamic.Interface, applier
 		client:     client,
 		dyn:        dyn,
 		applier:    applier,
+		tunnels:    tunnels,
 		newSpeaker: newSpeaker,
 		writeState: writeState,
 		log:        log.With("subsys", "routing"),
@@ -241,7 +270,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	defer retry.Stop()
 	resync := time.NewTicker(c.cfg.ResyncPeriod)
 	defer resync.Stop()
-	var lastState []netip.Prefix
+	var lastState nodeState
 	conditionSet := false
 	backoff := time.Second
 	for {
@@ -286,7 +315,13 @@ var (
 	errBadConfig = errors.New("bad configuration")
 )
 
-func (c *Controller) sync(ctx context.Context, lister corelisters.NodeLister, sp **running, restarting bool, lastState *[]netip.Prefix, conditionSet *bool, problem func(string, ...any)) error {
+// nodeState is what was last published for the CNI plugin.
+type nodeState struct {
+	podCIDRs []netip.Prefix
+	mtu      int
+}
+
+func (c *Controller) sync(ctx context.Context, lister corelisters.NodeLister, sp **running, restarting bool, lastState *nodeState, conditionSet *bool, problem func(string, ...any)) error {
 	selfNode, err := lister.Get(c.cfg.NodeName)
 	if apierrors.IsNotFound(err) {
 		return fmt.Errorf("%w: node %q not found in the API server (check --node-name / NODE_NAME)", errWaiting, c.cfg.NodeName)
@@ -368,11 +403,23 @@ func (c *Controller) sync(ctx context.Context, lister corelisters.NodeLister, sp
 	speaker := (*sp).speaker
 	speaker.SetImportPolicy(plan.Policy)
 
-	if !slices.Equal(*lastState, self.PodCIDRs) && len(self.PodCIDRs) > 0 {
-		if err := c.writeState(self.Name, self.PodCIDRs); err != nil {
+	mode, typ := c.encapsulation()
+	enc, hostMTU, err := c.encapInputs(mode, typ, self.InternalIP, plan)
+	if err != nil {
+		return err
+	}
+	mtu := c.cfg.PodMTU
+	if mtu == 0 && hostMTU > 0 {
+		mtu = encap.PodMTU(hostMTU, mode, typ, 0)
+	}
+	if (!slices.Equal(lastState.podCIDRs, self.PodCIDRs) || lastState.mtu != mtu) && len(self.PodCIDRs) > 0 {
+		if err := c.writeState(self.Name, self.PodCIDRs, mtu); err != nil {
 			return fmt.Errorf("publish node state for the CNI plugin: %w", err)
 		}
-		*lastState = slices.Clone(self.PodCIDRs)
+		if lastState.mtu != mtu {
+			c.log.Info("pod MTU for new pods", "mtu", mtu, "hostMTU", hostMTU, "encapsulation", mode, "type", typ)
+		}
+		*lastState = nodeState{podCIDRs: slices.Clone(self.PodCIDRs), mtu: mtu}
 	}
 
 	var errs []error
@@ -401,9 +448,17 @@ func (c *Controller) sync(ctx context.Context, lister corelisters.NodeLister, sp
 		PodCIDRs:        self.PodCIDRs,
 		NodeIP:          self.InternalIP,
 		AllowedPrefixes: plan.Policy.Allowed,
+		Encap:           enc,
 	})
 	for _, s := range skipped {
 		c.log.Debug("path not installed", "prefix", s.Prefix, "reason", s.Reason)
+	}
+	c.logEncap(desired)
+	if c.tunnels != nil {
+		// Devices before routes: a route through a tunnel needs its device.
+		if err := c.tunnels.Apply(tunnel.Desired(mode, typ, self.InternalIP, self.PodCIDRs, hostMTU, desired)); err != nil {
+			errs = append(errs, fmt.Errorf("apply tunnels: %w", err))
+		}
 	}
 	// Until every peer has re-sent its routes after a restart, a route
 	// missing from the RIB may just not have arrived yet: add, never prune.
@@ -436,6 +491,70 @@ func (c *Controller) sync(ctx context.Context, lister corelisters.NodeLister, sp
 		errs = append(errs, fmt.Errorf("%w: node %s: %v", errWaiting, self.Name, cluster.ErrNoPodCIDR))
 	}
 	return errors.Join(errs...)
+}
+
+// encapsulation is the mode and type in effect: the BGPConfiguration's
+// where it sets them, else the flags'.
+func (c *Controller) encapsulation() (encap.Mode, encap.Type) {
+	mode, typ := c.cfg.Encapsulation, c.cfg.EncapsulationType
+	if c.crds != nil {
+		m, t := c.crds.encapsulation()
+		mode, typ = cmp.Or(m, mode), cmp.Or(t, typ)
+	}
+	if mode == "" {
+		mode = encap.DefaultMode
+	}
+	if typ == "" {
+		typ = encap.DefaultType
+	}
+	return mode, typ
+}
+
+// encapInputs reads what the encapsulation decision needs from the kernel
+// and the plan. Without Tunnels it returns the zero Encap (native routes).
+// The link MTU is best effort: unknown, it is 0 and the tunnels get the
+// kernel's default.
+func (c *Controller) encapInputs(mode encap.Mode, typ encap.Type, nodeIP netip.Addr, plan cluster.Plan) (routes.Encap, int, error) {
+	if c.tunnels == nil {
+		return routes.Encap{}, 0, nil
+	}
+	connected, err := c.tunnels.Connected()
+	if err != nil {
+		// Without them every next hop would look remote and be tunnelled.
+		return routes.Encap{}, 0, fmt.Errorf("read connected subnets: %w", err)
+	}
+	hostMTU, err := c.tunnels.LinkMTU(nodeIP)
+	if err != nil {
+		if msg := err.Error(); msg != c.hostMTUErr {
+			c.log.Warn("read the node link's MTU; the pod MTU is not derived", "err", err)
+			c.hostMTUErr = msg
+		}
+		hostMTU = 0
+	} else {
+		c.hostMTUErr = ""
+	}
+	var fabric []netip.Addr
+	for _, p := range plan.Peers {
+		if p.External {
+			fabric = append(fabric, p.Address)
+		}
+	}
+	return routes.Encap{Mode: mode, Type: typ, Connected: connected, FabricPeers: fabric, PodCIDROwners: plan.Policy.PodCIDROwners}, hostMTU, nil
+}
+
+// logEncap logs each learned route's encapsulation when it changes.
+func (c *Controller) logEncap(desired []routes.Route) {
+	now := map[netip.Prefix]string{}
+	for _, r := range desired {
+		if r.Reason == "" {
+			continue
+		}
+		now[r.Dst] = r.Reason
+		if c.encapReasons[r.Dst] != r.Reason {
+			c.log.Info("route encapsulation", "prefix", r.Dst, "reason", r.Reason, "route", r.String())
+		}
+	}
+	c.encapReasons = now
 }
 
 // logRejections logs each refused path once, when it starts being refused.

@@ -25,7 +25,9 @@ import (
 
 	"github.com/meridian-net/meridian/bgp"
 	"github.com/meridian-net/meridian/daemon/cluster"
+	"github.com/meridian-net/meridian/daemon/encap"
 	"github.com/meridian-net/meridian/daemon/routes"
+	"github.com/meridian-net/meridian/daemon/tunnel"
 )
 
 // fakeSpeaker records what the controller asked for; the speaker itself is
@@ -138,6 +140,7 @@ type harness struct {
 	mu       sync.Mutex
 	speakers []*fakeSpeaker
 	states   map[string][]netip.Prefix
+	mtus     map[string]int
 	logs     *syncBuffer
 	ctrl     *Controller
 	cancel   context.CancelFunc
@@ -150,7 +153,13 @@ func start(t *testing.T, applier *fakeApplier, nodes ...*corev1.Node) *harness {
 
 func startWith(t *testing.T, applier *fakeApplier, dyn dynamic.Interface, nodes ...*corev1.Node) *harness {
 	t.Helper()
-	h := &harness{client: fake.NewClientset(), dyn: dyn, applier: applier, states: map[string][]netip.Prefix{}, logs: &syncBuffer{}}
+	return startFull(t, applier, dyn, nil, nil, nodes...)
+}
+
+// startFull also takes the tunnels (nil: none) and a change to the Config.
+func startFull(t *testing.T, applier *fakeApplier, dyn dynamic.Interface, tunnels Tunnels, mutate func(*Config), nodes ...*corev1.Node) *harness {
+	t.Helper()
+	h := &harness{client: fake.NewClientset(), dyn: dyn, applier: applier, states: map[string][]netip.Prefix{}, mtus: map[string]int{}, logs: &syncBuffer{}}
 	for _, n := range nodes {
 		if _, err := h.client.CoreV1().Nodes().Create(context.Background(), n, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
@@ -163,14 +172,19 @@ func startWith(t *testing.T, applier *fakeApplier, dyn dynamic.Interface, nodes 
 		h.mu.Unlock()
 		return s, nil
 	}
-	write := func(name string, cidrs []netip.Prefix) error {
+	write := func(name string, cidrs []netip.Prefix, mtu int) error {
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		h.states[name] = cidrs
+		h.mtus[name] = mtu
 		return nil
 	}
 	log := slog.New(slog.NewTextHandler(h.logs, nil))
-	h.ctrl = New(Config{NodeName: "n1", DefaultASN: 64512, BGPPort: 179, GracefulRestartTime: time.Minute, ResyncPeriod: 100 * time.Millisecond, CRDSyncTimeout: time.Second}, h.client, h.dyn, applier, newSpeaker, write, log)
+	cfg := Config{NodeName: "n1", DefaultASN: 64512, BGPPort: 179, GracefulRestartTime: time.Minute, ResyncPeriod: 100 * time.Millisecond, CRDSyncTimeout: time.Second}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	h.ctrl = New(cfg, h.client, h.dyn, applier, tunnels, newSpeaker, write, log)
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel, h.done = cancel, make(chan struct{})
 	go func() { defer close(h.done); _ = h.ctrl.Run(ctx) }()
@@ -620,4 +634,124 @@ func TestControllerBadBGPConfigurationKeepsLastGood(t *testing.T) {
 	if n != 1 {
 		t.Errorf("%d speakers started, want the first one kept", n)
 	}
+}
+
+// fakeTunnels stands in for the kernel: fixed connected subnets and link MTU,
+// and a record of the tunnel configurations applied.
+type fakeTunnels struct {
+	mu        sync.Mutex
+	connected []netip.Prefix
+	mtu       int
+	applied   []tunnel.Config
+}
+
+func (f *fakeTunnels) Connected() ([]netip.Prefix, error) { return f.connected, nil }
+func (f *fakeTunnels) LinkMTU(netip.Addr) (int, error)    { return f.mtu, nil }
+func (f *fakeTunnels) Apply(c tunnel.Config) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.applied = append(f.applied, c)
+	return nil
+}
+func (f *fakeTunnels) last() (tunnel.Config, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.applied) == 0 {
+		return tunnel.Config{}, false
+	}
+	return f.applied[len(f.applied)-1], true
+}
+
+// Encapsulation follows the flags until a BGPConfiguration sets it: routes
+// to a node on another subnet go through the tunnel, the tunnel devices and
+// the pod MTU follow, and mode Never turns it all off.
+func TestControllerEncapsulation(t *testing.T) {
+	tun := &fakeTunnels{connected: []netip.Prefix{netip.MustParsePrefix("198.18.0.0/24")}, mtu: 1500}
+	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{
+		bgpPeersGVR:          "BGPPeerList",
+		bgpConfigurationsGVR: "BGPConfigurationList",
+	})
+	app := &fakeApplier{}
+	h := startFull(t, app, dyn, tun, func(c *Config) { c.Encapsulation = encap.ModeCrossSubnet; c.EncapsulationType = encap.TypeIPIP },
+		mkNode("n1", "198.18.0.11", "10.244.1.0/24", nil),
+		mkNode("n2", "198.18.0.12", "10.244.2.0/24", nil),
+		mkNode("n3", "198.18.1.13", "10.244.3.0/24", nil))
+	waitFor(t, "speaker", func() error {
+		if h.speaker() == nil {
+			return fmt.Errorf("no speaker")
+		}
+		return nil
+	})
+	n2, n3 := netip.MustParseAddr("198.18.0.12"), netip.MustParseAddr("198.18.1.13")
+	h.speaker().set(func(s *fakeSpeaker) {
+		s.converged = true
+		s.paths = []bgp.Path{
+			{Prefix: netip.MustParsePrefix("10.244.2.0/24"), NextHop: n2, PeerAddress: n2, Best: true},
+			{Prefix: netip.MustParsePrefix("10.244.3.0/24"), NextHop: n3, PeerAddress: n3, Best: true},
+		}
+	})
+	expect := func(what string, wantRoutes []string, wantTunnel encap.Type, wantPeers, wantMTU int) {
+		t.Helper()
+		waitFor(t, what, func() error {
+			a, _ := app.last()
+			var got []string
+			for _, r := range a.routes {
+				got = append(got, r.String())
+			}
+			if strings.Join(got, "|") != strings.Join(wantRoutes, "|") {
+				return fmt.Errorf("applied %q, want %q", got, wantRoutes)
+			}
+			c, ok := tun.last()
+			if !ok || c.Type != wantTunnel || len(c.Peers) != wantPeers || c.Address != netip.MustParseAddr("10.244.1.0") {
+				return fmt.Errorf("tunnel config %+v, want type %q with %d peers", c, wantTunnel, wantPeers)
+			}
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			if h.mtus["n1"] != wantMTU {
+				return fmt.Errorf("published pod MTU %d, want %d", h.mtus["n1"], wantMTU)
+			}
+			return nil
+		})
+	}
+	expect("flags: cross-subnet IPIP", []string{
+		"blackhole 10.244.1.0/24 proto 201",
+		"10.244.2.0/24 via 198.18.0.12 proto 201",
+		"10.244.3.0/24 via 198.18.1.13 dev tunl0 onlink proto 201",
+	}, encap.TypeIPIP, 0, 1480)
+	if !strings.Contains(h.logs.String(), "reason=nextHopNotConnected") {
+		t.Errorf("the tunnelled route's reason was not logged:\n%s", h.logs.String())
+	}
+
+	cfg := &v1alpha1.BGPConfiguration{
+		TypeMeta:   metav1.TypeMeta{APIVersion: v1alpha1.SchemeGroupVersion.String(), Kind: "BGPConfiguration"},
+		ObjectMeta: metav1.ObjectMeta{Name: "default", Generation: 1},
+		Spec:       v1alpha1.BGPConfigurationSpec{EncapsulationType: v1alpha1.EncapsulationVXLAN},
+	}
+	if _, err := dyn.Resource(bgpConfigurationsGVR).Create(context.Background(), unstructuredOf(t, cfg), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	expect("BGPConfiguration: VXLAN, mode still the flag's", []string{
+		"blackhole 10.244.1.0/24 proto 201",
+		"10.244.2.0/24 via 198.18.0.12 proto 201",
+		"10.244.3.0/24 via 10.244.3.0 dev vxlan.meridian onlink proto 201",
+	}, encap.TypeVXLAN, 1, 1450)
+	c, _ := tun.last()
+	if p := c.Peers[0]; p.VTEP != netip.MustParseAddr("10.244.3.0") || p.Endpoint != n3 || p.MAC.String() != encap.VTEPMAC(n3).String() {
+		t.Errorf("VXLAN peer %+v", p)
+	}
+
+	u, err := dyn.Resource(bgpConfigurationsGVR).Get(context.Background(), "default", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Object["spec"].(map[string]any)["encapsulation"] = "Never"
+	u.SetGeneration(2)
+	if _, err := dyn.Resource(bgpConfigurationsGVR).Update(context.Background(), u, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	expect("BGPConfiguration: Never", []string{
+		"blackhole 10.244.1.0/24 proto 201",
+		"10.244.2.0/24 via 198.18.0.12 proto 201",
+		"10.244.3.0/24 via 198.18.1.13 proto 201",
+	}, "", 0, 1500)
 }

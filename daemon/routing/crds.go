@@ -22,6 +22,7 @@ import (
 
 	"github.com/meridian-net/meridian/api/crd/v1alpha1"
 	"github.com/meridian-net/meridian/daemon/cluster"
+	"github.com/meridian-net/meridian/daemon/encap"
 )
 
 var (
@@ -43,7 +44,10 @@ type crdSource struct {
 	synced  []cache.InformerSynced
 
 	goodSettings *cluster.Settings
-	goodPeers    map[string]cluster.PeerSpec
+	// goodEncap is the encapsulation of the last accepted BGPConfiguration
+	// (empty fields: not set there).
+	goodEncap encapSetting
+	goodPeers map[string]cluster.PeerSpec
 	// loggedSync says the "not synced yet" warning was logged.
 	loggedSync bool
 }
@@ -117,12 +121,17 @@ func (s *crdSource) snapshot(ctx context.Context, nodes []cluster.NodeInfo, defa
 	switch {
 	case apierrors.IsNotFound(err):
 		s.goodSettings = nil
+		s.goodEncap = encapSetting{}
 	case err != nil:
 		settings = s.settingsOrDefault(defaultASN)
 	default:
 		u := cfgObj.(*unstructured.Unstructured)
 		var c v1alpha1.BGPConfiguration
 		err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &c)
+		var enc encapSetting
+		if err == nil {
+			enc, err = encapFrom(&c.Spec)
+		}
 		if err == nil {
 			settings, err = cluster.SettingsFrom(&c, nodes, defaultASN)
 		} else {
@@ -132,6 +141,7 @@ func (s *crdSource) snapshot(ctx context.Context, nodes []cluster.NodeInfo, defa
 		if err == nil {
 			good := settings
 			s.goodSettings = &good
+			s.goodEncap = enc
 		} else {
 			r.inUse = s.goodSettings != nil
 			settings = s.settingsOrDefault(defaultASN)
@@ -196,6 +206,40 @@ func (s *crdSource) snapshot(ctx context.Context, nodes []cluster.NodeInfo, defa
 		}
 	}
 	return settings, s.lastPeers(), results
+}
+
+// encapSetting is a BGPConfiguration's encapsulation; empty fields are
+// unset there.
+type encapSetting struct {
+	mode encap.Mode
+	typ  encap.Type
+}
+
+// encapFrom checks the encapsulation fields: the schema's enums refuse bad
+// values, but an object stored under an older CRD may still carry one.
+func encapFrom(spec *v1alpha1.BGPConfigurationSpec) (encapSetting, error) {
+	var e encapSetting
+	if spec.Encapsulation != "" {
+		m, err := encap.ParseMode(string(spec.Encapsulation))
+		if err != nil {
+			return e, &cluster.ObjectError{Reason: cluster.ReasonInvalid, Message: "spec." + err.Error()}
+		}
+		e.mode = m
+	}
+	if spec.EncapsulationType != "" {
+		t, err := encap.ParseType(string(spec.EncapsulationType))
+		if err != nil {
+			return e, &cluster.ObjectError{Reason: cluster.ReasonInvalid, Message: "spec." + err.Error()}
+		}
+		e.typ = t
+	}
+	return e, nil
+}
+
+// encapsulation returns what the accepted BGPConfiguration sets, empty
+// where it sets nothing (or there is none).
+func (s *crdSource) encapsulation() (encap.Mode, encap.Type) {
+	return s.goodEncap.mode, s.goodEncap.typ
 }
 
 func (s *crdSource) judgePeer(u *unstructured.Unstructured, err error) objectResult {

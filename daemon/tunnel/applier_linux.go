@@ -334,3 +334,11 @@ func LinkMTU(h *netlink.Handle, addr netip.Addr) (int, error) {
 	}
 	return 0, fmt.Errorf("no link holds %s", addr)
 }
+
+// Connected lists the connected subnets of the Applier's namespace (see
+// Connected).
+func (a *Applier) Connected() ([]netip.Prefix, error) { return Connected(a.h) }
+
+// LinkMTU returns the MTU of the link holding addr in the Applier's
+// namespace (see LinkMTU).
+func (a *Applier) LinkMTU(addr netip.Addr) (int, error) { return LinkMTU(a.h, addr) }

@@ -24,6 +24,13 @@ func (f *encapFlags) register() {
 		"MTU of pod interfaces written for meridian-cni (a conflist \"mtu\" still wins); 0 derives it from the node's link MTU minus the tunnel overhead (20 IPIP, 50 VXLAN) unless encapsulation is Never")
 }
 
+// encapConfig is the parsed encapFlags.
+type encapConfig struct {
+	mode   encap.Mode
+	typ    encap.Type
+	podMTU int
+}
+
 // parse validates the flags.
 func (f *encapFlags) parse() (encap.Mode, encap.Type, error) {
 	m, err := encap.ParseMode(f.mode)

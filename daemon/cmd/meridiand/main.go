@@ -37,6 +37,7 @@ import (
 	nftkernel "github.com/meridian-net/meridian/daemon/nft/kernel"
 	"github.com/meridian-net/meridian/daemon/routes"
 	"github.com/meridian-net/meridian/daemon/routing"
+	"github.com/meridian-net/meridian/daemon/tunnel"
 )
 
 func main() {
@@ -77,14 +78,16 @@ func main() {
 		log.Error("invalid --bgp-port", "port", *bgpPort)
 		os.Exit(2)
 	}
-	if _, _, err := ef.parse(); err != nil {
+	mode, typ, err := ef.parse()
+	if err != nil {
 		log.Error("invalid encapsulation flags", "err", err)
 		os.Exit(2)
 	}
+	ec := encapConfig{mode: mode, typ: typ, podMTU: ef.podMTU}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := run(ctx, log, *nodeName, *kubeconfig, uint32(*asn), int32(*bgpPort), *grTime, *stateDir, apiFlags{*apiSocket, *apiListen, *apiTLS}, *withdraw, dp); err != nil {
+	if err := run(ctx, log, *nodeName, *kubeconfig, uint32(*asn), int32(*bgpPort), *grTime, *stateDir, apiFlags{*apiSocket, *apiListen, *apiTLS}, *withdraw, dp, ec); err != nil {
 		log.Error("meridiand stopped", "err", err)
 		os.Exit(1)
 	}
@@ -97,7 +100,7 @@ type apiFlags struct {
 	listen, tlsDir string
 }
 
-func run(ctx context.Context, log *slog.Logger, nodeName, kubeconfig string, asn uint32, bgpPort int32, grTime time.Duration, stateDir string, api apiFlags, withdraw bool, dp dataplaneFlags) error {
+func run(ctx context.Context, log *slog.Logger, nodeName, kubeconfig string, asn uint32, bgpPort int32, grTime time.Duration, stateDir string, api apiFlags, withdraw bool, dp dataplaneFlags, ec encapConfig) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var restCfg *rest.Config
@@ -137,8 +140,8 @@ func run(ctx context.Context, log *slog.Logger, nodeName, kubeconfig string, asn
 		current.set(s)
 		return s, nil
 	}
-	writeState := func(name string, cidrs []netip.Prefix) error {
-		return ipam.NodeState{NodeName: name, PodCIDRs: cidrs}.Write(stateDir)
+	writeState := func(name string, cidrs []netip.Prefix, mtu int) error {
+		return ipam.NodeState{NodeName: name, PodCIDRs: cidrs, MTU: mtu}.Write(stateDir)
 	}
 	// BGPConfiguration and BGPPeer are read as unstructured objects and
 	// converted to the api/crd/v1alpha1 types.
@@ -154,9 +157,13 @@ func run(ctx context.Context, log *slog.Logger, nodeName, kubeconfig string, asn
 		WithdrawOnStop:      withdraw,
 		// The import policy's allowed set when BGPConfiguration names no
 		// acceptedPrefixes.
-		ClusterCIDRs: dp.clusterCIDRs,
-	}, client, crdClient, applier, newSpeaker, writeState, log)
-	log.Info("meridiand starting", "node", nodeName, "asn", asn, "stateDir", stateDir, "apiSocket", api.socket, "apiListen", api.listen)
+		ClusterCIDRs:      dp.clusterCIDRs,
+		Encapsulation:     ec.mode,
+		EncapsulationType: ec.typ,
+		PodMTU:            ec.podMTU,
+	}, client, crdClient, applier, tunnel.NewApplier(h, log), newSpeaker, writeState, log)
+	log.Info("meridiand starting", "node", nodeName, "asn", asn, "stateDir", stateDir, "apiSocket", api.socket, "apiListen", api.listen,
+		"encapsulation", ec.mode, "encapsulationType", ec.typ, "podMTU", ec.podMTU)
 
 	// The API, the metrics listener and the dataplane run beside routing.
 	var wg sync.WaitGroup
