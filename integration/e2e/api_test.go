@@ -2,16 +2,38 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
 
 	meridianv1 "github.com/meridian-net/meridian/api/meridian/v1"
+	"github.com/meridian-net/meridian/daemon/apiserver"
+	"github.com/meridian-net/meridian/daemon/apiserver/apitest"
+	"github.com/meridian-net/meridian/integration/lab"
 )
 
 // Each node's meridiand answers on its own socket with its BGP sessions
@@ -75,5 +97,412 @@ func TestAPIShowsPeersAndRoutes(t *testing.T) {
 		if bgpRoutes != len(nodes)-1 {
 			t.Errorf("%s API lists %d BGP kernel routes, want %d", n.Name, bgpRoutes, len(nodes)-1)
 		}
+	}
+}
+
+// apiConn dials a node's API socket.
+func apiConn(t *testing.T, l *lab.Lab, node string) meridianv1.MeridianClient {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+l.APISocket(node), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatalf("dial %s API: %v", node, err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return meridianv1.NewMeridianClient(conn)
+}
+
+func listAll[T any](stream interface{ Recv() (*T, error) }, err error) ([]*T, error) {
+	if err != nil {
+		return nil, err
+	}
+	var out []*T
+	for {
+		m, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return out, err
+		}
+		out = append(out, m)
+	}
+}
+
+// The socket is the daemon's alone: a socket file with mode 0600.
+func TestAPISocketMode(t *testing.T) {
+	l := needLab(t)
+	for _, n := range l.Nodes() {
+		st, err := os.Stat(l.APISocket(n.Name))
+		if err != nil {
+			t.Fatalf("%s: %v", n.Name, err)
+		}
+		if st.Mode()&os.ModeSocket == 0 || st.Mode().Perm() != 0o600 {
+			t.Errorf("%s: API socket mode %s, want a socket with 0600", n.Name, st.Mode())
+		}
+	}
+}
+
+// ListRoutes(SOURCE_KERNEL) is what the kernel holds with Meridian's
+// protocol: the same prefixes, next hops and blackholes.
+func TestAPIRoutesMatchKernel(t *testing.T) {
+	l := needLab(t)
+	c := client(t, l)
+	nodes := l.Nodes()
+	waitMesh(t, c, nodes)
+	for _, n := range nodes {
+		api := apiConn(t, l, n.Name)
+		eventually(t, 30*time.Second, n.Name+" API routes = kernel routes", func() error {
+			want := map[string]string{}
+			for _, r := range nodeRoutes(t, n) {
+				var hops []string
+				if r.Gw != nil {
+					hops = append(hops, r.Gw.String())
+				}
+				for _, nh := range r.MultiPath {
+					hops = append(hops, nh.Gw.String())
+				}
+				slices.Sort(hops)
+				kind := "bgp"
+				if r.Type == 6 { // RTN_BLACKHOLE
+					kind = "blackhole"
+				}
+				want[r.Dst.String()] = kind + " " + strings.Join(hops, ",")
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			rows, err := listAll(api.ListRoutes(ctx, &meridianv1.ListRoutesRequest{Source: meridianv1.Route_SOURCE_KERNEL}))
+			if err != nil {
+				return err
+			}
+			got := map[string]string{}
+			for _, row := range rows {
+				r := row.GetRoute()
+				kind := "bgp"
+				if r.GetKind() == meridianv1.Route_KIND_BLACKHOLE {
+					kind = "blackhole"
+				}
+				hops := slices.Clone(r.GetNextHops())
+				slices.Sort(hops)
+				got[r.GetPrefix()] = kind + " " + strings.Join(hops, ",")
+			}
+			if !maps.Equal(got, want) {
+				return fmt.Errorf("API %v, kernel %v", got, want)
+			}
+			if len(got) != len(nodes) {
+				return fmt.Errorf("%d routes, want one per node's pod CIDR (%d)", len(got), len(nodes))
+			}
+			return nil
+		})
+	}
+}
+
+// metric scrapes the node's /metrics from the host (over mlab0) and returns
+// the value of the series named exactly series, or an error when absent.
+func metric(n lab.Node, series string) (float64, error) {
+	hc := &http.Client{Timeout: 3 * time.Second}
+	resp, err := hc.Get("http://" + netip.AddrPortFrom(n.IP, 9091).String() + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), series+" "); ok {
+			return strconv.ParseFloat(v, 64)
+		}
+	}
+	return 0, fmt.Errorf("no series %s on %s", series, n.Name)
+}
+
+// A node whose meridiand dies shows as a session down in the other nodes'
+// peers and in their meridian_bgp_session_up, and comes back with it.
+func TestAPIPeerDownInPeersAndMetrics(t *testing.T) {
+	l := needLab(t)
+	c := client(t, l)
+	nodes := l.Nodes()
+	waitMesh(t, c, nodes)
+	watcher, victim := nodes[0], nodes[len(nodes)-1]
+	api := apiConn(t, l, watcher.Name)
+	series := fmt.Sprintf(`meridian_bgp_session_up{peer="%s",peer_asn="64512"}`, victim.IP)
+	peerState := func() (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		rows, err := listAll(api.ListPeers(ctx, &meridianv1.ListPeersRequest{}))
+		if err != nil {
+			return "", err
+		}
+		for _, r := range rows {
+			if r.GetPeer().GetAddress() == victim.IP.String() {
+				return r.GetPeer().GetState(), nil
+			}
+		}
+		return "", fmt.Errorf("no peer %s in %s's peers", victim.IP, watcher.Name)
+	}
+	expect := func(what, state string, up float64) {
+		eventually(t, 90*time.Second, what, func() error {
+			s, err := peerState()
+			if err != nil {
+				return err
+			}
+			if (state == "established") != (s == "established") {
+				return fmt.Errorf("peers says %s", s)
+			}
+			v, err := metric(watcher, series)
+			if err != nil {
+				return err
+			}
+			if v != up {
+				return fmt.Errorf("%s = %v, want %v", series, v, up)
+			}
+			return nil
+		})
+	}
+	expect("session up before", "established", 1)
+
+	if err := l.StopDaemon(victim.Name, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill meridiand on %s: %v", victim.Name, err)
+	}
+	restarted := false
+	t.Cleanup(func() {
+		if !restarted {
+			_ = l.StartDaemon(victim.Name)
+		}
+	})
+	expect(victim.Name+" down in "+watcher.Name+"'s peers and metrics", "down", 0)
+	s, _ := peerState()
+	t.Logf("%s sees %s as %q", watcher.Name, victim.Name, s)
+
+	if err := l.StartDaemon(victim.Name); err != nil {
+		t.Fatalf("start meridiand on %s: %v", victim.Name, err)
+	}
+	restarted = true
+	expect("session up again", "established", 1)
+	waitMesh(t, c, nodes)
+}
+
+// labeledPod runs a pod on node and labels it.
+func labeledPod(t *testing.T, c kubernetes.Interface, name, node string, labels map[string]string) *corev1.Pod {
+	t.Helper()
+	p := runPod(t, c, name, node)
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"labels": labels}})
+	p, err := c.CoreV1().Pods("default").Patch(context.Background(), name, types.MergePatchType, patch, metav1.PatchOptions{})
+	if err != nil {
+		t.Fatalf("label pod %s: %v", name, err)
+	}
+	return p
+}
+
+// ctl runs the meridianctl binary of the lab's bin dir.
+func ctl(t *testing.T, l *lab.Lab, args ...string) (string, error) {
+	t.Helper()
+	bin := filepath.Join(l.BinDir(), "meridianctl")
+	if _, err := os.Stat(bin); err != nil {
+		t.Skipf("no meridianctl in %s: %v", l.BinDir(), err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, args...).Output()
+	if ee, ok := errors.AsType[*exec.ExitError](err); ok {
+		err = fmt.Errorf("%w: %s", err, ee.Stderr)
+	}
+	return string(out), err
+}
+
+// remote are meridianctl's flags to reach node's daemon through the
+// Kubernetes API and its mutual-TLS listener.
+func remote(l *lab.Lab, node string) []string {
+	tls := l.APIClientTLS()
+	return []string{"--node", node, "--kubeconfig", l.Kubeconfig(),
+		"--tls-cert", tls.CertFile, "--tls-key", tls.KeyFile, "--ca", tls.CAFile, "--tls-server-name", tls.ServerName}
+}
+
+// meridianctl trace, asked through --node, says allow for a client the
+// NetworkPolicy admits and deny, naming the policy, for one it does not;
+// and the pods' traffic agrees.
+func TestAPITraceVerdicts(t *testing.T) {
+	l := needLab(t)
+	c := client(t, l)
+	nodes := l.Nodes()
+	waitMesh(t, c, nodes)
+	node := nodes[0].Name
+	server := labeledPod(t, c, "api-trace-server", node, map[string]string{"api-trace": "server"})
+	allowed := labeledPod(t, c, "api-trace-client", node, map[string]string{"api-trace": "client"})
+	denied := labeledPod(t, c, "api-trace-other", node, map[string]string{"api-trace": "other"})
+	tcp := corev1.ProtocolTCP
+	port := intstr.FromInt32(tcpPort)
+	np := &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "api-trace-allow-client", Namespace: "default"},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"api-trace": "server"}},
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress},
+			Ingress: []networkingv1.NetworkPolicyIngressRule{{
+				From:  []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"api-trace": "client"}}}},
+				Ports: []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &port}},
+			}},
+		},
+	}
+	if _, err := c.NetworkingV1().NetworkPolicies("default").Create(context.Background(), np, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = c.NetworkingV1().NetworkPolicies("default").Delete(context.Background(), np.Name, metav1.DeleteOptions{})
+	})
+
+	dst := net.JoinHostPort(server.Status.PodIP, strconv.Itoa(tcpPort))
+	type verdict struct {
+		Paths []struct {
+			Allowed bool `json:"allowed"`
+			Ingress *struct {
+				Judged   bool     `json:"judged"`
+				Allowed  bool     `json:"allowed"`
+				Reason   string   `json:"reason"`
+				Rules    []string `json:"rules"`
+				Policies []string `json:"policies"`
+			} `json:"ingress"`
+		} `json:"paths"`
+	}
+	trace := func(from *corev1.Pod) (verdict, string, error) {
+		out, err := ctl(t, l, append(remote(l, node), "trace", from.Status.PodIP, dst+"/TCP", "-o", "json")...)
+		if err != nil {
+			return verdict{}, out, err
+		}
+		var v verdict
+		if err := json.Unmarshal([]byte(out), &v); err != nil {
+			return v, out, err
+		}
+		if len(v.Paths) != 1 || v.Paths[0].Ingress == nil || !v.Paths[0].Ingress.Judged {
+			return v, out, fmt.Errorf("want one path with ingress judged on %s: %s", node, out)
+		}
+		return v, out, nil
+	}
+	eventually(t, 60*time.Second, "trace verdicts", func() error {
+		v, out, err := trace(allowed)
+		if err != nil {
+			return err
+		}
+		if in := v.Paths[0].Ingress; !v.Paths[0].Allowed || in.Reason != "allowedByRule" || !slices.Contains(in.Rules, "default/api-trace-allow-client#0") {
+			return fmt.Errorf("client: %s", out)
+		}
+		v, out, err = trace(denied)
+		if err != nil {
+			return err
+		}
+		if in := v.Paths[0].Ingress; v.Paths[0].Allowed || in.Reason != "defaultDeny" || !slices.Contains(in.Policies, "default/api-trace-allow-client") {
+			return fmt.Errorf("other: %s", out)
+		}
+		return nil
+	})
+	table, err := ctl(t, l, append(remote(l, node), "trace", denied.Status.PodIP, dst+"/TCP")...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("meridianctl trace (denied):\n%s", table)
+
+	// The kernel does what trace said.
+	if _, err := httpGet(allowed, dst); err != nil {
+		t.Errorf("allowed client: %v", err)
+	}
+	if _, err := httpGet(denied, dst); err == nil {
+		t.Errorf("denied client reached %s", dst)
+	}
+}
+
+// The TCP listener serves only clients with a certificate from its CA.
+func TestAPITCPRequiresMutualTLS(t *testing.T) {
+	l := needLab(t)
+	n := l.Nodes()[0]
+	addr := netip.AddrPortFrom(n.IP, lab.APIPort).String()
+	labTLS := l.APIClientTLS()
+	good, err := apiserver.ClientTLS(labTLS.CertFile, labTLS.KeyFile, labTLS.CAFile, labTLS.ServerName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherDirs, err := apitest.WriteTLS(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := func(f string) string { return filepath.Join(otherDirs.Client, f) }
+	// Another CA's client certificate; the lab's CA to verify the server,
+	// so only the client side is wrong.
+	otherCA, err := apiserver.ClientTLS(o("tls.crt"), o("tls.key"), labTLS.CAFile, labTLS.ServerName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	noCert := good.Clone()
+	noCert.Certificates = nil
+
+	peers := func(creds credentials.TransportCredentials) error {
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err = listAll(meridianv1.NewMeridianClient(conn).ListPeers(ctx, &meridianv1.ListPeersRequest{}))
+		return err
+	}
+	eventually(t, 30*time.Second, "mutual TLS client served", func() error { return peers(credentials.NewTLS(good)) })
+	for name, creds := range map[string]credentials.TransportCredentials{
+		"plaintext":                   insecure.NewCredentials(),
+		"TLS without a certificate":   credentials.NewTLS(noCert),
+		"certificate from another CA": credentials.NewTLS(otherCA),
+	} {
+		if err := peers(creds); err == nil {
+			t.Errorf("%s: ListPeers on %s succeeded, want refused", name, addr)
+		} else {
+			t.Logf("%s refused: %v", name, err)
+		}
+	}
+	// meridianctl finds the node through the Kubernetes API.
+	out, err := ctl(t, l, append(remote(l, n.Name), "peers")...)
+	if err != nil || !strings.Contains(out, "established") {
+		t.Errorf("meridianctl --node %s peers: %v\n%s", n.Name, err, out)
+	}
+}
+
+// meridian-cni's ADDs and DELs reach meridiand's /metrics.
+func TestAPICNIMetricsCountPodAdds(t *testing.T) {
+	l := needLab(t)
+	c := client(t, l)
+	n := l.Nodes()[1]
+	adds := `meridian_cni_operation_duration_seconds_count{op="add"}`
+	dels := `meridian_cni_operation_duration_seconds_count{op="del"}`
+	var addsBefore, delsBefore float64
+	eventually(t, 30*time.Second, "CNI metrics on "+n.Name, func() error {
+		var err error
+		if addsBefore, err = metric(n, adds); err != nil {
+			return err
+		}
+		delsBefore, err = metric(n, dels)
+		return err
+	})
+	runPod(t, c, "api-cni-metrics", n.Name)
+	eventually(t, 30*time.Second, "ADD counted", func() error {
+		v, err := metric(n, adds)
+		if err != nil {
+			return err
+		}
+		if v < addsBefore+1 {
+			return fmt.Errorf("%s = %v, was %v before the pod", adds, v, addsBefore)
+		}
+		return nil
+	})
+	deletePod(t, c, "api-cni-metrics")
+	eventually(t, 30*time.Second, "DEL counted", func() error {
+		v, err := metric(n, dels)
+		if err != nil {
+			return err
+		}
+		if v < delsBefore+1 {
+			return fmt.Errorf("%s = %v, was %v before the pod went", dels, v, delsBefore)
+		}
+		return nil
+	})
+	if v, err := metric(n, `meridian_cni_operation_duration_seconds_sum{op="add"}`); err != nil || v <= 0 {
+		t.Errorf("ADD duration sum %v (%v), want > 0", v, err)
 	}
 }

@@ -34,8 +34,15 @@ const dnsNamespace, dnsService = "kube-system", "kube-dns"
 
 // doctor walks the checks this node's API can answer. A check whose source
 // is unavailable becomes a finding itself rather than stopping the rest.
-func doctor(ctx context.Context, out io.Writer, c meridianv1.MeridianClient, format string) error {
+// extra, when set, adds the checks beyond the daemon's API, given the
+// daemon's node and Services.
+func doctor(ctx context.Context, out io.Writer, c meridianv1.MeridianClient, format string, extra func(node string, svcs []*meridianv1.Service) []finding) error {
 	fs := runChecks(ctx, c)
+	if extra != nil {
+		st, _ := c.GetDataplaneStatus(ctx, &meridianv1.GetDataplaneStatusRequest{})
+		svcs, _ := services(ctx, c, "", "")
+		fs = sortFindings(append(fs, extra(st.GetNode(), svcs)...))
+	}
 	if structured(format) {
 		if fs == nil {
 			fs = []finding{}
@@ -189,8 +196,32 @@ func runChecks(ctx context.Context, c meridianv1.MeridianClient) []finding {
 		unreachable("policy", err)
 	}
 
+	return sortFindings(fs)
+}
+
+// sortFindings puts errors first, then warnings, then information.
+func sortFindings(fs []finding) []finding {
 	order := map[string]int{sevError: 0, sevWarning: 1, sevInfo: 2}
 	slices.SortStableFunc(fs, func(a, b finding) int { return order[a.Severity] - order[b.Severity] })
+	return fs
+}
+
+// extraChecks runs the cluster and host checks o asks for. Those that
+// cannot run say so as an info finding rather than failing doctor.
+func extraChecks(ctx context.Context, o *options, node string, svcs []*meridianv1.Service) []finding {
+	var fs []finding
+	if o.cluster {
+		st, err := readCluster(ctx, o.target.kubeconfig)
+		if err != nil {
+			fs = append(fs, finding{sevInfo, "cluster", "kubernetes", "cluster checks skipped: " + err.Error(),
+				"pass --kubeconfig (or set $KUBECONFIG) to also check CoreDNS pods, Service selectors and target ports, and kube-proxy; --cluster=false skips them"})
+		} else {
+			fs = append(fs, clusterChecks(st, node)...)
+		}
+	}
+	if o.host && !o.target.remote() {
+		fs = append(fs, hostChecks(svcs)...)
+	}
 	return fs
 }
 

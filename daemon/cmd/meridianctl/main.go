@@ -174,6 +174,8 @@ type options struct {
 	watch                    bool
 	// services, policy
 	namespace string
+	// doctor
+	cluster, host bool
 }
 
 type command struct {
@@ -257,12 +259,20 @@ var commands = map[string]command{
 		}
 		return withClient(ctx, o, func(c meridianv1.MeridianClient) error { return trace(ctx, out, c, q, o.format) })
 	}},
-	"doctor": {run: func(ctx context.Context, out io.Writer, o *options) error {
-		if err := noArgs(o); err != nil {
-			return err
-		}
-		return withClient(ctx, o, func(c meridianv1.MeridianClient) error { return doctor(ctx, out, c, o.format) })
-	}},
+	"doctor": {
+		flags: func(fs *flag.FlagSet, o *options) {
+			fs.BoolVar(&o.cluster, "cluster", true, "also check what the Kubernetes API holds (CoreDNS pods, Service selectors and target ports, kube-proxy on the node) through --kubeconfig")
+			fs.BoolVar(&o.host, "host", true, "also check the node meridianctl runs on (pod MTU against the uplink, local endpoints refusing connections); only with the local socket")
+		},
+		run: func(ctx context.Context, out io.Writer, o *options) error {
+			if err := noArgs(o); err != nil {
+				return err
+			}
+			return withClient(ctx, o, func(c meridianv1.MeridianClient) error {
+				return doctor(ctx, out, c, o.format, func(node string, svcs []*meridianv1.Service) []finding { return extraChecks(ctx, o, node, svcs) })
+			})
+		},
+	},
 }
 
 func namespaceFlag(fs *flag.FlagSet, o *options) {

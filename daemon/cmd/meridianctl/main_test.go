@@ -167,9 +167,11 @@ func TestGolden(t *testing.T) {
 		"trace-empty.table":      {"trace", "10.244.1.6", "10.96.0.30:80"},
 		"trace-direct.table":     {"trace", "10.244.2.7", "10.244.1.5:9090/TCP"},
 		"trace-offcluster.table": {"trace", "192.0.2.1", "10.96.0.20:80/TCP"},
-		"doctor.table":           {"doctor"},
-		"doctor.wide":            {"doctor", "-o", "wide"},
-		"doctor.json":            {"doctor", "-o", "json"},
+		// The API's checks only: the cluster and host ones read this
+		// machine and a kubeconfig (TestClusterChecks covers the former).
+		"doctor.table": {"doctor", "--cluster=false", "--host=false"},
+		"doctor.wide":  {"doctor", "-o", "wide", "--cluster=false", "--host=false"},
+		"doctor.json":  {"doctor", "-o", "json", "--cluster=false", "--host=false"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			out, errOut, code := ctl(t, socket, args...)
@@ -233,7 +235,7 @@ func TestDoctorHealthy(t *testing.T) {
 	st.Policy.Pods = nil
 	src.Dataplane = apitest.Dataplane{St: st}
 	src.Counters = apitest.CountersFor(st.Policy, nil, 0)
-	out, errOut, code := ctl(t, serveSources(t, src), "doctor")
+	out, errOut, code := ctl(t, serveSources(t, src), "doctor", "--cluster=false", "--host=false")
 	if code != 0 || out != "no problems found\n" {
 		t.Errorf("doctor on a healthy node: exit %d, %q %q", code, out, errOut)
 	}

@@ -1,0 +1,128 @@
+package main
+
+import (
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	meridianv1 "github.com/meridian-net/meridian/api/meridian/v1"
+)
+
+func pod(ns, name, node string, labels map[string]string, ready bool, ports ...corev1.ContainerPort) corev1.Pod {
+	p := corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: labels},
+		Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c", Ports: ports}}},
+		Status:     corev1.PodStatus{Phase: corev1.PodRunning},
+	}
+	cond := corev1.ConditionFalse
+	if ready {
+		cond = corev1.ConditionTrue
+	}
+	p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: cond}}
+	return p
+}
+
+func svc(ns, name string, sel map[string]string, ports ...corev1.ServicePort) corev1.Service {
+	return corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: corev1.ServiceSpec{Selector: sel, Ports: ports}}
+}
+
+func TestClusterChecks(t *testing.T) {
+	web := map[string]string{"app": "web"}
+	st := &clusterState{
+		Pods: []corev1.Pod{
+			pod("kube-system", "coredns-1", "node-b", map[string]string{"k8s-app": "kube-dns"}, false),
+			pod("kube-system", "kube-proxy-x1", "node-a", map[string]string{"k8s-app": "kube-proxy"}, true),
+			pod("kube-system", "kube-proxy-x2", "node-b", map[string]string{"k8s-app": "kube-proxy"}, true),
+			pod("default", "web-1", "node-a", web, true, corev1.ContainerPort{Name: "http", ContainerPort: 8080}),
+			pod("default", "plain-1", "node-a", map[string]string{"app": "plain"}, true),
+		},
+		Services: []corev1.Service{
+			svc("default", "web", web, corev1.ServicePort{Port: 80, TargetPort: intstr.FromString("http")}),
+			// Declared ports exist and 9090 is not one of them.
+			svc("default", "web-wrong", web, corev1.ServicePort{Port: 80, TargetPort: intstr.FromInt32(9090)}),
+			svc("default", "web-named", web, corev1.ServicePort{Port: 80, TargetPort: intstr.FromString("metrics")}),
+			// Pods declaring nothing: a number cannot be judged.
+			svc("default", "plain", map[string]string{"app": "plain"}, corev1.ServicePort{Port: 80, TargetPort: intstr.FromInt32(8080)}),
+			svc("default", "typo", map[string]string{"app": "wbe"}, corev1.ServicePort{Port: 80}),
+			svc("default", "external", nil, corev1.ServicePort{Port: 80}),
+		},
+	}
+	got := map[string]string{}
+	for _, f := range clusterChecks(st, "node-a") {
+		got[f.Check+" "+f.Subject] = f.Severity
+		if f.Fix == "" {
+			t.Errorf("finding %+v says nothing to do", f)
+		}
+	}
+	want := map[string]string{
+		"dns kube-system/coredns":              "error", // not ready
+		"kube-proxy kube-system/kube-proxy-x1": "error", // on this node; x2 is not
+		"services default/web-wrong":           "warning",
+		"services default/web-named":           "warning",
+		"services default/typo":                "warning", // selector matches nothing
+	}
+	for k, sev := range want {
+		if got[k] != sev {
+			t.Errorf("finding %q: %q, want %q (all %v)", k, got[k], sev, got)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("findings %v, want exactly %v", got, want)
+	}
+
+	// No CoreDNS at all is its own finding.
+	fs := clusterChecks(&clusterState{}, "node-a")
+	if len(fs) != 1 || fs[0].Check != "dns" || fs[0].Severity != sevError {
+		t.Errorf("empty cluster: %+v, want one DNS error", fs)
+	}
+}
+
+// A local endpoint whose port refuses is reported; one that accepts, one
+// on another node and a UDP one are not probed into findings.
+func TestProbeLocalEndpoints(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	// A port that was just free: nothing listens there.
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closedPort := closed.Addr().(*net.TCPAddr).Port
+	closed.Close()
+	openPort := ln.Addr().(*net.TCPAddr).Port
+	ep := func(port int, local bool) *meridianv1.Endpoint {
+		return &meridianv1.Endpoint{Address: "127.0.0.1", Port: uint32(port), Local: local, Ready: true}
+	}
+	svcs := []*meridianv1.Service{{
+		Namespace: "default", Name: "web",
+		Ports: []*meridianv1.ServicePort{
+			{Port: 80, Protocol: "TCP", Targets: []*meridianv1.Target{{Endpoints: []*meridianv1.Endpoint{ep(openPort, true), ep(closedPort, true), ep(closedPort+0, false)}}}},
+			{Port: 53, Protocol: "UDP", Targets: []*meridianv1.Target{{Endpoints: []*meridianv1.Endpoint{ep(closedPort, true)}}}},
+		},
+	}}
+	fs := probeLocalEndpoints(svcs, time.Second)
+	if len(fs) != 1 || fs[0].Subject != "default/web port 80" || fs[0].Severity != sevError {
+		t.Fatalf("findings %+v, want one refusal for default/web port 80", fs)
+	}
+	if want := "127.0.0.1:" + strconv.Itoa(closedPort); !strings.Contains(fs[0].Message, want) {
+		t.Errorf("message %q does not name %s", fs[0].Message, want)
+	}
+}

@@ -1,0 +1,141 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	meridianv1 "github.com/meridian-net/meridian/api/meridian/v1"
+	"github.com/meridian-net/meridian/cni-plugin/config"
+)
+
+// hostChecks look at the node meridianctl runs on, beside the daemon it
+// asks: the pods' MTU against the uplink's, and whether anything listens
+// on the local endpoints' target ports.
+func hostChecks(svcs []*meridianv1.Service) []finding {
+	fs := checkMTU()
+	return append(fs, probeLocalEndpoints(svcs, time.Second)...)
+}
+
+// checkMTU compares the host side of the pods' veths (the pod side has the
+// same MTU: the plugin sets both) with the link of the default route. No
+// overlay means no header to leave room for: a pod MTU above the uplink's
+// drops or fragments large packets, the "large transfers hang" symptom.
+func checkMTU() []finding {
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return nil
+	}
+	defer h.Close()
+	links, err := h.LinkList()
+	if err != nil {
+		return nil
+	}
+	rs, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: 254}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return nil
+	}
+	uplink := 0
+	for _, r := range rs {
+		isDefault := r.Dst == nil
+		if r.Dst != nil {
+			ones, _ := r.Dst.Mask.Size()
+			isDefault = ones == 0
+		}
+		if !isDefault {
+			continue
+		}
+		uplink = r.LinkIndex
+		if uplink == 0 && len(r.MultiPath) > 0 {
+			uplink = r.MultiPath[0].LinkIndex
+		}
+		break
+	}
+	var up netlink.Link
+	above := map[int][]string{}
+	for _, l := range links {
+		a := l.Attrs()
+		if a.Index == uplink {
+			up = l
+		}
+	}
+	if up == nil {
+		return nil
+	}
+	upMTU := up.Attrs().MTU
+	for _, l := range links {
+		a := l.Attrs()
+		if l.Type() != "veth" || !strings.HasPrefix(a.Name, config.DefaultHostVethPrefix) {
+			continue
+		}
+		if a.MTU > upMTU {
+			above[a.MTU] = append(above[a.MTU], a.Name)
+		}
+	}
+	var fs []finding
+	for _, mtu := range slices.Sorted(maps.Keys(above)) {
+		names := above[mtu]
+		slices.Sort(names)
+		fs = append(fs, finding{sevError, "mtu", up.Attrs().Name,
+			fmt.Sprintf("%d pod link(s) (%s) have MTU %d, above %s's %d: larger packets between nodes are dropped or fragmented", len(names), strings.Join(names, ", "), mtu, up.Attrs().Name, upMTU),
+			fmt.Sprintf("set the CNI configuration's mtu to %d (the chart's cni.mtu) and recreate the pods", upMTU)})
+	}
+	return fs
+}
+
+// probeLocalEndpoints connects to every TCP endpoint on this node; a
+// refusal means the pod is up and nothing listens on the target port
+// (the Service's targetPort is wrong, or the process bound another port or
+// only loopback). A timeout says nothing: a policy may drop the node's
+// probe.
+func probeLocalEndpoints(svcs []*meridianv1.Service, timeout time.Duration) []finding {
+	type target struct{ addr, svc string }
+	var targets []target
+	seen := map[string]bool{}
+	for _, s := range svcs {
+		for _, p := range s.GetPorts() {
+			if p.GetProtocol() != "TCP" {
+				continue
+			}
+			for _, t := range p.GetTargets() {
+				for _, e := range t.GetEndpoints() {
+					a, err := netip.ParseAddr(e.GetAddress())
+					if !e.GetLocal() || !e.GetReady() || err != nil {
+						continue
+					}
+					addr := net.JoinHostPort(a.String(), strconv.Itoa(int(e.GetPort())))
+					if !seen[addr] {
+						seen[addr] = true
+						targets = append(targets, target{addr, fmt.Sprintf("%s/%s port %d", s.GetNamespace(), s.GetName(), p.GetPort())})
+					}
+				}
+			}
+		}
+	}
+	const limit = 200
+	var fs []finding
+	for i, t := range targets {
+		if i == limit {
+			break
+		}
+		c, err := net.DialTimeout("tcp", t.addr, timeout)
+		if err == nil {
+			c.Close()
+			continue
+		}
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			fs = append(fs, finding{sevError, "services", t.svc, "endpoint " + t.addr + " on this node refuses connections: nothing listens on the target port",
+				"check the Service's targetPort against the port the container listens on (and that it binds 0.0.0.0, not 127.0.0.1)"})
+		}
+	}
+	return fs
+}
