@@ -316,6 +316,9 @@ func (l *Lab) writeCredentials(now time.Time) error {
 	if err := p.write(l.layout.pkiFiles()); err != nil {
 		return err
 	}
+	if err := l.writeAPITLS(p, now); err != nil {
+		return err
+	}
 	for _, kc := range []struct {
 		file   string
 		server string

@@ -107,6 +107,9 @@ func (l *Lab) daemonSpec(n Node) procSpec {
 			"--state-dir", l.layout.nodeStateDir(n.Name),
 			// Nodes share the host's file system: one socket per node.
 			"--api-socket", l.APISocket(n.Name),
+			// and on TCP with mutual TLS, for meridianctl --node.
+			"--api-listen", fmt.Sprintf(":%d", APIPort),
+			"--api-tls-secret", l.layout.apiTLSDir(),
 		},
 		Env: []string{"NODE_NAME=" + n.Name},
 	}
