@@ -123,8 +123,10 @@ type Controller struct {
 	// encapReasons holds each learned route's last encapsulation reason,
 	// so a change is logged once.
 	encapReasons map[netip.Prefix]string
-	// hostMTUErr is the last failure to read the link MTU, logged once.
+	// hostMTUErr and tunnelErr are the last failures to read the link
+	// MTU and to set up an unused tunnel, each logged once.
 	hostMTUErr string
+	tunnelErr  string
 	// ready is closed after the first sync that installed every route with
 	// BGP converged; the health endpoint and the Node condition use it.
 	ready chan struct{}
@@ -456,8 +458,20 @@ func (c *Controller) sync(ctx context.Context, lister corelisters.NodeLister, sp
 	c.logEncap(desired)
 	if c.tunnels != nil {
 		// Devices before routes: a route through a tunnel needs its device.
-		if err := c.tunnels.Apply(tunnel.Desired(mode, typ, self.InternalIP, self.PodCIDRs, hostMTU, desired)); err != nil {
+		err := c.tunnels.Apply(tunnel.Desired(mode, typ, self.InternalIP, self.PodCIDRs, hostMTU, desired))
+		switch {
+		case err != nil && slices.ContainsFunc(desired, func(r routes.Route) bool { return r.Dev != "" }):
 			errs = append(errs, fmt.Errorf("apply tunnels: %w", err))
+		case err != nil:
+			// No route needs the tunnel yet (every node on a connected
+			// subnet, say, on a kernel without ipip): not worth failing
+			// the sync and holding back readiness for.
+			if msg := err.Error(); msg != c.tunnelErr {
+				c.log.Warn("tunnel device not ready; no route needs it yet", "type", typ, "err", err)
+				c.tunnelErr = msg
+			}
+		default:
+			c.tunnelErr = ""
 		}
 	}
 	// Until every peer has re-sent its routes after a restart, a route
@@ -550,8 +564,15 @@ func (c *Controller) logEncap(desired []routes.Route) {
 			continue
 		}
 		now[r.Dst] = r.Reason
-		if c.encapReasons[r.Dst] != r.Reason {
-			c.log.Info("route encapsulation", "prefix", r.Dst, "reason", r.Reason, "route", r.String())
+		prev, seen := c.encapReasons[r.Dst]
+		switch {
+		case prev == r.Reason:
+		case r.Dev != "" || seen:
+			// Tunnelled, or a change: worth a line at the default level.
+			c.log.Info("route encapsulation", "prefix", r.Dst, "reason", r.Reason, "was", prev, "route", r.String())
+		default:
+			// A native route, first seen: there may be 100k of them.
+			c.log.Debug("route encapsulation", "prefix", r.Dst, "reason", r.Reason, "route", r.String())
 		}
 	}
 	c.encapReasons = now

@@ -642,6 +642,7 @@ type fakeTunnels struct {
 	mu        sync.Mutex
 	connected []netip.Prefix
 	mtu       int
+	err       error
 	applied   []tunnel.Config
 }
 
@@ -651,7 +652,7 @@ func (f *fakeTunnels) Apply(c tunnel.Config) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.applied = append(f.applied, c)
-	return nil
+	return f.err
 }
 func (f *fakeTunnels) last() (tunnel.Config, bool) {
 	f.mu.Lock()
@@ -754,4 +755,55 @@ func TestControllerEncapsulation(t *testing.T) {
 		"10.244.2.0/24 via 198.18.0.12 proto 201",
 		"10.244.3.0/24 via 198.18.1.13 proto 201",
 	}, "", 0, 1500)
+}
+
+// A tunnel that cannot be set up (no ipip module) does not hold back
+// readiness while every node is on a connected subnet; once a route needs
+// it, the sync fails.
+func TestControllerUnusedTunnelFailure(t *testing.T) {
+	tun := &fakeTunnels{connected: []netip.Prefix{netip.MustParsePrefix("198.18.0.0/24")}, mtu: 1500,
+		err: fmt.Errorf("create tunl0 (is the ipip kernel module available?): operation not supported")}
+	app := &fakeApplier{}
+	h := startFull(t, app, nil, tun, nil,
+		mkNode("n1", "198.18.0.11", "10.244.1.0/24", nil),
+		mkNode("n2", "198.18.0.12", "10.244.2.0/24", nil))
+	waitFor(t, "speaker", func() error {
+		if h.speaker() == nil {
+			return fmt.Errorf("no speaker")
+		}
+		return nil
+	})
+	n2 := netip.MustParseAddr("198.18.0.12")
+	h.speaker().set(func(s *fakeSpeaker) {
+		s.converged = true
+		s.paths = []bgp.Path{{Prefix: netip.MustParsePrefix("10.244.2.0/24"), NextHop: n2, PeerAddress: n2, Best: true}}
+	})
+	select {
+	case <-h.ctrl.Ready():
+	case <-time.After(10 * time.Second):
+		t.Fatalf("not ready with an unused tunnel failing:\n%s", h.logs.String())
+	}
+	time.Sleep(300 * time.Millisecond) // a few resyncs
+	if n := strings.Count(h.logs.String(), "tunnel device not ready"); n != 1 {
+		t.Errorf("unused tunnel failure logged %d times, want once", n)
+	}
+	// n2 moves to another subnet: its route needs the tunnel now.
+	n, err := h.client.CoreV1().Nodes().Get(context.Background(), "n2", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "198.18.1.12"}}
+	if _, err := h.client.CoreV1().Nodes().UpdateStatus(context.Background(), n, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	n2 = netip.MustParseAddr("198.18.1.12")
+	h.speaker().set(func(s *fakeSpeaker) {
+		s.paths = []bgp.Path{{Prefix: netip.MustParsePrefix("10.244.2.0/24"), NextHop: n2, PeerAddress: n2, Best: true}}
+	})
+	waitFor(t, "sync failing on the tunnel", func() error {
+		if !strings.Contains(h.logs.String(), "apply tunnels") {
+			return fmt.Errorf("no apply tunnels error logged")
+		}
+		return nil
+	})
 }
