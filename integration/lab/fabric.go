@@ -126,14 +126,20 @@ func attachHost() error {
 // gives peer addr/24. The peer is created directly in its namespace, so its
 // name only has to be unique there.
 func attachToBridge(port string, peerNS netns.NsHandle, peerH *netlink.Handle, peer string, addr netip.Addr) error {
+	return attachToSegment(BridgeName, port, peerNS, peerH, peer, netip.PrefixFrom(addr, LabSubnet.Bits()))
+}
+
+// attachToSegment is attachToBridge for any bridge in the fabric, with
+// the peer's address and prefix length in pfx.
+func attachToSegment(bridge, port string, peerNS netns.NsHandle, peerH *netlink.Handle, peer string, pfx netip.Prefix) error {
 	fab, err := netlinkHandle(FabricNetns)
 	if err != nil {
 		return err
 	}
 	defer fab.Close()
-	br, err := fab.LinkByName(BridgeName)
+	br, err := fab.LinkByName(bridge)
 	if err != nil {
-		return fmt.Errorf("find bridge: %w", err)
+		return fmt.Errorf("find bridge %s: %w", bridge, err)
 	}
 	veth := &netlink.Veth{
 		LinkAttrs:     netlink.LinkAttrs{Name: port, MasterIndex: br.Attrs().Index, Flags: net.FlagUp},
@@ -147,7 +153,6 @@ func attachToBridge(port string, peerNS netns.NsHandle, peerH *netlink.Handle, p
 	if err != nil {
 		return fmt.Errorf("find %s: %w", peer, err)
 	}
-	pfx := netip.PrefixFrom(addr, LabSubnet.Bits())
 	if err := peerH.AddrAdd(link, &netlink.Addr{IPNet: prefixToIPNet(pfx)}); err != nil {
 		return fmt.Errorf("address %s on %s: %w", pfx, peer, err)
 	}

@@ -37,7 +37,16 @@ type Options struct {
 	// EtcdBin is the etcd executable. Default: BinDir/etcd if present,
 	// else etcd from PATH (Debian's /usr/bin/etcd).
 	EtcdBin string
-	Log     *slog.Logger
+	// Topology is the network's shape; "" is TopologyFlat.
+	Topology Topology
+	// ToR is what runs on the routers of TopologyRacks; "" is ToRFRR.
+	// Ignored when flat.
+	ToR ToRKind
+	// ToRPassword, when set with FRR or BIRD routers, is the TCP MD5 key
+	// of every node-router session: the routers are configured with it
+	// and the BGPPeers read it from the Secret ToRPasswordSecret.
+	ToRPassword string
+	Log         *slog.Logger
 }
 
 const labBinName = "meridian-lab"
@@ -51,6 +60,21 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	topo, err := ParseTopology(string(o.Topology))
+	if err != nil {
+		return o, err
+	}
+	o.Topology = topo
+	if o.Topology == TopologyRacks {
+		if o.ToR == "" {
+			o.ToR = ToRFRR
+		}
+		if _, err := ParseToR(string(o.ToR)); err != nil {
+			return o, err
+		}
+	} else {
+		o.ToR, o.ToRPassword = "", ""
 	}
 	if o.StateDir == "" {
 		o.StateDir = DefaultStateDir
@@ -118,6 +142,12 @@ func requiredBinaries(o Options) []string {
 	if !o.NoDaemon {
 		bins = append(bins, binPath(o.BinDir, "meridiand"), binPath(o.BinDir, "meridian-cni"))
 	}
+	switch o.ToR {
+	case ToRFRR:
+		bins = append(bins, FRRZebra, FRRBgpd, "vtysh")
+	case ToRBIRD:
+		bins = append(bins, BIRDBin, "birdc")
+	}
 	return bins
 }
 
@@ -168,6 +198,12 @@ type labState struct {
 	EtcdBin  string `json:"etcdBin"`
 	NoDaemon bool   `json:"noDaemon"`
 	Nodes    []Node `json:"nodes"`
+	// Topology, ToR, ToRPassword and Routers describe a racks lab; a lab
+	// state without them is flat.
+	Topology    Topology `json:"topology,omitempty"`
+	ToR         ToRKind  `json:"tor,omitempty"`
+	ToRPassword string   `json:"torPassword,omitempty"`
+	Routers     []Router `json:"routers,omitempty"`
 }
 
 // Lab is a running lab.
@@ -257,7 +293,15 @@ func up(ctx context.Context, o Options) (*Lab, error) {
 		return nil, fmt.Errorf("binaries: %w", err)
 	}
 	st := labState{BinDir: o.BinDir, LabBin: o.LabBin, EtcdBin: o.EtcdBin, NoDaemon: o.NoDaemon}
+	if o.Topology == TopologyRacks {
+		st.Topology, st.ToR, st.ToRPassword = o.Topology, o.ToR, o.ToRPassword
+	}
 	l := newLab(o.StateDir, st, o.Log)
+	if o.Topology == TopologyRacks {
+		for rack := 1; rack <= Racks; rack++ {
+			l.st.Routers = append(l.st.Routers, newRouter(rack, o.ToR, l.layout))
+		}
+	}
 	if err := os.MkdirAll(o.StateDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create state dir: %w", err)
 	}
@@ -277,8 +321,18 @@ func up(ctx context.Context, o Options) (*Lab, error) {
 	if err := createEndpointNetns(CPNetns, cpPortName, APIServerIP); err != nil {
 		return nil, err
 	}
-	o.Log.Info("fabric ready", "took", time.Since(t0).Round(time.Millisecond))
+	if o.Topology == TopologyRacks {
+		if err := l.startRacksNetwork(); err != nil {
+			return nil, err
+		}
+	}
+	o.Log.Info("fabric ready", "topology", o.Topology, "took", time.Since(t0).Round(time.Millisecond))
 	if err := l.startControlPlane(ctx); err != nil {
+		return nil, err
+	}
+	// Routers before nodes: meridiand finds its BGPPeers and the mesh
+	// off from its first start.
+	if err := l.startRouters(ctx); err != nil {
 		return nil, err
 	}
 	for i := 1; i <= o.Nodes; i++ {

@@ -125,6 +125,9 @@ func (l *Lab) APISocket(node string) string {
 // its agent and (unless NoDaemon) meridiand, and records it.
 func (l *Lab) addNode(ctx context.Context, i int) (Node, error) {
 	n := newNode(i)
+	if l.st.Topology == TopologyRacks {
+		n = newRackNode(i)
+	}
 	t0 := time.Now()
 	// Recorded before anything is made, so that after a failure below
 	// RemoveNode finds the node by name and removes what was made.
@@ -135,7 +138,14 @@ func (l *Lab) addNode(ctx context.Context, i int) (Node, error) {
 	if err != nil {
 		return n, err
 	}
-	if err := createEndpointNetns(n.Netns, n.Name, n.IP); err != nil {
+	if n.Rack != 0 {
+		if err := createRackNodeNetns(n); err != nil {
+			return n, err
+		}
+		if err := l.registerRackNode(ctx, n); err != nil {
+			return n, err
+		}
+	} else if err := createEndpointNetns(n.Netns, n.Name, n.IP); err != nil {
 		return n, err
 	}
 	for _, d := range []string{l.layout.nodeCNIConfDir(n.Name), l.layout.nodeStateDir(n.Name)} {

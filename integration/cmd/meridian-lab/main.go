@@ -2,6 +2,7 @@
 // network namespaces on this host.
 //
 //	meridian-lab up [--nodes N] [--no-daemon] [--wait DURATION]
+//	                [--topology flat|racks] [--tor frr|bird|none] [--tor-password KEY]
 //	meridian-lab status
 //	meridian-lab exec NODE -- CMD...            (NODE: node-1, ... or cp)
 //	meridian-lab exec NAMESPACE/POD -- CMD...
@@ -55,20 +56,27 @@ const usage = `usage: meridian-lab [--state-dir DIR] [--bin-dir DIR] [-v] COMMAN
 
 commands:
   up [--nodes N] [--no-daemon] [--wait DURATION]
+     [--topology flat|racks] [--tor frr|bird|none] [--tor-password KEY]
                           start a lab (replacing a running one) and wait for
-                          its nodes to be Ready (--wait 0: do not wait)
+                          its nodes to be Ready (--wait 0: do not wait);
+                          racks: nodes on two subnets behind routers tor1
+                          and tor2 running FRR, BIRD or static routes only
   down                    remove the lab and everything it made
   status                  show nodes, processes and logs
   exec NODE -- CMD...     run CMD in a node's netns (NODE: node-1.. or cp)
+  exec ROUTER -- CMD...   run CMD in a racks lab's router (tor1, tor2);
+                          vtysh and birdc reach its FRR or BIRD
   exec NS/POD -- CMD...   run CMD in a pod's netns
   kubeconfig              print the path of the admin kubeconfig
   walkthrough             deploy the seed's web app, print routes and a
                           pod-to-pod reachability matrix
   bench [--out FILE] [--services 1000,5000] [--services-only]
+        [--policies 1000] [--policy-pods 2000] [--policies-only]
                           measure pod start-up, CNI ADD latency and
-                          throughput against their reference points, and
+                          throughput against their reference points,
                           Service NAT (meridiand vs kube-proxy nftables)
-                          at each Service count (0: skip)
+                          at each Service count (0: skip), and
+                          NetworkPolicy (meridiand vs kube-network-policies)
 `
 
 type globals struct {
@@ -196,9 +204,13 @@ func up(ctx context.Context, g *globals, args []string) error {
 	var nodes int
 	var noDaemon bool
 	var wait time.Duration
+	var topology, tor, torPassword string
 	rest, err := subFlags("up", g, args, func(fs *flag.FlagSet) {
 		fs.IntVar(&nodes, "nodes", 3, "number of nodes")
 		fs.BoolVar(&noDaemon, "no-daemon", false, "do not start meridiand")
+		fs.StringVar(&topology, "topology", string(lab.TopologyFlat), "flat (one segment) or racks (two rack subnets behind routers tor1, tor2)")
+		fs.StringVar(&tor, "tor", string(lab.ToRFRR), "with --topology racks: what the routers run: frr, bird or none (static routes only)")
+		fs.StringVar(&torPassword, "tor-password", "", "with --tor frr|bird: TCP MD5 key of the node-router sessions")
 		fs.DurationVar(&wait, "wait", 2*time.Minute, "how long to wait for nodes to be Ready (0: do not wait)")
 	})
 	if err != nil {
@@ -210,8 +222,17 @@ func up(ctx context.Context, g *globals, args []string) error {
 	if nodes < 1 {
 		return fmt.Errorf("%w: --nodes must be at least 1", errUsage)
 	}
+	topo, err := lab.ParseTopology(topology)
+	if err != nil {
+		return fmt.Errorf("%w: --topology: %w", errUsage, err)
+	}
+	torKind, err := lab.ParseToR(tor)
+	if err != nil {
+		return fmt.Errorf("%w: --tor: %w", errUsage, err)
+	}
 	t0 := time.Now()
-	l, err := lab.Up(ctx, lab.Options{Nodes: nodes, BinDir: g.binDir, StateDir: g.stateDir, NoDaemon: noDaemon, Log: g.logger()})
+	l, err := lab.Up(ctx, lab.Options{Nodes: nodes, BinDir: g.binDir, StateDir: g.stateDir, NoDaemon: noDaemon,
+		Topology: topo, ToR: torKind, ToRPassword: torPassword, Log: g.logger()})
 	if err != nil {
 		return err
 	}
@@ -223,6 +244,9 @@ func up(ctx context.Context, g *globals, args []string) error {
 		}
 	}
 	fmt.Printf("lab up in %s: %d nodes, API server %s\n", time.Since(t0).Round(100*time.Millisecond), nodes, lab.APIServerURL())
+	for _, r := range l.Routers() {
+		fmt.Printf("router %s (%s, AS%d): rack %s, core %s, gateway %s\n", r.Name, l.ToR(), r.ASN, r.Subnet, r.CoreIP, r.RackIP)
+	}
 	fmt.Printf("export KUBECONFIG=%s\n", l.Kubeconfig())
 	return nil
 }
@@ -360,6 +384,19 @@ func execCmd(ctx context.Context, g *globals, args []string) error {
 		return err
 	}
 	var netnsName string
+	if r, rerr := l.Router(target); rerr == nil {
+		// vtysh and birdc need the router's sockets: RouterExecArgv adds
+		// them.
+		full, err := l.RouterExecArgv(r.Name, argv...)
+		if err != nil {
+			return err
+		}
+		path, err := exec.LookPath(full[0])
+		if err != nil {
+			return err
+		}
+		return fmt.Errorf("exec %s: %w", path, syscall.Exec(path, full, os.Environ()))
+	}
 	switch {
 	case strings.Contains(target, "/"):
 		ns, pod, _ := strings.Cut(target, "/")
