@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -33,6 +34,9 @@ type Config struct {
 	Assets  Assets
 	Modules []string // module names; their dependencies are added and loaded first
 	Tests   []Test
+	// Files are placed in the VM before the tests run, with the shared
+	// libraries of dynamically linked executables among them.
+	Files []File
 	// Env is added to every test's environment (KEY=value).
 	Env      []string
 	CPUs     int    // default 2
@@ -121,6 +125,15 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 	}
 	if err != nil {
 		return nil, fmt.Errorf("create initramfs: %w", err)
+	}
+	files, libDirs, err := closure(cfg.Files)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("files for the vm: %w", err)
+	}
+	cfg.Files = files
+	if len(libDirs) > 0 {
+		cfg.Env = append(cfg.Env, "LD_LIBRARY_PATH="+strings.Join(libDirs, ":"))
 	}
 	werr := writeInitramfs(f, cfg, mods, nonce)
 	if cerr := f.Close(); werr == nil {
@@ -262,9 +275,20 @@ func (p *markerParser) line(l string) {
 // writeInitramfs lays out the root file system the kernel unpacks.
 func writeInitramfs(w io.Writer, cfg Config, mods []Module, nonce string) error {
 	c := newCPIOWriter(w)
-	for _, d := range []string{"bin", "sbin", "usr", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev",
-		"run", "tmp", "var", "root", "lib", "lib/modules", "tests"} {
-		c.Dir(d, 0o755)
+	dirs := map[string]bool{}
+	mkdirAll := func(d string) {
+		var parts []string
+		for ; d != "." && d != "/" && d != "" && !dirs[d]; d = path.Dir(d) {
+			parts = append(parts, d)
+		}
+		for i := len(parts) - 1; i >= 0; i-- {
+			dirs[parts[i]] = true
+			c.Dir(parts[i], 0o755)
+		}
+	}
+	for _, d := range []string{"bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev",
+		"run", "tmp", "var", "root", "lib/modules", "tests"} {
+		mkdirAll(d)
 	}
 	c.File("etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\n"))
 	c.File("etc/group", 0o644, []byte("root:x:0:\n"))
@@ -277,9 +301,20 @@ func writeInitramfs(w io.Writer, cfg Config, mods []Module, nonce string) error 
 	for _, m := range mods {
 		c.File("lib/modules/"+m.Name+".ko", 0o644, m.Data)
 	}
+	for _, f := range cfg.Files {
+		dst := strings.TrimPrefix(path.Clean(f.Dst), "/")
+		mkdirAll(path.Dir(dst))
+		st, err := os.Stat(f.Src)
+		if err != nil {
+			return err
+		}
+		if err := addHostFile(c, dst, f.Src, st.Mode().Perm()); err != nil {
+			return err
+		}
+	}
 	for _, t := range cfg.Tests {
 		dir := "tests/" + t.Name
-		c.Dir(dir, 0o755)
+		mkdirAll(dir)
 		if err := addHostFile(c, dir+"/"+t.Name+".test", t.Binary, 0o755); err != nil {
 			return err
 		}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -237,5 +238,49 @@ func TestResolveModules(t *testing.T) {
 	}
 	if _, err := idx.Resolve(context.Background(), []string{"no_such_module"}); err == nil {
 		t.Error("an unknown module resolved")
+	}
+}
+
+// TestClosure follows a dynamically linked host program to its interpreter
+// and libraries; a file that is not ELF brings nothing along.
+func TestClosure(t *testing.T) {
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Skip("no sh")
+	}
+	sh, err = filepath.EvalSymlinks(sh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	interp, _, _, err := elfDynamic(sh)
+	if err != nil || interp == "" {
+		t.Skipf("%s is not a dynamically linked ELF (%v)", sh, err)
+	}
+	script := filepath.Join(t.TempDir(), "script")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	files, dirs, err := closure([]File{{Src: sh, Dst: "/opt/sh"}, {Src: script, Dst: "/opt/script"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dsts []string
+	for _, f := range files {
+		dsts = append(dsts, f.Dst)
+	}
+	if len(files) < 4 || files[0].Dst != "/opt/sh" || files[1].Dst != "/opt/script" {
+		t.Fatalf("files %v: want the two given first, then the interpreter and libc", dsts)
+	}
+	if !slices.Contains(dsts, interp) {
+		t.Errorf("files %v lack the interpreter %s", dsts, interp)
+	}
+	if !slices.ContainsFunc(dsts, func(d string) bool { return filepath.Base(d) == "libc.so.6" }) {
+		t.Errorf("files %v lack libc.so.6", dsts)
+	}
+	if len(dirs) == 0 {
+		t.Error("no library directories for LD_LIBRARY_PATH")
+	}
+	if _, _, err := closure([]File{{Src: sh, Dst: "relative"}}); err == nil {
+		t.Error("a relative destination was accepted")
 	}
 }

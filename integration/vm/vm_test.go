@@ -66,16 +66,7 @@ func TestIPIPTestsInVM(t *testing.T) {
 			t.Logf("host kernel has no ipip (%s): running the IPIP tests in a VM", why)
 		}
 	}
-	qemu, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		requireOrSkip(t, "qemu-system-x86_64 not found: `make deps` installs qemu-system-x86")
-	}
-	for _, tool := range []string{"apt-get", "apt-cache", "dpkg-deb"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			requireOrSkip(t, "%s not found: the VM's kernel and busybox come from Debian's packages", tool)
-		}
-	}
-	root := repoRoot(t)
+	qemu, assets, root := setupVM(t)
 	pkgs := VMPackages
 	if env := strings.Fields(os.Getenv("MERIDIAN_VM_PKGS")); len(env) > 0 {
 		pkgs = nil
@@ -83,15 +74,9 @@ func TestIPIPTestsInVM(t *testing.T) {
 			pkgs = append(pkgs, VMPackage{Path: p})
 		}
 	}
-
 	ctx, cancel := context.WithTimeout(context.Background(), vmTimeout)
 	defer cancel()
 	log := slog.New(slog.NewTextHandler(testWriter{t}, nil))
-	assets, err := Fetch(ctx, cacheDir(root), log)
-	if err != nil {
-		requireOrSkip(t, "fetch the VM's kernel and busybox: %v", err)
-	}
-	t.Logf("kernel %s, busybox %s", assets.Release, assets.Busybox)
 
 	work := t.TempDir()
 	var tests []Test
@@ -142,6 +127,76 @@ func TestIPIPTestsInVM(t *testing.T) {
 			t.Errorf("%s: exit status %d in the VM (%d passed, %d failed, %d skipped)", r.Name, r.Exit, r.Passed, r.Failed, r.Skipped)
 		default:
 			t.Logf("%s: passed in the VM (%d passed, %d skipped)", r.Name, r.Passed, r.Skipped)
+		}
+	}
+}
+
+// setupVM finds QEMU and fetches the kernel and busybox, skipping the test
+// when they cannot be had (failing it under MERIDIAN_REQUIRE_LAB=1).
+func setupVM(t *testing.T) (qemu string, assets Assets, root string) {
+	t.Helper()
+	qemu, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		requireOrSkip(t, "qemu-system-x86_64 not found: `make deps` installs qemu-system-x86")
+	}
+	for _, tool := range []string{"apt-get", "apt-cache", "dpkg-deb"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			requireOrSkip(t, "%s not found: the VM's kernel and busybox come from Debian's packages", tool)
+		}
+	}
+	root = repoRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), vmTimeout)
+	defer cancel()
+	assets, err = Fetch(ctx, cacheDir(root), slog.New(slog.NewTextHandler(testWriter{t}, nil)))
+	if err != nil {
+		requireOrSkip(t, "fetch the VM's kernel and busybox: %v", err)
+	}
+	t.Logf("kernel %s, busybox %s", assets.Release, assets.Busybox)
+	return qemu, assets, root
+}
+
+// TestHostBinariesInVM runs dynamically linked programs from the host's
+// Debian packages in the VM, which carries them with their ELF interpreter
+// and shared libraries: etcd (the lab's) and tcpdump (libpcap and more).
+// A test binary that is a shell script stands in for a Go one.
+func TestHostBinariesInVM(t *testing.T) {
+	var files []File
+	for _, b := range []string{"/usr/bin/etcd", "/usr/bin/tcpdump"} {
+		if _, err := os.Stat(b); err != nil {
+			requireOrSkip(t, "%s missing: `make deps` installs it", b)
+		}
+		files = append(files, File{Src: b, Dst: "/opt/host" + b})
+	}
+	qemu, assets, _ := setupVM(t)
+	script := filepath.Join(t.TempDir(), "host-binaries")
+	if err := os.WriteFile(script, []byte(`#!/bin/sh
+set -e
+/opt/host/usr/bin/etcd --version
+/opt/host/usr/bin/tcpdump --version
+`), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), vmTimeout)
+	defer cancel()
+	var console []string
+	results, err := Run(ctx, Config{
+		Assets:  assets,
+		Files:   files,
+		Tests:   []Test{{Name: "host-binaries", Binary: script}},
+		QEMU:    qemu,
+		WorkDir: t.TempDir(),
+		Console: func(l string) { console = append(console, l); t.Log("vm| " + l) },
+	})
+	if err != nil {
+		t.Fatalf("vm: %v", err)
+	}
+	if len(results) != 1 || !results[0].OK() {
+		t.Fatalf("the programs did not run in the VM: %+v", results)
+	}
+	out := strings.Join(console, "\n")
+	for _, want := range []string{"etcd Version:", "tcpdump version", "libpcap version"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the console lacks %q", want)
 		}
 	}
 }
