@@ -411,6 +411,14 @@ func (s *Server) ListPeers(_ *meridianv1.ListPeersRequest, stream grpc.ServerStr
 			Asn:      p.ASN,
 			State:    p.State,
 			EndOfRib: p.EndOfRIB,
+			Received: uint32(p.Received),
+			Accepted: uint32(p.Accepted),
+		}
+		for reason, n := range p.Rejected {
+			if msg.Rejected == nil {
+				msg.Rejected = map[string]uint32{}
+			}
+			msg.Rejected[reason] = uint32(n)
 		}
 		if err := stream.Send(&meridianv1.ListPeersResponse{Peer: msg}); err != nil {
 			return err

@@ -501,7 +501,13 @@ type Peer struct {
 	State string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
 	// end_of_rib is true once the peer sent End-of-RIB for IPv4 unicast in
 	// this session (RFC 4724 section 2).
-	EndOfRib      bool `protobuf:"varint,5,opt,name=end_of_rib,json=endOfRib,proto3" json:"end_of_rib,omitempty"`
+	EndOfRib bool `protobuf:"varint,5,opt,name=end_of_rib,json=endOfRib,proto3" json:"end_of_rib,omitempty"`
+	// received counts the peer's IPv4 unicast paths in the RIB; accepted
+	// those the import policy let through; rejected the others by reason
+	// (such as "outsideAllowed", "defaultRoute").
+	Received      uint32            `protobuf:"varint,6,opt,name=received,proto3" json:"received,omitempty"`
+	Accepted      uint32            `protobuf:"varint,7,opt,name=accepted,proto3" json:"accepted,omitempty"`
+	Rejected      map[string]uint32 `protobuf:"bytes,8,rep,name=rejected,proto3" json:"rejected,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -569,6 +575,27 @@ func (x *Peer) GetEndOfRib() bool {
 		return x.EndOfRib
 	}
 	return false
+}
+
+func (x *Peer) GetReceived() uint32 {
+	if x != nil {
+		return x.Received
+	}
+	return 0
+}
+
+func (x *Peer) GetAccepted() uint32 {
+	if x != nil {
+		return x.Accepted
+	}
+	return 0
+}
+
+func (x *Peer) GetRejected() map[string]uint32 {
+	if x != nil {
+		return x.Rejected
+	}
+	return nil
 }
 
 type ListIPAMRequest struct {
@@ -2417,14 +2444,20 @@ const file_meridian_v1_meridian_proto_rawDesc = "" +
 	"SOURCE_RIB\x10\x02\"\x12\n" +
 	"\x10ListPeersRequest\":\n" +
 	"\x11ListPeersResponse\x12%\n" +
-	"\x04peer\x18\x01 \x01(\v2\x11.meridian.v1.PeerR\x04peer\"z\n" +
+	"\x04peer\x18\x01 \x01(\v2\x11.meridian.v1.PeerR\x04peer\"\xac\x02\n" +
 	"\x04Peer\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x10\n" +
 	"\x03asn\x18\x03 \x01(\rR\x03asn\x12\x14\n" +
 	"\x05state\x18\x04 \x01(\tR\x05state\x12\x1c\n" +
 	"\n" +
-	"end_of_rib\x18\x05 \x01(\bR\bendOfRib\"\x11\n" +
+	"end_of_rib\x18\x05 \x01(\bR\bendOfRib\x12\x1a\n" +
+	"\breceived\x18\x06 \x01(\rR\breceived\x12\x1a\n" +
+	"\baccepted\x18\a \x01(\rR\baccepted\x12;\n" +
+	"\brejected\x18\b \x03(\v2\x1f.meridian.v1.Peer.RejectedEntryR\brejected\x1a;\n" +
+	"\rRejectedEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\x11\n" +
 	"\x0fListIPAMRequest\"K\n" +
 	"\x10ListIPAMResponse\x127\n" +
 	"\n" +
@@ -2590,7 +2623,7 @@ func file_meridian_v1_meridian_proto_rawDescGZIP() []byte {
 }
 
 var file_meridian_v1_meridian_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_meridian_v1_meridian_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_meridian_v1_meridian_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_meridian_v1_meridian_proto_goTypes = []any{
 	(Route_Kind)(0),                    // 0: meridian.v1.Route.Kind
 	(Route_Source)(0),                  // 1: meridian.v1.Route.Source
@@ -2627,6 +2660,7 @@ var file_meridian_v1_meridian_proto_goTypes = []any{
 	(*GetDataplaneStatusRequest)(nil),  // 32: meridian.v1.GetDataplaneStatusRequest
 	(*GetDataplaneStatusResponse)(nil), // 33: meridian.v1.GetDataplaneStatusResponse
 	(*Problem)(nil),                    // 34: meridian.v1.Problem
+	nil,                                // 35: meridian.v1.Peer.RejectedEntry
 }
 var file_meridian_v1_meridian_proto_depIdxs = []int32{
 	1,  // 0: meridian.v1.ListRoutesRequest.source:type_name -> meridian.v1.Route.Source
@@ -2634,47 +2668,48 @@ var file_meridian_v1_meridian_proto_depIdxs = []int32{
 	0,  // 2: meridian.v1.Route.kind:type_name -> meridian.v1.Route.Kind
 	1,  // 3: meridian.v1.Route.source:type_name -> meridian.v1.Route.Source
 	8,  // 4: meridian.v1.ListPeersResponse.peer:type_name -> meridian.v1.Peer
-	11, // 5: meridian.v1.ListIPAMResponse.allocation:type_name -> meridian.v1.Allocation
-	1,  // 6: meridian.v1.WatchRoutesRequest.source:type_name -> meridian.v1.Route.Source
-	2,  // 7: meridian.v1.WatchRoutesResponse.type:type_name -> meridian.v1.WatchRoutesResponse.EventType
-	5,  // 8: meridian.v1.WatchRoutesResponse.route:type_name -> meridian.v1.Route
-	16, // 9: meridian.v1.ListServicesResponse.service:type_name -> meridian.v1.Service
-	17, // 10: meridian.v1.Service.ports:type_name -> meridian.v1.ServicePort
-	18, // 11: meridian.v1.ServicePort.frontends:type_name -> meridian.v1.Frontend
-	19, // 12: meridian.v1.ServicePort.targets:type_name -> meridian.v1.Target
-	20, // 13: meridian.v1.Target.endpoints:type_name -> meridian.v1.Endpoint
-	23, // 14: meridian.v1.ListPoliciesResponse.pod:type_name -> meridian.v1.PodPolicy
-	24, // 15: meridian.v1.PodPolicy.ingress:type_name -> meridian.v1.PolicyDirection
-	24, // 16: meridian.v1.PodPolicy.egress:type_name -> meridian.v1.PolicyDirection
-	25, // 17: meridian.v1.PolicyDirection.rules:type_name -> meridian.v1.PolicyRule
-	26, // 18: meridian.v1.PolicyDirection.counters:type_name -> meridian.v1.PolicyCounters
-	27, // 19: meridian.v1.PolicyCounters.allowed:type_name -> meridian.v1.RuleHits
-	30, // 20: meridian.v1.EvaluateResponse.egress:type_name -> meridian.v1.DirectionVerdict
-	30, // 21: meridian.v1.EvaluateResponse.ingress:type_name -> meridian.v1.DirectionVerdict
-	31, // 22: meridian.v1.DirectionVerdict.rules:type_name -> meridian.v1.RuleRef
-	34, // 23: meridian.v1.GetDataplaneStatusResponse.service_problems:type_name -> meridian.v1.Problem
-	34, // 24: meridian.v1.GetDataplaneStatusResponse.policy_problems:type_name -> meridian.v1.Problem
-	3,  // 25: meridian.v1.Meridian.ListRoutes:input_type -> meridian.v1.ListRoutesRequest
-	6,  // 26: meridian.v1.Meridian.ListPeers:input_type -> meridian.v1.ListPeersRequest
-	9,  // 27: meridian.v1.Meridian.ListIPAM:input_type -> meridian.v1.ListIPAMRequest
-	12, // 28: meridian.v1.Meridian.WatchRoutes:input_type -> meridian.v1.WatchRoutesRequest
-	14, // 29: meridian.v1.Meridian.ListServices:input_type -> meridian.v1.ListServicesRequest
-	21, // 30: meridian.v1.Meridian.ListPolicies:input_type -> meridian.v1.ListPoliciesRequest
-	28, // 31: meridian.v1.Meridian.Evaluate:input_type -> meridian.v1.EvaluateRequest
-	32, // 32: meridian.v1.Meridian.GetDataplaneStatus:input_type -> meridian.v1.GetDataplaneStatusRequest
-	4,  // 33: meridian.v1.Meridian.ListRoutes:output_type -> meridian.v1.ListRoutesResponse
-	7,  // 34: meridian.v1.Meridian.ListPeers:output_type -> meridian.v1.ListPeersResponse
-	10, // 35: meridian.v1.Meridian.ListIPAM:output_type -> meridian.v1.ListIPAMResponse
-	13, // 36: meridian.v1.Meridian.WatchRoutes:output_type -> meridian.v1.WatchRoutesResponse
-	15, // 37: meridian.v1.Meridian.ListServices:output_type -> meridian.v1.ListServicesResponse
-	22, // 38: meridian.v1.Meridian.ListPolicies:output_type -> meridian.v1.ListPoliciesResponse
-	29, // 39: meridian.v1.Meridian.Evaluate:output_type -> meridian.v1.EvaluateResponse
-	33, // 40: meridian.v1.Meridian.GetDataplaneStatus:output_type -> meridian.v1.GetDataplaneStatusResponse
-	33, // [33:41] is the sub-list for method output_type
-	25, // [25:33] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	35, // 5: meridian.v1.Peer.rejected:type_name -> meridian.v1.Peer.RejectedEntry
+	11, // 6: meridian.v1.ListIPAMResponse.allocation:type_name -> meridian.v1.Allocation
+	1,  // 7: meridian.v1.WatchRoutesRequest.source:type_name -> meridian.v1.Route.Source
+	2,  // 8: meridian.v1.WatchRoutesResponse.type:type_name -> meridian.v1.WatchRoutesResponse.EventType
+	5,  // 9: meridian.v1.WatchRoutesResponse.route:type_name -> meridian.v1.Route
+	16, // 10: meridian.v1.ListServicesResponse.service:type_name -> meridian.v1.Service
+	17, // 11: meridian.v1.Service.ports:type_name -> meridian.v1.ServicePort
+	18, // 12: meridian.v1.ServicePort.frontends:type_name -> meridian.v1.Frontend
+	19, // 13: meridian.v1.ServicePort.targets:type_name -> meridian.v1.Target
+	20, // 14: meridian.v1.Target.endpoints:type_name -> meridian.v1.Endpoint
+	23, // 15: meridian.v1.ListPoliciesResponse.pod:type_name -> meridian.v1.PodPolicy
+	24, // 16: meridian.v1.PodPolicy.ingress:type_name -> meridian.v1.PolicyDirection
+	24, // 17: meridian.v1.PodPolicy.egress:type_name -> meridian.v1.PolicyDirection
+	25, // 18: meridian.v1.PolicyDirection.rules:type_name -> meridian.v1.PolicyRule
+	26, // 19: meridian.v1.PolicyDirection.counters:type_name -> meridian.v1.PolicyCounters
+	27, // 20: meridian.v1.PolicyCounters.allowed:type_name -> meridian.v1.RuleHits
+	30, // 21: meridian.v1.EvaluateResponse.egress:type_name -> meridian.v1.DirectionVerdict
+	30, // 22: meridian.v1.EvaluateResponse.ingress:type_name -> meridian.v1.DirectionVerdict
+	31, // 23: meridian.v1.DirectionVerdict.rules:type_name -> meridian.v1.RuleRef
+	34, // 24: meridian.v1.GetDataplaneStatusResponse.service_problems:type_name -> meridian.v1.Problem
+	34, // 25: meridian.v1.GetDataplaneStatusResponse.policy_problems:type_name -> meridian.v1.Problem
+	3,  // 26: meridian.v1.Meridian.ListRoutes:input_type -> meridian.v1.ListRoutesRequest
+	6,  // 27: meridian.v1.Meridian.ListPeers:input_type -> meridian.v1.ListPeersRequest
+	9,  // 28: meridian.v1.Meridian.ListIPAM:input_type -> meridian.v1.ListIPAMRequest
+	12, // 29: meridian.v1.Meridian.WatchRoutes:input_type -> meridian.v1.WatchRoutesRequest
+	14, // 30: meridian.v1.Meridian.ListServices:input_type -> meridian.v1.ListServicesRequest
+	21, // 31: meridian.v1.Meridian.ListPolicies:input_type -> meridian.v1.ListPoliciesRequest
+	28, // 32: meridian.v1.Meridian.Evaluate:input_type -> meridian.v1.EvaluateRequest
+	32, // 33: meridian.v1.Meridian.GetDataplaneStatus:input_type -> meridian.v1.GetDataplaneStatusRequest
+	4,  // 34: meridian.v1.Meridian.ListRoutes:output_type -> meridian.v1.ListRoutesResponse
+	7,  // 35: meridian.v1.Meridian.ListPeers:output_type -> meridian.v1.ListPeersResponse
+	10, // 36: meridian.v1.Meridian.ListIPAM:output_type -> meridian.v1.ListIPAMResponse
+	13, // 37: meridian.v1.Meridian.WatchRoutes:output_type -> meridian.v1.WatchRoutesResponse
+	15, // 38: meridian.v1.Meridian.ListServices:output_type -> meridian.v1.ListServicesResponse
+	22, // 39: meridian.v1.Meridian.ListPolicies:output_type -> meridian.v1.ListPoliciesResponse
+	29, // 40: meridian.v1.Meridian.Evaluate:output_type -> meridian.v1.EvaluateResponse
+	33, // 41: meridian.v1.Meridian.GetDataplaneStatus:output_type -> meridian.v1.GetDataplaneStatusResponse
+	34, // [34:42] is the sub-list for method output_type
+	26, // [26:34] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_meridian_v1_meridian_proto_init() }
@@ -2688,7 +2723,7 @@ func file_meridian_v1_meridian_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meridian_v1_meridian_proto_rawDesc), len(file_meridian_v1_meridian_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   32,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -71,7 +71,8 @@ func testSources() apiserver.Sources {
 				{Prefix: p("10.244.3.0/24"), NextHop: a("198.18.0.13"), PeerAddress: a("198.18.0.13"), ASPath: []uint32{64513, 64514}, LocalPref: 100, Stale: true},
 			},
 			peers: []bgp.PeerState{
-				{Peer: bgp.Peer{Name: "node-b", Address: a("198.18.0.12"), ASN: 64512}, State: "established", EndOfRIB: true},
+				{Peer: bgp.Peer{Name: "node-b", Address: a("198.18.0.12"), ASN: 64512}, State: "established", EndOfRIB: true,
+					Received: 2, Accepted: 1, Rejected: map[string]int{bgp.ReasonOutsideAllowed: 1}},
 				{Peer: bgp.Peer{Name: "node-c", Address: a("198.18.0.13"), ASN: 64512}, State: "active"},
 			},
 		},
@@ -169,6 +170,7 @@ func TestGolden(t *testing.T) {
 		"trace-offcluster.table": {"trace", "192.0.2.1", "10.96.0.20:80/TCP"},
 		// The API's checks only: the cluster and host ones read this
 		// machine and a kubeconfig (TestClusterChecks covers the former).
+		"peers.wide":   {"peers", "-o", "wide"},
 		"doctor.table": {"doctor", "--cluster=false", "--host=false"},
 		"doctor.wide":  {"doctor", "-o", "wide", "--cluster=false", "--host=false"},
 		"doctor.json":  {"doctor", "-o", "json", "--cluster=false", "--host=false"},

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -208,9 +210,22 @@ func listPeers(ctx context.Context, out io.Writer, c meridianv1.MeridianClient, 
 		return printProtos(out, format, peers)
 	}
 	w := newTable(out)
-	w.row("NAME", "ADDRESS", "ASN", "STATE", "END OF RIB")
+	head := []string{"NAME", "ADDRESS", "ASN", "STATE", "END OF RIB", "RECEIVED", "ACCEPTED"}
+	if format == formatWide {
+		head = append(head, "REJECTED")
+	}
+	w.row(head...)
 	for _, p := range peers {
-		w.row(p.GetName(), p.GetAddress(), strconv.FormatUint(uint64(p.GetAsn()), 10), p.GetState(), strconv.FormatBool(p.GetEndOfRib()))
+		row := []string{p.GetName(), p.GetAddress(), strconv.FormatUint(uint64(p.GetAsn()), 10), p.GetState(), strconv.FormatBool(p.GetEndOfRib()),
+			strconv.FormatUint(uint64(p.GetReceived()), 10), strconv.FormatUint(uint64(p.GetAccepted()), 10)}
+		if format == formatWide {
+			var rej []string
+			for _, reason := range slices.Sorted(maps.Keys(p.GetRejected())) {
+				rej = append(rej, fmt.Sprintf("%s=%d", reason, p.GetRejected()[reason]))
+			}
+			row = append(row, orDash(strings.Join(rej, ",")))
+		}
+		w.row(row...)
 	}
 	return w.Flush()
 }
