@@ -2,11 +2,15 @@ package main
 
 import (
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/containernetworking/plugins/pkg/testutils"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -124,5 +128,58 @@ func TestProbeLocalEndpoints(t *testing.T) {
 	}
 	if want := "127.0.0.1:" + strconv.Itoa(closedPort); !strings.Contains(fs[0].Message, want) {
 		t.Errorf("message %q does not name %s", fs[0].Message, want)
+	}
+}
+
+// In a throw-away netns: a pod veth above the default route's link MTU is
+// an error; one equal to it is not.
+func TestCheckMTU(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a network namespace")
+	}
+	n, err := testutils.NewNS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		n.Close()
+		_ = testutils.UnmountNS(n)
+	})
+	h, err := netlink.NewHandleAt(netns.NsHandle(int(n.Fd())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	veth := func(name, peer string, mtu int) netlink.Link {
+		t.Helper()
+		l := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: mtu}, PeerName: peer}
+		if err := h.LinkAdd(l); err != nil {
+			t.Fatal(err)
+		}
+		got, err := h.LinkByName(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.LinkSetUp(got); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	up := veth("uplink0", "uplink1", 1400)
+	if err := h.AddrAdd(up, &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(192, 0, 2, 1), Mask: net.CIDRMask(24, 32)}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.RouteAdd(&netlink.Route{LinkIndex: up.Attrs().Index, Gw: net.IPv4(192, 0, 2, 254)}); err != nil {
+		t.Fatal(err)
+	}
+	veth("merok0000001", "pod-ok", 1400)
+	if fs := checkMTU(h); len(fs) != 0 {
+		t.Fatalf("pod MTU equal to the uplink's: findings %+v", fs)
+	}
+	veth("merbig000001", "pod-big", 1500)
+	fs := checkMTU(h)
+	if len(fs) != 1 || fs[0].Check != "mtu" || fs[0].Severity != sevError ||
+		!strings.Contains(fs[0].Message, "merbig000001") || !strings.Contains(fs[0].Message, "1400") || !strings.Contains(fs[0].Fix, "1400") {
+		t.Fatalf("findings %+v, want one MTU error naming merbig000001 and 1400", fs)
 	}
 }

@@ -22,7 +22,11 @@ import (
 // asks: the pods' MTU against the uplink's, and whether anything listens
 // on the local endpoints' target ports.
 func hostChecks(svcs []*meridianv1.Service) []finding {
-	fs := checkMTU()
+	var fs []finding
+	if h, err := netlink.NewHandle(); err == nil {
+		fs = checkMTU(h)
+		h.Close()
+	}
 	return append(fs, probeLocalEndpoints(svcs, time.Second)...)
 }
 
@@ -30,12 +34,7 @@ func hostChecks(svcs []*meridianv1.Service) []finding {
 // same MTU: the plugin sets both) with the link of the default route. No
 // overlay means no header to leave room for: a pod MTU above the uplink's
 // drops or fragments large packets, the "large transfers hang" symptom.
-func checkMTU() []finding {
-	h, err := netlink.NewHandle()
-	if err != nil {
-		return nil
-	}
-	defer h.Close()
+func checkMTU(h *netlink.Handle) []finding {
 	links, err := h.LinkList()
 	if err != nil {
 		return nil
