@@ -393,3 +393,73 @@ func checkNeigh(t *testing.T, n *node, link, family int, want ...string) {
 		t.Errorf("%s: entries (family %d) %v, want %v", n.name, family, got, want)
 	}
 }
+
+// The racks case without BGP on the routers: a and b on two subnets behind
+// a router that knows only the node subnets. Cross-subnet sends b's pod
+// CIDR through VXLAN (the router would drop it natively), and the tunnel's
+// outer packets follow the node's default route.
+func TestVXLANCrossSubnetThroughARouter(t *testing.T) {
+	requireRoot(t)
+	a := newNode(t, "a", "198.18.1.11", "10.244.1.0/24")
+	b := newNode(t, "b", "198.18.2.12", "10.244.2.0/24")
+	r := newNode(t, "r", "198.18.1.1", "10.244.99.0/24")
+	link := func(n *node, name string, gw string) {
+		t.Helper()
+		rNS, err := netns.GetFromPath(r.ns.Path())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rNS.Close()
+		if err := n.h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: name + "r", PeerNamespace: netlink.NsFd(int(rNS))}); err != nil {
+			t.Fatalf("add veth: %v", err)
+		}
+		for _, side := range []struct {
+			h    *netlink.Handle
+			name string
+			addr string
+		}{{n.h, name, n.ip.String() + "/24"}, {r.h, name + "r", gw + "/24"}} {
+			l, err := side.h.LinkByName(side.name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ad, err := netlink.ParseAddr(side.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := side.h.AddrAdd(l, ad); err != nil {
+				t.Fatal(err)
+			}
+			if err := side.h.LinkSetUp(l); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := n.h.RouteAdd(&netlink.Route{Dst: &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, Gw: net.ParseIP(gw).To4()}); err != nil {
+			t.Fatalf("default route: %v", err)
+		}
+	}
+	link(a, "mtun-a", "198.18.1.1")
+	link(b, "mtun-b", "198.18.2.1")
+	if err := routes.EnableIPv4Forwarding(r.ns.Path()); err != nil {
+		t.Fatal(err)
+	}
+
+	rsA := a.program(t, encap.ModeCrossSubnet, encap.TypeVXLAN, b)
+	b.program(t, encap.ModeCrossSubnet, encap.TypeVXLAN, a)
+	if len(rsA) != 2 || rsA[1].Dev != encap.VXLANDevice || rsA[1].Reason != encap.ReasonNextHopNotConnected {
+		t.Fatalf("a's routes %+v, want b's pod CIDR through VXLAN for nextHopNotConnected", rsA)
+	}
+	txA0, _ := linkStats(t, a, encap.VXLANDevice)
+	_, rxB0 := linkStats(t, b, encap.VXLANDevice)
+	echo(t, a, b)
+	txA, _ := linkStats(t, a, encap.VXLANDevice)
+	_, rxB := linkStats(t, b, encap.VXLANDevice)
+	if txA <= txA0 || rxB <= rxB0 {
+		t.Errorf("vxlan counters did not move: a tx %d->%d, b rx %d->%d", txA0, txA, rxB0, rxB)
+	}
+	// Natively there is no way: the kernel refuses b as a gateway beyond
+	// the connected subnet (and the router has no pod routes anyway).
+	native := []routes.Route{rsA[0], {Dst: rsA[1].Dst, NextHops: []netip.Addr{b.ip}}}
+	if _, err := a.routes.Apply(native, true); !errors.Is(err, unix.ENETUNREACH) {
+		t.Errorf("native route to b's pods across the router: %v, want ENETUNREACH", err)
+	}
+}
