@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -504,5 +505,155 @@ func TestAPICNIMetricsCountPodAdds(t *testing.T) {
 	})
 	if v, err := metric(n, `meridian_cni_operation_duration_seconds_sum{op="add"}`); err != nil || v <= 0 {
 		t.Errorf("ADD duration sum %v (%v), want > 0", v, err)
+	}
+}
+
+// doctorOn runs meridianctl doctor inside the node's netns against its
+// socket, as an operator on the node would (so the host checks run), and
+// returns the table and the findings.
+func doctorOn(t *testing.T, l *lab.Lab, node string) (string, []map[string]string) {
+	t.Helper()
+	bin := filepath.Join(l.BinDir(), "meridianctl")
+	if _, err := os.Stat(bin); err != nil {
+		t.Skipf("no meridianctl in %s: %v", l.BinDir(), err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	args := []string{bin, "--socket", l.APISocket(node), "--kubeconfig", l.Kubeconfig(), "doctor"}
+	table, err := l.ExecNode(ctx, node, args...)
+	if err != nil {
+		t.Fatalf("doctor on %s: %v: %s", node, err, table)
+	}
+	js, err := l.ExecNode(ctx, node, append(args, "-o", "json")...)
+	if err != nil {
+		t.Fatalf("doctor -o json on %s: %v: %s", node, err, js)
+	}
+	var fs []map[string]string
+	if err := json.Unmarshal(js, &fs); err != nil {
+		t.Fatalf("doctor -o json: %v: %s", err, js)
+	}
+	return string(table), fs
+}
+
+func hasFinding(fs []map[string]string, check, subject, text string) bool {
+	return slices.ContainsFunc(fs, func(f map[string]string) bool {
+		return f["check"] == check && f["subject"] == subject && strings.Contains(f["message"], text)
+	})
+}
+
+// The seed's failures, set up in the lab one after the other, as doctor
+// and trace report them (docs/troubleshooting.md shows this test's log):
+// DNS blocked by an egress policy, a Service whose selector matches
+// nothing, a Service whose targetPort nothing listens on, and a pod link
+// MTU above the node's.
+func TestAPIDoctorSeedFailures(t *testing.T) {
+	l := needLab(t)
+	c := client(t, l)
+	nodes := l.Nodes()
+	waitMesh(t, c, nodes)
+	node := nodes[0]
+	ctx := context.Background()
+	app := labeledPod(t, c, "seed-app", node.Name, map[string]string{"app": "seed-app"})
+	labeledPod(t, c, "seed-web", node.Name, map[string]string{"app": "seed-web"})
+
+	// 1. A pod can't reach a Service by name: default-deny egress with no
+	// DNS rule.
+	deny := &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "seed-deny-egress", Namespace: "default"},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "seed-app"}},
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeEgress},
+		},
+	}
+	if _, err := c.NetworkingV1().NetworkPolicies("default").Create(ctx, deny, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.NetworkingV1().NetworkPolicies("default").Delete(ctx, deny.Name, metav1.DeleteOptions{}) })
+
+	// 2. Connection refused: a selector with a typo, and a targetPort
+	// nothing listens on (the stand-in listens on 8080).
+	svc := func(name string, sel map[string]string, target int32) {
+		s := &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
+			Spec:       corev1.ServiceSpec{Selector: sel, Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(target)}}},
+		}
+		if _, err := c.CoreV1().Services("default").Create(ctx, s, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.CoreV1().Services("default").Delete(ctx, name, metav1.DeleteOptions{}) })
+	}
+	svc("seed-typo", map[string]string{"app": "seed-wbe"}, tcpPort)
+	svc("seed-wrongport", map[string]string{"app": "seed-web"}, 9999)
+
+	// 3. Intermittent drops of large packets: a pod link above the node's
+	// MTU (the lab's CNI configuration is right, so set one by hand).
+	h := nodeHandle(t, node)
+	defer h.Close()
+	var podVeth netlink.Link
+	links, err := h.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, lk := range links {
+		if lk.Type() == "veth" && strings.HasPrefix(lk.Attrs().Name, "mer") {
+			podVeth = lk
+			break
+		}
+	}
+	if podVeth == nil {
+		t.Fatal("no pod veth on " + node.Name)
+	}
+	oldMTU := podVeth.Attrs().MTU
+	if err := h.LinkSetMTU(podVeth, 9000); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := h.LinkSetMTU(podVeth, oldMTU); err != nil {
+			t.Errorf("restore MTU of %s: %v", podVeth.Attrs().Name, err)
+		}
+	})
+
+	var table string
+	eventually(t, 60*time.Second, "doctor reports the seed's failures", func() error {
+		var fs []map[string]string
+		table, fs = doctorOn(t, l, node.Name)
+		for _, want := range []struct{ check, subject, text string }{
+			{"dns", "default/seed-app", "policy blocks DNS"},
+			{"services", "default/seed-typo", "matches no pod"},
+			{"services", "default/seed-typo", "no ready endpoints"},
+			{"services", "default/seed-wrongport", "targets 9999"},
+			{"services", "default/seed-wrongport port 80", "refuses connections"},
+			{"mtu", "", "MTU 9000"},
+		} {
+			if want.check == "mtu" {
+				if !slices.ContainsFunc(fs, func(f map[string]string) bool {
+					return f["check"] == "mtu" && strings.Contains(f["message"], want.text)
+				}) {
+					return fmt.Errorf("no MTU finding:\n%s", table)
+				}
+				continue
+			}
+			if !hasFinding(fs, want.check, want.subject, want.text) {
+				return fmt.Errorf("no %s finding for %s saying %q:\n%s", want.check, want.subject, want.text, table)
+			}
+		}
+		return nil
+	})
+	t.Logf("meridianctl doctor on %s:\n%s", node.Name, table)
+
+	for _, flow := range []string{lab.DNSServiceIP.String() + ":53/UDP", "seed-typo", "seed-wrongport"} {
+		dst := flow
+		if !strings.Contains(flow, ":") {
+			s, err := c.CoreV1().Services("default").Get(ctx, flow, metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			dst = s.Spec.ClusterIP + ":80/TCP"
+		}
+		out, err := ctl(t, l, "--socket", l.APISocket(node.Name), "trace", app.Status.PodIP, dst)
+		if err != nil {
+			t.Fatalf("trace %s: %v", dst, err)
+		}
+		t.Logf("meridianctl trace %s %s:\n%s", app.Status.PodIP, dst, out)
 	}
 }
