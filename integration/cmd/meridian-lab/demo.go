@@ -30,17 +30,22 @@ func walkthroughCmd(ctx context.Context, g *globals, args []string) error {
 	return walkthrough.Run(ctx, l, walkthrough.Options{BinDir: l.BinDir(), Replicas: replicas, Out: os.Stdout})
 }
 
-// benchCmd measures pod start-up, CNI ADD latency and throughput on the
-// running lab and writes the figures as JSON too.
+// benchCmd measures pod start-up, CNI ADD latency and throughput, Service
+// NAT and NetworkPolicy on the running lab and writes the figures as JSON
+// too.
 func benchCmd(ctx context.Context, g *globals, args []string) error {
 	var out string
 	var pods, rounds int
 	var iperf time.Duration
 	var services string
-	var servicesOnly bool
+	var servicesOnly, policiesOnly bool
+	var policies, policyPods int
 	rest, err := subFlags("bench", g, args, func(fs *flag.FlagSet) {
 		fs.StringVar(&services, "services", "1000,5000", "Service counts for kube-proxy vs meridiand, comma-separated (e.g. 1000,5000,10000; 0: skip)")
 		fs.BoolVar(&servicesOnly, "services-only", false, "run only the Service benchmark")
+		fs.IntVar(&policies, "policies", 1000, "NetworkPolicies for kube-network-policies vs meridiand (0: skip)")
+		fs.IntVar(&policyPods, "policy-pods", 2000, "pods the policies select from, over three bench Nodes")
+		fs.BoolVar(&policiesOnly, "policies-only", false, "run only the NetworkPolicy benchmark")
 		fs.StringVar(&out, "out", "bench/results.json", "where to write the figures as JSON")
 		fs.IntVar(&pods, "pods", 50, "pods for the start-up and CNI figures")
 		fs.IntVar(&rounds, "rounds", 3, "iperf3 rounds of each kind")
@@ -60,8 +65,17 @@ func benchCmd(ctx context.Context, g *globals, args []string) error {
 	if err != nil {
 		return fmt.Errorf("%w: bench --services: %w", errUsage, err)
 	}
+	if servicesOnly && policiesOnly {
+		return fmt.Errorf("%w: bench: --services-only and --policies-only exclude each other", errUsage)
+	}
+	if servicesOnly {
+		policies = 0
+	}
+	if policiesOnly {
+		sizes = nil
+	}
 	res := &bench.Results{When: time.Now().UTC(), Nodes: len(l.Nodes())}
-	if !servicesOnly {
+	if !servicesOnly && !policiesOnly {
 		if res, err = bench.Run(ctx, l, bench.Options{BinDir: l.BinDir(), Pods: pods, Rounds: rounds, Iperf: iperf, Out: os.Stdout}); err != nil {
 			return err
 		}
@@ -70,6 +84,14 @@ func benchCmd(ctx context.Context, g *globals, args []string) error {
 		figs, _, err := bench.RunServices(ctx, l, bench.ServicesOptions{BinDir: l.BinDir(), Sizes: sizes, Out: os.Stdout})
 		if err != nil {
 			return fmt.Errorf("Service benchmark: %w", err)
+		}
+		bench.PrintFigures(os.Stdout, figs)
+		res.Figures = append(res.Figures, figs...)
+	}
+	if policies > 0 {
+		figs, _, err := bench.RunPolicies(ctx, l, bench.PoliciesOptions{BinDir: l.BinDir(), Policies: policies, Pods: policyPods, Out: os.Stdout})
+		if err != nil {
+			return fmt.Errorf("NetworkPolicy benchmark: %w", err)
 		}
 		bench.PrintFigures(os.Stdout, figs)
 		res.Figures = append(res.Figures, figs...)
