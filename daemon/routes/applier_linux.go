@@ -85,6 +85,8 @@ type kernelState struct {
 	// foreign maps destinations whose slot a route with another protocol
 	// holds; installing there would overwrite it.
 	foreign map[netip.Prefix]netlink.RouteProtocol
+	// devs names Meridian's tunnel devices by link index.
+	devs map[int]string
 }
 
 // Current lists Meridian's IPv4 routes in the main table, sorted by
@@ -116,6 +118,7 @@ func (a *Applier) snapshot() (kernelState, error) {
 	st := kernelState{
 		owned:   map[netip.Prefix]netlink.Route{},
 		foreign: map[netip.Prefix]netlink.RouteProtocol{},
+		devs:    devs,
 	}
 	for _, kr := range krs {
 		dst, ok := kernelDst(kr)
@@ -216,7 +219,7 @@ func (a *Applier) Apply(desired []Route, prune bool) (Result, error) {
 			continue
 		}
 		res.Replaced++
-		a.log.Info("replaced route", "prefix", r.Dst, "route", r.String(), "was", fromKernelString(st.owned[r.Dst]))
+		a.log.Info("replaced route", "prefix", r.Dst, "route", r.String(), "was", fromKernelString(st.owned[r.Dst], st.devs))
 	}
 
 	var unwanted []netlink.Route
@@ -231,14 +234,14 @@ func (a *Applier) Apply(desired []Route, prune bool) (Result, error) {
 		}
 	} else {
 		for _, kr := range unwanted {
-			if err := a.remove(kr); err != nil {
+			if err := a.remove(kr, st.devs); err != nil {
 				res.Failed++
 				errs = append(errs, err)
 				continue
 			}
 			res.Removed++
 			dst, _ := kernelDst(kr)
-			a.log.Info("removed route", "prefix", dst, "route", fromKernelString(kr))
+			a.log.Info("removed route", "prefix", dst, "route", fromKernelString(kr, st.devs))
 		}
 	}
 	a.log.Debug("applied routes", "added", res.Added, "replaced", res.Replaced, "removed", res.Removed,
@@ -268,7 +271,7 @@ func (a *Applier) install(r Route, op func(*netlink.Route) error) error {
 	return nil
 }
 
-func (a *Applier) remove(kr netlink.Route) error {
+func (a *Applier) remove(kr netlink.Route, devs map[int]string) error {
 	// Only the key and the protocol: the kernel then deletes exactly our
 	// route in that slot, whatever its next hops became, and never one of
 	// another protocol (fib_table_delete matches fc_protocol).
@@ -283,7 +286,7 @@ func (a *Applier) remove(kr netlink.Route) error {
 		del.Dst = &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
 	}
 	if err := a.h.RouteDel(del); err != nil && !errors.Is(err, unix.ESRCH) {
-		return fmt.Errorf("remove route %s: %w", fromKernelString(kr), err)
+		return fmt.Errorf("remove route %s: %w", fromKernelString(kr, devs), err)
 	}
 	return nil
 }
@@ -429,12 +432,12 @@ func gateway(ip net.IP) (netip.Addr, bool) {
 }
 
 // fromKernelString renders a kernel route of ours for logs and errors.
-func fromKernelString(kr netlink.Route) string {
+func fromKernelString(kr netlink.Route, devs map[int]string) string {
 	dst, ok := kernelDst(kr)
 	if !ok {
 		return kr.String()
 	}
-	s := fromKernel(dst, kr, nil).target()
+	s := fromKernel(dst, kr, devs).target()
 	if kr.Priority != 0 {
 		s += fmt.Sprintf(" metric %d", kr.Priority)
 	}
