@@ -3,6 +3,7 @@ package tunnel
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -26,7 +27,8 @@ import (
 // with a pod CIDR, programmed by the real appliers; traffic between the
 // nodes' tunnel addresses must cross the tunnel. They need root, veth and,
 // for VXLAN, the vxlan module; the IPIP test skips when the kernel has no
-// ipip (integration/vm runs it in a Debian kernel that has). Nothing here
+// ipip (integration/vm runs it in a Debian kernel that has; there
+// MERIDIAN_REQUIRE_IPIP=1 turns the skip into a failure). Nothing here
 // needs a binary outside the test: it runs as a static `go test -c` build.
 
 type node struct {
@@ -304,7 +306,12 @@ func TestIPIPCarriesTrafficBetweenNodes(t *testing.T) {
 		if _, err := n.h.LinkByName(encap.IPIPDevice); err != nil {
 			err := n.h.LinkAdd(&netlink.Iptun{LinkAttrs: netlink.LinkAttrs{Name: encap.IPIPDevice}})
 			if err != nil && !errors.Is(err, unix.EEXIST) {
-				t.Skipf("this kernel has no ipip (creating %s: %v); integration/vm runs this test in a Debian kernel", encap.IPIPDevice, err)
+				msg := fmt.Sprintf("this kernel has no ipip (creating %s: %v); integration/vm runs this test in a Debian kernel", encap.IPIPDevice, err)
+				if os.Getenv("MERIDIAN_REQUIRE_IPIP") == "1" {
+					// In the VM a skip would hide a broken setup.
+					t.Fatal(msg + " (MERIDIAN_REQUIRE_IPIP=1)")
+				}
+				t.Skip(msg)
 			}
 		}
 	}
