@@ -302,19 +302,8 @@ func TestVXLANCarriesTrafficBetweenNodes(t *testing.T) {
 
 func TestIPIPCarriesTrafficBetweenNodes(t *testing.T) {
 	a, b := newPair(t)
-	for _, n := range []*node{a, b} {
-		if _, err := n.h.LinkByName(encap.IPIPDevice); err != nil {
-			err := n.h.LinkAdd(&netlink.Iptun{LinkAttrs: netlink.LinkAttrs{Name: encap.IPIPDevice}})
-			if err != nil && !errors.Is(err, unix.EEXIST) {
-				msg := fmt.Sprintf("this kernel has no ipip (creating %s: %v); integration/vm runs this test in a Debian kernel", encap.IPIPDevice, err)
-				if os.Getenv("MERIDIAN_REQUIRE_IPIP") == "1" {
-					// In the VM a skip would hide a broken setup.
-					t.Fatal(msg + " (MERIDIAN_REQUIRE_IPIP=1)")
-				}
-				t.Skip(msg)
-			}
-		}
-	}
+	requireIPIP(t, a.h)
+	requireIPIP(t, b.h)
 	rsA := a.program(t, encap.ModeCrossSubnet, encap.TypeIPIP, b)
 	b.program(t, encap.ModeCrossSubnet, encap.TypeIPIP, a)
 	// Same subnet: cross-subnet routes natively.
@@ -403,9 +392,36 @@ func checkNeigh(t *testing.T, n *node, link, family int, want ...string) {
 
 // The racks case without BGP on the routers: a and b on two subnets behind
 // a router that knows only the node subnets. Cross-subnet sends b's pod
-// CIDR through VXLAN (the router would drop it natively), and the tunnel's
-// outer packets follow the node's default route.
+// CIDR through the tunnel (the router would drop it natively), and the
+// tunnel's outer packets follow the node's default route.
 func TestVXLANCrossSubnetThroughARouter(t *testing.T) {
+	crossSubnetThroughARouter(t, encap.TypeVXLAN)
+}
+
+func TestIPIPCrossSubnetThroughARouter(t *testing.T) {
+	crossSubnetThroughARouter(t, encap.TypeIPIP)
+}
+
+// requireIPIP skips (fails under MERIDIAN_REQUIRE_IPIP=1) unless h's
+// namespace has or can create tunl0.
+func requireIPIP(t *testing.T, h *netlink.Handle) {
+	t.Helper()
+	if _, err := h.LinkByName(encap.IPIPDevice); err == nil {
+		return
+	}
+	err := h.LinkAdd(&netlink.Iptun{LinkAttrs: netlink.LinkAttrs{Name: encap.IPIPDevice}})
+	if err == nil || errors.Is(err, unix.EEXIST) {
+		return
+	}
+	msg := fmt.Sprintf("this kernel has no ipip (creating %s: %v); integration/vm runs this test in a Debian kernel", encap.IPIPDevice, err)
+	if os.Getenv("MERIDIAN_REQUIRE_IPIP") == "1" {
+		// In the VM a skip would hide a broken setup.
+		t.Fatal(msg + " (MERIDIAN_REQUIRE_IPIP=1)")
+	}
+	t.Skip(msg)
+}
+
+func crossSubnetThroughARouter(t *testing.T, typ encap.Type) {
 	requireRoot(t)
 	a := newNode(t, "a", "198.18.1.11", "10.244.1.0/24")
 	b := newNode(t, "b", "198.18.2.12", "10.244.2.0/24")
@@ -450,18 +466,24 @@ func TestVXLANCrossSubnetThroughARouter(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	rsA := a.program(t, encap.ModeCrossSubnet, encap.TypeVXLAN, b)
-	b.program(t, encap.ModeCrossSubnet, encap.TypeVXLAN, a)
-	if len(rsA) != 2 || rsA[1].Dev != encap.VXLANDevice || rsA[1].Reason != encap.ReasonNextHopNotConnected {
-		t.Fatalf("a's routes %+v, want b's pod CIDR through VXLAN for nextHopNotConnected", rsA)
+	dev := encap.VXLANDevice
+	if typ == encap.TypeIPIP {
+		dev = encap.IPIPDevice
+		requireIPIP(t, a.h)
+		requireIPIP(t, b.h)
 	}
-	txA0, _ := linkStats(t, a, encap.VXLANDevice)
-	_, rxB0 := linkStats(t, b, encap.VXLANDevice)
+	rsA := a.program(t, encap.ModeCrossSubnet, typ, b)
+	b.program(t, encap.ModeCrossSubnet, typ, a)
+	if len(rsA) != 2 || rsA[1].Dev != dev || rsA[1].Reason != encap.ReasonNextHopNotConnected {
+		t.Fatalf("a's routes %+v, want b's pod CIDR through %s for nextHopNotConnected", rsA, dev)
+	}
+	txA0, _ := linkStats(t, a, dev)
+	_, rxB0 := linkStats(t, b, dev)
 	echo(t, a, b)
-	txA, _ := linkStats(t, a, encap.VXLANDevice)
-	_, rxB := linkStats(t, b, encap.VXLANDevice)
+	txA, _ := linkStats(t, a, dev)
+	_, rxB := linkStats(t, b, dev)
 	if txA <= txA0 || rxB <= rxB0 {
-		t.Errorf("vxlan counters did not move: a tx %d->%d, b rx %d->%d", txA0, txA, rxB0, rxB)
+		t.Errorf("%s counters did not move: a tx %d->%d, b rx %d->%d", dev, txA0, txA, rxB0, rxB)
 	}
 	// Natively there is no way: the kernel refuses b as a gateway beyond
 	// the connected subnet (and the router has no pod routes anyway).
