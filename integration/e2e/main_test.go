@@ -16,10 +16,18 @@ import (
 )
 
 // theLab is shared by the tests of this package: bringing a cluster up costs
-// tens of seconds, and each test leaves it as it found it.
+// tens of seconds, and each test leaves it as it found it. It is brought up
+// on first use (needLab), so a run of tests with labs of their own (racks)
+// does not pay for it; such a test takes the host from it (ownLab) and the
+// next needLab brings it back.
 var (
 	theLab      *lab.Lab
 	labStateDir string
+	// labBinDir is where the labs take their binaries from; empty when lab
+	// tests skip.
+	labBinDir string
+	// labUpErr is the shared lab's failed Up: later tests fail at once.
+	labUpErr error
 )
 
 func TestMain(m *testing.M) {
@@ -48,33 +56,55 @@ func run(m *testing.M) int {
 			return skip(fmt.Sprintf("missing %s: run make build", b))
 		}
 	}
+	labBinDir = binDir
+	code := m.Run()
+	if labUpErr != nil {
+		code = 1
+	}
+	if theLab == nil {
+		return code
+	}
+	if code != 0 {
+		dumpLogs(labStateDir)
+	}
+	if err := lab.Down(context.Background(), labStateDir); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: lab down: %v\n", err)
+		return 1
+	}
+	return code
+}
+
+// upSharedLab brings up the shared three-node flat lab.
+func upSharedLab() (*lab.Lab, string, error) {
 	stateDir, err := os.MkdirTemp("", "meridian-e2e-")
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return nil, "", err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	start := time.Now()
-	l, err := lab.Up(ctx, lab.Options{Nodes: 3, BinDir: binDir, StateDir: stateDir, Log: log})
+	l, err := lab.Up(ctx, lab.Options{Nodes: 3, BinDir: labBinDir, StateDir: stateDir, Log: log})
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "e2e: lab up: %v\n", err)
 		dumpLogs(stateDir)
 		_ = lab.Down(context.Background(), stateDir)
-		return 1
+		return nil, "", fmt.Errorf("lab up: %w", err)
 	}
 	fmt.Fprintf(os.Stderr, "e2e: lab up in %s\n", time.Since(start).Round(time.Millisecond))
-	theLab, labStateDir = l, stateDir
-	code := m.Run()
-	if code != 0 {
-		dumpLogs(stateDir)
+	return l, stateDir, nil
+}
+
+// dropSharedLab removes the shared lab, if it runs, so a test can bring
+// up a lab of another shape (the host has room for one).
+func dropSharedLab(t *testing.T) {
+	t.Helper()
+	if theLab == nil {
+		return
 	}
-	if err := lab.Down(context.Background(), stateDir); err != nil {
-		fmt.Fprintf(os.Stderr, "e2e: lab down: %v\n", err)
-		return 1
+	if err := lab.Down(context.Background(), labStateDir); err != nil {
+		t.Fatalf("remove the shared lab: %v", err)
 	}
-	return code
+	theLab, labStateDir = nil, ""
 }
 
 // dumpLogs prints the tail of every daemon's log, which is what a developer
@@ -95,8 +125,17 @@ func dumpLogs(stateDir string) {
 
 func needLab(t *testing.T) *lab.Lab {
 	t.Helper()
-	if theLab == nil {
+	if labBinDir == "" {
 		t.Skip("lab not running (needs root and MERIDIAN_BIN_DIR)")
+	}
+	if labUpErr != nil {
+		t.Fatalf("shared lab: %v", labUpErr)
+	}
+	if theLab == nil {
+		theLab, labStateDir, labUpErr = upSharedLab()
+		if labUpErr != nil {
+			t.Fatalf("shared lab: %v", labUpErr)
+		}
 	}
 	return theLab
 }

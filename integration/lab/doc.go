@@ -8,6 +8,12 @@
 // API server at https://198.18.0.2:6443 and nothing else on the host
 // changes.
 //
+// That is the flat topology. With Options.Topology TopologyRacks the nodes
+// sit on two rack subnets (198.18.1.0/24, 198.18.2.0/24) behind router
+// namespaces mlab-tor1 and mlab-tor2, which share br0 (the core segment)
+// with the control plane and the host and run FRR, BIRD or only static
+// routes (Options.ToR); see racks.go and tor.go.
+//
 // Use from Go (root):
 //
 //	l, err := lab.Up(ctx, lab.Options{Nodes: 3, BinDir: "bin"})
