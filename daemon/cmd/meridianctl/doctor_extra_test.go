@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	meridianv1 "github.com/meridian-net/meridian/api/meridian/v1"
+	"github.com/meridian-net/meridian/daemon/routes"
 )
 
 func pod(ns, name, node string, labels map[string]string, ready bool, ports ...corev1.ContainerPort) corev1.Pod {
@@ -170,6 +171,19 @@ func TestCheckMTU(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := h.RouteAdd(&netlink.Route{LinkIndex: up.Attrs().Index, Gw: net.IPv4(192, 0, 2, 254)}); err != nil {
+		t.Fatal(err)
+	}
+	// Pod traffic to other nodes leaves on the link of Meridian's routes,
+	// not the default route's.
+	fabric := veth("fabric0", "fabric1", 1400)
+	if err := h.AddrAdd(fabric, &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(198, 18, 0, 11), Mask: net.CIDRMask(24, 32)}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkSetMTU(up, 9000); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.RouteAdd(&netlink.Route{LinkIndex: fabric.Attrs().Index, Dst: &net.IPNet{IP: net.IPv4(10, 244, 2, 0), Mask: net.CIDRMask(24, 32)},
+		Gw: net.IPv4(198, 18, 0, 12), Protocol: netlink.RouteProtocol(routes.Protocol)}); err != nil {
 		t.Fatal(err)
 	}
 	veth("merok0000001", "pod-ok", 1400)

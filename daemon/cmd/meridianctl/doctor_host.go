@@ -16,6 +16,7 @@ import (
 
 	meridianv1 "github.com/meridian-net/meridian/api/meridian/v1"
 	"github.com/meridian-net/meridian/cni-plugin/config"
+	"github.com/meridian-net/meridian/daemon/routes"
 )
 
 // hostChecks look at the node meridianctl runs on, beside the daemon it
@@ -31,9 +32,11 @@ func hostChecks(svcs []*meridianv1.Service) []finding {
 }
 
 // checkMTU compares the host side of the pods' veths (the pod side has the
-// same MTU: the plugin sets both) with the link of the default route. No
-// overlay means no header to leave room for: a pod MTU above the uplink's
-// drops or fragments large packets, the "large transfers hang" symptom.
+// same MTU: the plugin sets both) with the link pod traffic leaves the node
+// on: that of the routes Meridian installs to other nodes' pods, else the
+// default route's. No overlay means no header to leave room for: a pod MTU
+// above that link's drops or fragments large packets, the "large transfers
+// hang" symptom.
 func checkMTU(h *netlink.Handle) []finding {
 	links, err := h.LinkList()
 	if err != nil {
@@ -43,21 +46,31 @@ func checkMTU(h *netlink.Handle) []finding {
 	if err != nil {
 		return nil
 	}
+	linkOf := func(r netlink.Route) int {
+		if r.LinkIndex == 0 && len(r.MultiPath) > 0 {
+			return r.MultiPath[0].LinkIndex
+		}
+		return r.LinkIndex
+	}
 	uplink := 0
 	for _, r := range rs {
+		if int(r.Protocol) == routes.Protocol && (r.Gw != nil || len(r.MultiPath) > 0) {
+			uplink = linkOf(r)
+			break
+		}
+	}
+	for _, r := range rs {
+		if uplink != 0 {
+			break
+		}
 		isDefault := r.Dst == nil
 		if r.Dst != nil {
 			ones, _ := r.Dst.Mask.Size()
 			isDefault = ones == 0
 		}
-		if !isDefault {
-			continue
+		if isDefault {
+			uplink = linkOf(r)
 		}
-		uplink = r.LinkIndex
-		if uplink == 0 && len(r.MultiPath) > 0 {
-			uplink = r.MultiPath[0].LinkIndex
-		}
-		break
 	}
 	var up netlink.Link
 	above := map[int][]string{}
