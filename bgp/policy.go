@@ -26,8 +26,9 @@ const (
 	// over.
 	ReasonCoversNode = "coversNodeAddress"
 	// ReasonNextHopNotOwner: a path to a node's pod CIDR whose next hop is
-	// not that node. The next hop rather than the sender is checked,
-	// because reflectors and ToRs pass the owner's next hop on unchanged.
+	// neither that node nor a fabric router that sent it itself. The next
+	// hop rather than the sender is checked, because reflectors and ToRs on
+	// the nodes' subnet pass the owner's next hop on unchanged.
 	ReasonNextHopNotOwner = "nextHopNotOwner"
 	// ReasonMaxPrefixes: the neighbour announced more accepted prefixes
 	// than its limit with MaxPrefixDrop.
@@ -40,7 +41,8 @@ const (
 // untrusted: whatever the allowed set says, a default route, the node's own
 // pod CIDR, anything more specific than a node's pod CIDR, a prefix
 // covering a node's address and another node's pod CIDR pointing anywhere
-// but at that node are refused. The zero value accepts nothing.
+// but at that node (or at the fabric router that announced it) are
+// refused. The zero value accepts nothing.
 type ImportPolicy struct {
 	// Allowed bounds what may be accepted: a prefix must lie inside one.
 	Allowed []netip.Prefix
@@ -50,6 +52,13 @@ type ImportPolicy struct {
 	PodCIDROwners map[netip.Prefix]netip.Addr
 	// NodeAddresses are every node's addresses.
 	NodeAddresses []netip.Addr
+	// FabricPeers are the neighbours outside the cluster (BGPPeers: ToRs,
+	// spines). An eBGP router on another subnet rewrites the next hop to
+	// itself, so from such a peer a node's pod CIDR is also accepted with
+	// that peer as next hop: it is the fabric's route to the node, which
+	// is what lets racks route pods natively. A node in the mesh never
+	// gets this: it can only announce its own pod CIDR.
+	FabricPeers []netip.Addr
 	// MaxPrefixes holds the per-neighbour limits enforced here (Drop);
 	// other actions are the speaker's or only reported.
 	MaxPrefixes map[netip.Addr]uint32
@@ -72,7 +81,9 @@ func (p ImportPolicy) Check(path Path) string {
 		}
 	}
 	if owner, ok := p.PodCIDROwners[dst]; ok {
-		if path.NextHop.Unmap() != owner {
+		nh := path.NextHop.Unmap()
+		viaFabric := nh == path.PeerAddress.Unmap() && slices.Contains(p.FabricPeers, nh)
+		if nh != owner && !viaFabric {
 			return ReasonNextHopNotOwner
 		}
 	} else {

@@ -2,6 +2,7 @@ package bgp
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 )
 
@@ -23,6 +24,12 @@ func testPolicy() ImportPolicy {
 	}
 }
 
+func withFabric(peers ...netip.Addr) *ImportPolicy {
+	p := testPolicy()
+	p.FabricPeers = peers
+	return &p
+}
+
 func TestImportPolicyCheck(t *testing.T) {
 	p := testPolicy()
 	tests := []struct {
@@ -33,7 +40,11 @@ func TestImportPolicyCheck(t *testing.T) {
 		want    string
 	}{
 		{"other node's pod CIDR from its owner", "10.244.2.0/24", n2, nil, ""},
-		{"other node's pod CIDR via a ToR", "10.244.2.0/24", tor, nil, ReasonNextHopNotOwner},
+		{"other node's pod CIDR via a ToR that is not a fabric peer", "10.244.2.0/24", tor, nil, ReasonNextHopNotOwner},
+		{"other node's pod CIDR via the fabric peer that sent it", "10.244.2.0/24", tor, withFabric(tor), ""},
+		{"other node's pod CIDR via a third address from a fabric peer", "10.244.2.0/24", netip.MustParseAddr("198.18.0.99"), withFabric(tor), ReasonNextHopNotOwner},
+		{"more specific of a pod CIDR even via the fabric", "10.244.2.0/25", tor, withFabric(tor), ReasonPodCIDRMoreSpecific},
+		{"own pod CIDR even via the fabric", "10.244.1.0/24", tor, withFabric(tor), ReasonOwnPodCIDR},
 		{"unallocated part of the cluster CIDR", "10.244.200.0/24", tor, nil, ""},
 		{"default route", "0.0.0.0/0", tor, nil, ReasonDefaultRoute},
 		{"own pod CIDR", "10.244.1.0/24", n1, nil, ReasonOwnPodCIDR},
@@ -129,7 +140,7 @@ func TestMultipath(t *testing.T) {
 // an accepted prefix is inside the allowed set, never a default route,
 // never overlapping this node's pod CIDR, never more specific than a
 // node's pod CIDR, never covering a node, and a node's pod CIDR only with
-// its owner as next hop.
+// its owner as next hop, or the fabric peer that sent it.
 func FuzzImportPolicy(f *testing.F) {
 	f.Add([]byte{10, 244, 2, 0}, uint8(24), []byte{198, 18, 0, 12})
 	f.Add([]byte{0, 0, 0, 0}, uint8(0), []byte{198, 18, 0, 201})
@@ -141,8 +152,12 @@ func FuzzImportPolicy(f *testing.F) {
 			return
 		}
 		next, _ := netip.AddrFromSlice(nh)
-		prefix := netip.PrefixFrom(a, int(bits))
+		// The top bit of bits makes the sender a fabric peer.
 		p := testPolicy()
+		if bits&0x80 != 0 {
+			p.FabricPeers = []netip.Addr{tor}
+		}
+		prefix := netip.PrefixFrom(a, int(bits&0x7f))
 		paths := p.Apply([]Path{{Prefix: prefix, NextHop: next, PeerAddress: tor}})
 		if len(paths) != 1 {
 			t.Fatalf("Apply returned %d paths for 1", len(paths))
@@ -170,7 +185,7 @@ func FuzzImportPolicy(f *testing.F) {
 			}
 		}
 		for cidr, owner := range p.PodCIDROwners {
-			if cidr == dst && next.Unmap() != owner {
+			if cidr == dst && next.Unmap() != owner && !(next.Unmap() == tor && slices.Contains(p.FabricPeers, tor)) {
 				t.Fatalf("accepted %s via %s, owner is %s", dst, next, owner)
 			}
 			if cidr.Bits() < dst.Bits() && cidr.Contains(dst.Addr()) {

@@ -362,11 +362,18 @@ func Desired(self NodeInfo, nodes []NodeInfo, s Settings, peers []PeerSpec, clus
 			allowed = append(allowed, n.PodCIDRs...)
 		}
 	}
+	var fabric []netip.Addr
+	for _, p := range plan.Peers {
+		if p.External {
+			fabric = append(fabric, p.Address)
+		}
+	}
 	plan.Policy = bgp.ImportPolicy{
 		Allowed:       slices.Clone(allowed),
 		OwnPodCIDRs:   slices.Clone(self.PodCIDRs),
 		PodCIDROwners: PodCIDROwners(nodes),
 		NodeAddresses: addrs,
+		FabricPeers:   fabric,
 	}
 	if len(maxDrop) > 0 {
 		plan.Policy.MaxPrefixes = maxDrop

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -76,10 +77,19 @@ func TestDesiredSessions(t *testing.T) {
 			}
 			// BGPPeers get only this node's own routes; other nodes (mesh
 			// or reflector sessions) get everything.
+			// The import policy lets exactly the BGPPeers be next hop of
+			// another node's pod CIDR.
+			var fabric []netip.Addr
 			for _, p := range plan.Peers {
 				if isNode := strings.HasPrefix(p.Name, "n"); p.External == isNode {
 					t.Errorf("session %s: External = %v", p.Name, p.External)
 				}
+				if p.External {
+					fabric = append(fabric, p.Address)
+				}
+			}
+			if !slices.Equal(plan.Policy.FabricPeers, fabric) || len(fabric) == 0 {
+				t.Errorf("policy fabric peers %v, want the BGPPeers %v", plan.Policy.FabricPeers, fabric)
 			}
 			skips := map[string]string{}
 			for _, s := range plan.Skipped {
