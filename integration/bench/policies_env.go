@@ -47,6 +47,9 @@ type policyAgent struct {
 	sets func(iso Isolation) map[string]map[netip.Addr]bool
 	// how says what "programmed" and "enforced" mean for this agent.
 	how string
+	// metric is the agent's sync duration histogram, served at metricsURL
+	// in its namespace ("": none).
+	metric, metricsURL string
 	// diagnose, given the end of the agent's log when it made no working
 	// table, names a known cause.
 	diagnose func(log string) string
@@ -57,6 +60,8 @@ func meridianPolicyAgent() *policyAgent {
 		name:  "meridiand",
 		table: nftables.Table{Family: nftables.TableFamilyINet, Name: "meridian"},
 		base:  "pol-filter-forward",
+		// Services and policy together: one table, one sync.
+		metric: "meridian_nftables_sync_duration_seconds", metricsURL: "http://127.0.0.1:9091/metrics",
 		argv: func(binDir, node, kubeconfig, work string) []string {
 			return []string{
 				filepath.Join(binDir, "meridiand"), "--node-name=" + node,

@@ -237,9 +237,9 @@ Percpu:             8192 kB
 
 func TestPolicyFigures(t *testing.T) {
 	runs := []PolicyRun{
-		{Agent: AgentKNP, Policies: 1000, Pods: 2000, LocalPods: 668, Isolated: 668, ProgramAll: 2, Enforce: []float64{100, 300, 200},
+		{Agent: AgentKNP, Policies: 1000, Pods: 2000, LocalPods: 668, Elements: 668, ProgramAll: 2, Enforce: []float64{100, 300, 200},
 			KernelKiB: 100, RSS: 80, PeakRSS: 90, ConnectMedian: 0.4, ConnectP99: 1, Connect0Median: 0.1, Connect0P99: 0.2},
-		{Agent: AgentMeridian, Policies: 1000, Pods: 2000, LocalPods: 668, Isolated: 700, ProgramAll: 4, Enforce: []float64{50, 150, 100},
+		{Agent: AgentMeridian, Policies: 1000, Pods: 2000, LocalPods: 668, Elements: 990, ProgramAll: 4, Enforce: []float64{50, 150, 100},
 			KernelKiB: 4000, RSS: 60, PeakRSS: 70, ConnectMedian: 0.11, ConnectP99: 0.25, Connect0Median: 0.1, Connect0P99: 0.2},
 	}
 	figs := PolicyFigures(runs)
