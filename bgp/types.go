@@ -7,6 +7,7 @@ package bgp
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"time"
 )
 
@@ -120,6 +121,24 @@ const (
 type Advertisement struct {
 	Prefix  netip.Prefix
 	NextHop netip.Addr
+	// Communities are attached to the path towards every peer, sorted
+	// and without duplicates (SortCommunities).
+	Communities []Community
+	// LocalPref is the LOCAL_PREF of the path; nil leaves the speaker's
+	// default (100). It reaches iBGP peers only: LOCAL_PREF is never sent
+	// to an external peer (RFC 4271 section 5.1.5).
+	LocalPref *uint32
+}
+
+// Equal reports whether a and b originate the same path.
+func (a Advertisement) Equal(b Advertisement) bool {
+	if a.Prefix != b.Prefix || a.NextHop != b.NextHop || !slices.Equal(a.Communities, b.Communities) {
+		return false
+	}
+	if (a.LocalPref == nil) != (b.LocalPref == nil) {
+		return false
+	}
+	return a.LocalPref == nil || *a.LocalPref == *b.LocalPref
 }
 
 // Path is a path in the local RIB as the speaker selected it.
@@ -143,6 +162,9 @@ type Path struct {
 	// the MULTI_EXIT_DISC (0 when absent); multipath compares them.
 	Origin uint8
 	MED    uint32
+	// Communities are the path's COMMUNITIES and LARGE_COMMUNITY values,
+	// sorted (SortCommunities); nil when it carries none.
+	Communities []Community
 	// Rejected is the ImportPolicy reason this path is refused, "" when
 	// it is accepted.
 	Rejected string

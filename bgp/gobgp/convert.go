@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
@@ -131,6 +132,11 @@ func validateAdvertisements(ads []bgp.Advertisement) error {
 		if !a.NextHop.IsValid() || !a.NextHop.Is4() {
 			errs = append(errs, fmt.Errorf("advertisement %s: next hop %q is not IPv4", a.Prefix, addrString(a.NextHop)))
 		}
+		for _, c := range a.Communities {
+			if !c.Valid() {
+				errs = append(errs, fmt.Errorf("advertisement %s: community %s does not fit a COMMUNITIES value (RFC 1997)", a.Prefix, c))
+			}
+		}
 		p := a.Prefix.Masked()
 		if seen[p] {
 			errs = append(errs, fmt.Errorf("advertisement %s: prefix is listed twice", p))
@@ -239,6 +245,16 @@ func samePeer(a, b bgp.Peer) bool {
 }
 
 // advertisementToAPI renders a locally originated IPv4 unicast path.
+//
+// Communities and LOCAL_PREF are attributes of the originated path itself
+// rather than the work of a GoBGP export policy: a policy's set-community
+// action would apply to every exported path, so it would need a
+// local-route condition to spare the paths a reflector passes on (RFC 4456
+// wants them unchanged), and a policy change only reaches peers after a
+// soft reset of every session. On the path, a changed community list is an
+// ordinary re-announcement (same prefix, same local source: an implicit
+// withdraw), the node's own RIB shows what it sends, and GoBGP already
+// strips LOCAL_PREF towards eBGP peers (RFC 4271 section 5.1.5).
 func advertisementToAPI(a bgp.Advertisement) (*api.Path, error) {
 	p := a.Prefix.Masked()
 	nlri, err := anypb.New(&api.IPAddressPrefix{
@@ -256,11 +272,52 @@ func advertisementToAPI(a bgp.Advertisement) (*api.Path, error) {
 	if err != nil {
 		return nil, fmt.Errorf("marshal next hop %s: %w", a.NextHop, err)
 	}
+	pattrs := []*anypb.Any{origin, nh}
+	if a.LocalPref != nil {
+		lp, err := anypb.New(&api.LocalPrefAttribute{LocalPref: *a.LocalPref})
+		if err != nil {
+			return nil, fmt.Errorf("marshal local preference: %w", err)
+		}
+		pattrs = append(pattrs, lp)
+	}
+	var (
+		std   []uint32
+		large []*api.LargeCommunity
+	)
+	for _, c := range a.Communities {
+		if c.Large {
+			large = append(large, &api.LargeCommunity{GlobalAdmin: c.A, LocalData1: c.B, LocalData2: c.C})
+		} else {
+			std = append(std, c.Value())
+		}
+	}
+	if len(std) > 0 {
+		attr, err := anypb.New(&api.CommunitiesAttribute{Communities: std})
+		if err != nil {
+			return nil, fmt.Errorf("marshal communities: %w", err)
+		}
+		pattrs = append(pattrs, attr)
+	}
+	if len(large) > 0 {
+		attr, err := anypb.New(&api.LargeCommunitiesAttribute{Communities: large})
+		if err != nil {
+			return nil, fmt.Errorf("marshal large communities: %w", err)
+		}
+		pattrs = append(pattrs, attr)
+	}
 	return &api.Path{
 		Family: ipv4Unicast,
 		Nlri:   nlri,
-		Pattrs: []*anypb.Any{origin, nh},
+		Pattrs: pattrs,
 	}, nil
+}
+
+// localPrefString shows an optional LOCAL_PREF in logs.
+func localPrefString(lp *uint32) string {
+	if lp == nil {
+		return "default"
+	}
+	return strconv.FormatUint(uint64(*lp), 10)
 }
 
 // isLocal tells paths this speaker originated: GoBGP gives them no
@@ -319,7 +376,20 @@ func pathFromAPI(p *api.Path) (bgp.Path, error) {
 			out.Origin = a.Value
 		case *bgppacket.PathAttributeMultiExitDisc:
 			out.MED = a.Value
+		case *bgppacket.PathAttributeCommunities:
+			for _, v := range a.Value {
+				out.Communities = append(out.Communities, bgp.StandardCommunity(v))
+			}
+		case *bgppacket.PathAttributeLargeCommunities:
+			for _, v := range a.Values {
+				if v != nil {
+					out.Communities = append(out.Communities, bgp.Community{Large: true, A: v.ASN, B: v.LocalData1, C: v.LocalData2})
+				}
+			}
 		}
+	}
+	if out.Communities != nil {
+		out.Communities = bgp.SortCommunities(out.Communities)
 	}
 	if !out.NextHop.IsValid() {
 		return bgp.Path{}, fmt.Errorf("path for %s has no next hop", prefix)

@@ -198,6 +198,22 @@ func TestPathFromAPI(t *testing.T) {
 			},
 		},
 		{
+			name: "standard and large communities, sorted",
+			path: func(t *testing.T) *api.Path {
+				return apiPath(t, "10.244.4.0/24", []bgppacket.PathAttributeInterface{
+					origin,
+					bgppacket.NewPathAttributeNextHop("10.0.0.5"),
+					bgppacket.NewPathAttributeCommunities([]uint32{65000<<16 | 200, 65000<<16 | 100}),
+					bgppacket.NewPathAttributeLargeCommunities([]*bgppacket.LargeCommunity{bgppacket.NewLargeCommunity(4200000000, 1, 2)}),
+				}, "10.0.0.5", true, false)
+			},
+			want: bgp.Path{
+				Prefix: netip.MustParsePrefix("10.244.4.0/24"), NextHop: netip.MustParseAddr("10.0.0.5"),
+				PeerAddress: netip.MustParseAddr("10.0.0.5"), LocalPref: 100, Best: true,
+				Communities: []bgp.Community{{A: 65000, B: 100}, {A: 65000, B: 200}, {Large: true, A: 4200000000, B: 1, C: 2}},
+			},
+		},
+		{
 			name: "no next hop",
 			path: func(t *testing.T) *api.Path {
 				return apiPath(t, "10.244.3.0/24", []bgppacket.PathAttributeInterface{origin}, "10.0.0.4", true, false)
@@ -228,7 +244,7 @@ func TestPathFromAPI(t *testing.T) {
 			}
 			if got.Prefix != tt.want.Prefix || got.NextHop != tt.want.NextHop || got.PeerAddress != tt.want.PeerAddress ||
 				got.LocalPref != tt.want.LocalPref || got.Best != tt.want.Best || got.Stale != tt.want.Stale ||
-				!slices.Equal(got.ASPath, tt.want.ASPath) {
+				!slices.Equal(got.ASPath, tt.want.ASPath) || !slices.Equal(got.Communities, tt.want.Communities) {
 				t.Fatalf("got %+v, want %+v", got, tt.want)
 			}
 		})
@@ -262,6 +278,43 @@ func TestAdvertisementRoundTrip(t *testing.T) {
 	}
 	if origin == nil || origin.Value != bgppacket.BGP_ORIGIN_ATTR_TYPE_IGP {
 		t.Fatalf("origin: got %v, want IGP", origin)
+	}
+}
+
+// The attributes of an originated path come back as they were set.
+func TestAdvertisementAttributesRoundTrip(t *testing.T) {
+	lp := uint32(0) // a valid LOCAL_PREF, distinct from "unset"
+	ad := bgp.Advertisement{
+		Prefix: netip.MustParsePrefix("10.244.8.0/24"), NextHop: netip.MustParseAddr("10.0.0.8"),
+		Communities: []bgp.Community{{A: 65000, B: 100}, {Large: true, A: 64512, B: 1, C: 2}},
+		LocalPref:   &lp,
+	}
+	ap, err := advertisementToAPI(ad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ap.NeighborIp = "10.0.0.8"
+	got, err := pathFromAPI(ap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.LocalPref != 0 || !slices.Equal(got.Communities, ad.Communities) {
+		t.Fatalf("round trip: got %+v from %+v", got, ad)
+	}
+	// Without attributes, the path carries none of the three.
+	ap, err = advertisementToAPI(bgp.Advertisement{Prefix: ad.Prefix, NextHop: ad.NextHop})
+	if err != nil {
+		t.Fatal(err)
+	}
+	attrs, err := apiutil.GetNativePathAttributes(ap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range attrs {
+		switch a.(type) {
+		case *bgppacket.PathAttributeLocalPref, *bgppacket.PathAttributeCommunities, *bgppacket.PathAttributeLargeCommunities:
+			t.Errorf("plain advertisement carries %T", a)
+		}
 	}
 }
 

@@ -417,16 +417,24 @@ func (s *Speaker) SetAdvertisements(ctx context.Context, ads []bgp.Advertisement
 	desired := make(map[netip.Prefix]bgp.Advertisement, len(ads))
 	for _, a := range ads {
 		a.Prefix = a.Prefix.Masked()
+		// What is recorded as applied must not change with the caller's
+		// slices.
+		a.Communities = slices.Clone(a.Communities)
+		if a.LocalPref != nil {
+			lp := *a.LocalPref
+			a.LocalPref = &lp
+		}
 		desired[a.Prefix] = a
 	}
 	var errs []error
 	for _, p := range sortedKeys(desired) {
 		a := desired[p]
-		if cur, ok := s.ads[p]; ok && cur == a {
+		if cur, ok := s.ads[p]; ok && cur.Equal(a) {
 			continue
 		}
-		// A new next hop for a known prefix replaces the old path
-		// (implicit withdraw of the same local source), so no delete.
+		// A new next hop or new attributes for a known prefix replace
+		// the old path (implicit withdraw of the same local source), so
+		// no delete.
 		path, err := advertisementToAPI(a)
 		if err == nil {
 			_, err = s.srv.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: path})
@@ -436,7 +444,7 @@ func (s *Speaker) SetAdvertisements(ctx context.Context, ads []bgp.Advertisement
 			continue
 		}
 		s.ads[p] = a
-		s.log.Debug("bgp prefix advertised", "prefix", p, "next_hop", a.NextHop)
+		s.log.Debug("bgp prefix advertised", "prefix", p, "next_hop", a.NextHop, "communities", a.Communities, "local_pref", localPrefString(a.LocalPref))
 	}
 	for _, p := range sortedKeys(s.ads) {
 		if _, ok := desired[p]; ok {
