@@ -183,18 +183,18 @@ func RunPolicies(ctx context.Context, l *lab.Lab, opts PoliciesOptions) ([]Figur
 	}
 	go renewLeases(hbCtx, c, nodes)
 
-	net := newBenchNet("pol")
-	defer net.teardown()
-	if err := net.setup(); err != nil {
+	bn := newBenchNet("pol")
+	defer bn.teardown()
+	if err := bn.setup(); err != nil {
 		return nil, nil, fmt.Errorf("bench namespaces: %w", err)
 	}
-	if err := net.attachToLab("bench-pol", measuredNodeAddr); err != nil {
+	if err := bn.attachToLab("bench-pol", measuredNodeAddr); err != nil {
 		return nil, nil, err
 	}
-	if err := addClientAddr(net.client); err != nil {
+	if err := addClientAddr(bn.client); err != nil {
 		return nil, nil, err
 	}
-	stopServer, err := serveEndpoints(net.ep)
+	stopServer, err := serveEndpoints(bn.ep)
 	if err != nil {
 		return nil, nil, fmt.Errorf("server: %w", err)
 	}
@@ -220,7 +220,7 @@ func RunPolicies(ctx context.Context, l *lab.Lab, opts PoliciesOptions) ([]Figur
 	// Connect latency with no policy at all.
 	server := netip.AddrPortFrom(ServerAddr, serverPort)
 	for i, a := range agents {
-		p, err := startAgent(ctx, a, net, opts, work, l.Kubeconfig(), "0")
+		p, err := startAgent(ctx, a, bn, opts, work, l.Kubeconfig(), "0")
 		if ctx.Err() != nil {
 			return nil, runs, ctx.Err()
 		}
@@ -234,14 +234,14 @@ func RunPolicies(ctx context.Context, l *lab.Lab, opts PoliciesOptions) ([]Figur
 		// Let start-up work (informer lists, BGP, the first syncs) end:
 		// the latency is the packet path's, not the agent's start.
 		settle(ctx)
-		lat, err := connectLatency(ctx, net.client, server, opts.Connects)
+		lat, err := connectLatency(ctx, bn.client, server, opts.Connects)
 		p.kill()
 		if err != nil {
 			return nil, runs, fmt.Errorf("%s, no policies: %w", a.name, err)
 		}
 		runs[i].Connect0Median, runs[i].Connect0P99 = ms(Percentile(lat, 0.5)), ms(Percentile(lat, 0.99))
 		fmt.Fprintf(out, "  %-22s no policies: connect median %.3f ms p99 %.3f ms\n", a.name, runs[i].Connect0Median, runs[i].Connect0P99)
-		if err := removeTables(net.proxy, tableRef{family: a.table.Family, table: a.table.Name}); err != nil {
+		if err := removeTables(bn.proxy, tableRef{family: a.table.Family, table: a.table.Name}); err != nil {
 			return nil, runs, err
 		}
 	}
@@ -277,7 +277,7 @@ func RunPolicies(ctx context.Context, l *lab.Lab, opts PoliciesOptions) ([]Figur
 		if r.Error != "" {
 			continue
 		}
-		if err := measurePolicyAgent(ctx, c, a, net, iso, opts, work, l.Kubeconfig(), r); err != nil {
+		if err := measurePolicyAgent(ctx, c, a, bn, iso, opts, work, l.Kubeconfig(), r); err != nil {
 			return nil, runs, fmt.Errorf("%s: %w", a.name, err)
 		}
 		own := ""
@@ -293,12 +293,12 @@ func RunPolicies(ctx context.Context, l *lab.Lab, opts PoliciesOptions) ([]Figur
 
 // startAgent starts an agent from a clean table and waits for its first
 // programming and a working client -> server path.
-func startAgent(ctx context.Context, a *policyAgent, net *benchNet, opts PoliciesOptions, work, kubeconfig, tag string) (*proc, error) {
-	if err := removeTables(net.proxy, tableRef{family: a.table.Family, table: a.table.Name}); err != nil {
+func startAgent(ctx context.Context, a *policyAgent, bn *benchNet, opts PoliciesOptions, work, kubeconfig, tag string) (*proc, error) {
+	if err := removeTables(bn.proxy, tableRef{family: a.table.Family, table: a.table.Name}); err != nil {
 		return nil, err
 	}
 	logPath := filepath.Join(work, fmt.Sprintf("%s-%s.log", a.name, tag))
-	p, err := startProc(a.name, net.proxy, a.argv(opts.BinDir, PolicyNodeName(0), kubeconfig, work), a.env, logPath)
+	p, err := startProc(a.name, bn.proxy, a.argv(opts.BinDir, PolicyNodeName(0), kubeconfig, work), a.env, logPath)
 	if err != nil {
 		return nil, err
 	}
@@ -306,10 +306,10 @@ func startAgent(ctx context.Context, a *policyAgent, net *benchNet, opts Policie
 		if !p.alive() {
 			return false, errors.New("exited")
 		}
-		return hasChain(net.proxy, a.table, a.base)
+		return hasChain(bn.proxy, a.table, a.base)
 	})
 	if err == nil {
-		err = dialFrom(net.client, ClientAddr, netip.AddrPortFrom(ServerAddr, serverPort), 2*time.Second)
+		err = dialFrom(bn.client, ClientAddr, netip.AddrPortFrom(ServerAddr, serverPort), 2*time.Second)
 	}
 	if err != nil {
 		p.kill()
@@ -332,12 +332,12 @@ func settle(ctx context.Context) {
 
 // measurePolicyAgent runs one agent from a cold start with every policy
 // in the API.
-func measurePolicyAgent(ctx context.Context, c kubernetes.Interface, a *policyAgent, net *benchNet, iso Isolation, opts PoliciesOptions, work, kubeconfig string, r *PolicyRun) error {
-	if err := removeTables(net.proxy, tableRef{family: a.table.Family, table: a.table.Name}); err != nil {
+func measurePolicyAgent(ctx context.Context, c kubernetes.Interface, a *policyAgent, bn *benchNet, iso Isolation, opts PoliciesOptions, work, kubeconfig string, r *PolicyRun) error {
+	if err := removeTables(bn.proxy, tableRef{family: a.table.Family, table: a.table.Name}); err != nil {
 		return err
 	}
 	logPath := filepath.Join(work, fmt.Sprintf("%s-%d.log", a.name, opts.Policies))
-	p, err := startProc(a.name, net.proxy, a.argv(opts.BinDir, PolicyNodeName(0), kubeconfig, work), a.env, logPath)
+	p, err := startProc(a.name, bn.proxy, a.argv(opts.BinDir, PolicyNodeName(0), kubeconfig, work), a.env, logPath)
 	if err != nil {
 		return err
 	}
@@ -350,7 +350,7 @@ func measurePolicyAgent(ctx context.Context, c kubernetes.Interface, a *policyAg
 	fail := func(err error) error { return fmt.Errorf("%w (log %s):\n%s", err, logPath, p.logTail()) }
 
 	for {
-		got, want, err := a.programmed(net.proxy, iso)
+		got, want, err := a.programmed(bn.proxy, iso)
 		if err != nil {
 			return fail(err)
 		}
@@ -373,15 +373,15 @@ func measurePolicyAgent(ctx context.Context, c kubernetes.Interface, a *policyAg
 	}
 
 	server := netip.AddrPortFrom(ServerAddr, serverPort)
-	allowed := dialFrom(net.client, ClientAddr, server, 2*time.Second)
-	denied := dialFrom(net.client, ProbeSource, server, 500*time.Millisecond)
+	allowed := dialFrom(bn.client, ClientAddr, server, 2*time.Second)
+	denied := dialFrom(bn.client, ProbeSource, server, 500*time.Millisecond)
 	r.Verified = allowed == nil && denied != nil
 	if !r.Verified {
 		fmt.Fprintf(opts.Out, "  %s: NOT VERIFIED: client -> server: %v; %s -> server: %v (want connected, then dropped)\n", a.name, allowed, ProbeSource, denied)
 	}
 
 	for n := range opts.Trials {
-		d, err := enforceTrial(ctx, c, net, n)
+		d, err := enforceTrial(ctx, c, bn, n)
 		if err != nil {
 			return fail(fmt.Errorf("probe pod %d: %w", n, err))
 		}
@@ -389,12 +389,12 @@ func measurePolicyAgent(ctx context.Context, c kubernetes.Interface, a *policyAg
 	}
 
 	settle(ctx)
-	lat, err := connectLatency(ctx, net.client, server, opts.Connects)
+	lat, err := connectLatency(ctx, bn.client, server, opts.Connects)
 	if err != nil {
 		return fail(err)
 	}
 	if a.metric != "" {
-		if text, err := scrape(ctx, net.proxy, a.metricsURL); err == nil {
+		if text, err := scrape(ctx, bn.proxy, a.metricsURL); err == nil {
 			if sum, count, ok := HistogramSumCount(text, a.metric); ok {
 				r.SyncMetric, r.SyncCount = sum, count
 			}
@@ -409,10 +409,10 @@ func measurePolicyAgent(ctx context.Context, c kubernetes.Interface, a *policyAg
 	killed = true
 	own, _ := p.peaks()
 	r.PeakRSS = mib(own)
-	if r.Objects, err = countObjects(net.proxy, a.table); err != nil {
+	if r.Objects, err = countObjects(bn.proxy, a.table); err != nil {
 		return err
 	}
-	if r.KernelKiB, err = tableKernelMem(net.proxy, a.table); err != nil {
+	if r.KernelKiB, err = tableKernelMem(bn.proxy, a.table); err != nil {
 		return err
 	}
 	return deleteProbePods(ctx, c, opts.Trials)
@@ -421,9 +421,9 @@ func measurePolicyAgent(ctx context.Context, c kubernetes.Interface, a *policyAg
 // enforceTrial creates probe pod n, gives it its IP and times until a
 // connect from ProbeSource to it is dropped. Before the pod exists its
 // address is no pod's and nothing filters it.
-func enforceTrial(ctx context.Context, c kubernetes.Interface, net *benchNet, n int) (time.Duration, error) {
+func enforceTrial(ctx context.Context, c kubernetes.Interface, bn *benchNet, n int) (time.Duration, error) {
 	dst := netip.AddrPortFrom(ProbeAddr(n), serverPort)
-	if err := dialFrom(net.client, ProbeSource, dst, 2*time.Second); err != nil {
+	if err := dialFrom(bn.client, ProbeSource, dst, 2*time.Second); err != nil {
 		return 0, fmt.Errorf("%s unreachable before its pod exists: %w", dst, err)
 	}
 	pod := ProbePod(n)
@@ -440,7 +440,7 @@ func enforceTrial(ctx context.Context, c kubernetes.Interface, net *benchNet, n 
 	}
 	done := make(chan result, 1)
 	go func() {
-		a, err := probeUntilDropped(ctx, net.client, dst, 3, 2*time.Minute, started)
+		a, err := probeUntilDropped(ctx, bn.client, dst, 3, 2*time.Minute, started)
 		done <- result{a, err}
 	}()
 	select {
@@ -518,7 +518,7 @@ func deleteProbePods(ctx context.Context, c kubernetes.Interface, n int) error {
 			return false, nil
 		}
 		for _, p := range l.Items {
-			if len(p.Name) > len("bench-probe-") && p.Name[:len("bench-probe-")] == "bench-probe-" {
+			if strings.HasPrefix(p.Name, "bench-probe-") {
 				return false, nil
 			}
 		}
