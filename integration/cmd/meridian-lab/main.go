@@ -72,11 +72,14 @@ commands:
                           pod-to-pod reachability matrix
   bench [--out FILE] [--services 1000,5000] [--services-only]
         [--policies 1000] [--policy-pods 2000] [--policies-only]
+        [--bgp-prefixes 10k,100k] [--bgp-withdraws 5] [--bgp-only]
                           measure pod start-up, CNI ADD latency and
                           throughput against their reference points,
                           Service NAT (meridiand vs kube-proxy nftables)
-                          at each Service count (0: skip), and
-                          NetworkPolicy (meridiand vs kube-network-policies)
+                          at each Service count (0: skip), NetworkPolicy
+                          (meridiand vs kube-network-policies) and BGP
+                          (learned prefixes into the FIB, a pod CIDR's
+                          withdrawal: meridiand vs BIRD)
 `
 
 type globals struct {
