@@ -53,6 +53,28 @@ type Settings struct {
 	AcceptedPrefixes []netip.Prefix
 	// Services are the Service ranges this node advertises.
 	Services ServiceBlocks
+	// Communities go on every path the node originates (pod CIDRs and
+	// Service addresses), sorted; LocalPref, when set, is their LOCAL_PREF
+	// towards iBGP peers.
+	Communities []bgp.Community
+	LocalPref   *uint32
+}
+
+// WithAttributes puts the BGPConfiguration's communities and local
+// preference on the paths a node originates; the speaker re-announces a
+// path whose attributes changed.
+func (s Settings) WithAttributes(ads []bgp.Advertisement) []bgp.Advertisement {
+	out := make([]bgp.Advertisement, len(ads))
+	for i, a := range ads {
+		a.Communities = slices.Clone(s.Communities)
+		a.LocalPref = nil
+		if s.LocalPref != nil {
+			lp := *s.LocalPref
+			a.LocalPref = &lp
+		}
+		out[i] = a
+	}
+	return out
 }
 
 // DefaultSettings is what applies without a BGPConfiguration.
@@ -107,6 +129,25 @@ func SettingsFrom(c *v1alpha1.BGPConfiguration, nodes []NodeInfo, defaultASN uin
 			}
 		}
 		s.AcceptedPrefixes = append(s.AcceptedPrefixes, p.Masked())
+	}
+	for _, raw := range c.Spec.Communities {
+		// The schema's pattern and rule refuse these; an object stored
+		// under an older CRD may still carry one.
+		cm, err := bgp.ParseCommunity(string(raw))
+		if err != nil {
+			errs = append(errs, "communities: "+err.Error())
+			continue
+		}
+		s.Communities = append(s.Communities, cm)
+	}
+	s.Communities = bgp.SortCommunities(s.Communities)
+	if lp := c.Spec.LocalPreference; lp != nil {
+		if *lp < 0 || *lp > 1<<32-1 {
+			errs = append(errs, fmt.Sprintf("localPreference %d is outside 0..4294967295", *lp))
+		} else {
+			v := uint32(*lp)
+			s.LocalPref = &v
+		}
 	}
 	var blockErrs []string
 	// A /0 of ClusterIPs would be a default route; a /0 of external or

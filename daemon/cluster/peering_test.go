@@ -213,7 +213,15 @@ func TestSettingsFrom(t *testing.T) {
 	if err != nil || s.ASN != 65000 || s.NodeToNodeMesh || s.ClusterID != netip.MustParseAddr("1.2.3.4") || len(s.AcceptedPrefixes) != 1 {
 		t.Errorf("SettingsFrom = %+v, %v", s, err)
 	}
-	if s, err := SettingsFrom(nil, nodes, 64512); err != nil || s.ASN != 64512 || !s.NodeToNodeMesh {
+	s, err = SettingsFrom(cfg(func(s *v1alpha1.BGPConfigurationSpec) {
+		s.Communities = []v1alpha1.Community{"65000:200", "64512:1:2", "65000:100"}
+		s.LocalPreference = ptr[int64](0)
+	}), nodes, 64512)
+	wantComms := []bgp.Community{{A: 65000, B: 100}, {A: 65000, B: 200}, {Large: true, A: 64512, B: 1, C: 2}}
+	if err != nil || !slices.Equal(s.Communities, wantComms) || s.LocalPref == nil || *s.LocalPref != 0 {
+		t.Errorf("SettingsFrom with communities = %+v, %v", s, err)
+	}
+	if s, err := SettingsFrom(nil, nodes, 64512); err != nil || s.ASN != 64512 || !s.NodeToNodeMesh || s.Communities != nil || s.LocalPref != nil {
 		t.Errorf("SettingsFrom(nil) = %+v, %v", s, err)
 	}
 	for name, c := range map[string]*v1alpha1.BGPConfiguration{
@@ -221,11 +229,44 @@ func TestSettingsFrom(t *testing.T) {
 		"covers a node": cfg(func(s *v1alpha1.BGPConfigurationSpec) { s.AcceptedPrefixes = []v1alpha1.CIDR{"198.18.0.0/16"} }),
 		"reserved ASN":  cfg(func(s *v1alpha1.BGPConfigurationSpec) { s.ASNumber = 23456 }),
 		"wrong name":    {ObjectMeta: metav1.ObjectMeta{Name: "other"}},
+		// What the schema refuses, should an object get past it.
+		"community half above 16 bits": cfg(func(s *v1alpha1.BGPConfigurationSpec) { s.Communities = []v1alpha1.Community{"65536:1"} }),
+		"community not numeric":        cfg(func(s *v1alpha1.BGPConfigurationSpec) { s.Communities = []v1alpha1.Community{"no-export"} }),
+		"large community part":         cfg(func(s *v1alpha1.BGPConfigurationSpec) { s.Communities = []v1alpha1.Community{"1:2:4294967296"} }),
+		"negative local preference":    cfg(func(s *v1alpha1.BGPConfigurationSpec) { s.LocalPreference = ptr[int64](-1) }),
+		"local preference above 2^32":  cfg(func(s *v1alpha1.BGPConfigurationSpec) { s.LocalPreference = ptr[int64](1 << 32) }),
 	} {
 		if _, err := SettingsFrom(c, nodes, 64512); err == nil {
 			t.Errorf("%s: accepted", name)
 		} else if _, ok := IsObjectError(err); !ok {
 			t.Errorf("%s: error %v is not an ObjectError", name, err)
+		}
+	}
+}
+
+func TestWithAttributes(t *testing.T) {
+	ads := []bgp.Advertisement{
+		{Prefix: netip.MustParsePrefix("10.244.1.0/24"), NextHop: netip.MustParseAddr("198.18.0.11")},
+		{Prefix: netip.MustParsePrefix("10.96.0.0/12"), NextHop: netip.MustParseAddr("198.18.0.11"), Communities: []bgp.Community{{A: 9, B: 9}}},
+	}
+	lp := uint32(150)
+	s := Settings{Communities: []bgp.Community{{A: 65000, B: 100}}, LocalPref: &lp}
+	got := s.WithAttributes(ads)
+	for _, a := range got {
+		if !slices.Equal(a.Communities, s.Communities) || a.LocalPref == nil || *a.LocalPref != 150 {
+			t.Errorf("%s: communities %v local pref %v", a.Prefix, a.Communities, a.LocalPref)
+		}
+	}
+	// The result shares nothing with the settings.
+	got[0].Communities[0] = bgp.Community{A: 1, B: 1}
+	*got[0].LocalPref = 1
+	if s.Communities[0] != (bgp.Community{A: 65000, B: 100}) || lp != 150 {
+		t.Error("WithAttributes aliases the settings")
+	}
+	// Default settings: no attributes, whatever the input carried.
+	for _, a := range DefaultSettings(64512).WithAttributes(ads) {
+		if a.Communities != nil || a.LocalPref != nil {
+			t.Errorf("%s: default settings left %v / %v", a.Prefix, a.Communities, a.LocalPref)
 		}
 	}
 }

@@ -437,7 +437,7 @@ func (c *Controller) sync(ctx context.Context, lister corelisters.NodeLister, sp
 	} else {
 		ads = mergeAdvertisements(ads, svcAds)
 	}
-	if err := speaker.SetAdvertisements(ctx, ads); err != nil {
+	if err := speaker.SetAdvertisements(ctx, settings.WithAttributes(ads)); err != nil {
 		errs = append(errs, fmt.Errorf("set advertisements: %w", err))
 	}
 	paths, err := speaker.Paths(ctx)

@@ -807,3 +807,100 @@ func TestControllerUnusedTunnelFailure(t *testing.T) {
 		return nil
 	})
 }
+
+// The BGPConfiguration's communities and local preference reach every path
+// the node originates; a community the schema should have refused is
+// reported on the object and the last good attributes stay in effect.
+func TestControllerCommunities(t *testing.T) {
+	lp := int64(300)
+	cfg := &v1alpha1.BGPConfiguration{
+		TypeMeta:   metav1.TypeMeta{APIVersion: v1alpha1.SchemeGroupVersion.String(), Kind: "BGPConfiguration"},
+		ObjectMeta: metav1.ObjectMeta{Name: "default", Generation: 1},
+		Spec: v1alpha1.BGPConfigurationSpec{
+			Communities:     []v1alpha1.Community{"65000:100", "64512:7:8"},
+			LocalPreference: &lp,
+		},
+	}
+	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{
+		bgpPeersGVR:          "BGPPeerList",
+		bgpConfigurationsGVR: "BGPConfigurationList",
+	}, unstructuredOf(t, cfg))
+	h := startWith(t, &fakeApplier{}, dyn,
+		mkNode("n1", "198.18.0.11", "10.244.1.0/24", nil),
+		mkNode("n2", "198.18.0.12", "10.244.2.0/24", nil))
+	adsAre := func(comms string, localPref string) func() error {
+		return func() error {
+			s := h.speaker()
+			if s == nil {
+				return fmt.Errorf("no speaker")
+			}
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			if len(s.ads) == 0 {
+				return fmt.Errorf("no advertisements")
+			}
+			for _, a := range s.ads {
+				var cs []string
+				for _, c := range a.Communities {
+					cs = append(cs, c.String())
+				}
+				got, gotLP := strings.Join(cs, ","), "default"
+				if a.LocalPref != nil {
+					gotLP = fmt.Sprint(*a.LocalPref)
+				}
+				if got != comms || gotLP != localPref {
+					return fmt.Errorf("%s: communities %q local pref %s, want %q %s", a.Prefix, got, gotLP, comms, localPref)
+				}
+			}
+			return nil
+		}
+	}
+	waitFor(t, "pod CIDR with the configured attributes", adsAre("65000:100,64512:7:8", "300"))
+
+	edit := func(gen int64, mut func(spec map[string]any)) {
+		t.Helper()
+		u, err := dyn.Resource(bgpConfigurationsGVR).Get(context.Background(), "default", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mut(u.Object["spec"].(map[string]any))
+		u.SetGeneration(gen)
+		if _, err := dyn.Resource(bgpConfigurationsGVR).Update(context.Background(), u, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A 4-octet ASN in a standard community: the schema's rule refuses
+	// it, the fake API server does not.
+	edit(2, func(spec map[string]any) { spec["communities"] = []any{"4200000000:1"} })
+	waitFor(t, "BGPConfiguration refused", func() error {
+		c, err := acceptedCondition(t, dyn, bgpConfigurationsGVR, "default")
+		if err != nil {
+			return err
+		}
+		if c.Status != metav1.ConditionFalse || c.ObservedGeneration != 2 || !strings.Contains(c.Message, "communities") ||
+			!strings.Contains(c.Message, "last accepted version stays in effect") {
+			return fmt.Errorf("condition %+v", c)
+		}
+		return nil
+	})
+	time.Sleep(300 * time.Millisecond) // a few resyncs
+	if err := adsAre("65000:100,64512:7:8", "300")(); err != nil {
+		t.Errorf("after a bad edit: %v", err)
+	}
+
+	edit(3, func(spec map[string]any) {
+		spec["communities"] = []any{"65000:200"}
+		delete(spec, "localPreference")
+	})
+	waitFor(t, "new communities, default local pref", adsAre("65000:200", "default"))
+	waitFor(t, "BGPConfiguration accepted again", func() error {
+		c, err := acceptedCondition(t, dyn, bgpConfigurationsGVR, "default")
+		if err != nil {
+			return err
+		}
+		if c.Status != metav1.ConditionTrue || c.ObservedGeneration != 3 {
+			return fmt.Errorf("condition %+v", c)
+		}
+		return nil
+	})
+}

@@ -96,7 +96,7 @@ func (c *Controller) serviceAdvertisements(ctx context.Context, blocks cluster.S
 	if !c.svc.hasSynced() {
 		ads, _ := cluster.ServiceAdvertisements(cluster.ServiceBlocks{ClusterIPs: blocks.ClusterIPs}, self, nil, nil)
 		for _, a := range c.serviceAds {
-			if a.Prefix.Bits() == 32 && !slices.Contains(ads, a) {
+			if a.Prefix.Bits() == 32 && !slices.ContainsFunc(ads, a.Equal) {
 				ads = append(ads, a)
 			}
 		}
