@@ -275,6 +275,14 @@ func TestAPIPeerDownInPeersAndMetrics(t *testing.T) {
 	expect(victim.Name+" down in "+watcher.Name+"'s peers and metrics", "down", 0)
 	s, _ := peerState()
 	t.Logf("%s sees %s as %q", watcher.Name, victim.Name, s)
+	table, fs := doctorOn(t, l, watcher.Name)
+	if !hasFinding(fs, "bgp", fmt.Sprintf("%s (%s)", victim.Name, victim.IP), "BGP session is") {
+		t.Errorf("doctor on %s does not report the session to %s down:\n%s", watcher.Name, victim.Name, table)
+	}
+	t.Logf("meridianctl doctor on %s:\n%s", watcher.Name, table)
+	if out, err := ctl(t, l, "--socket", l.APISocket(watcher.Name), "peers"); err == nil {
+		t.Logf("meridianctl peers on %s:\n%s", watcher.Name, out)
+	}
 
 	if err := l.StartDaemon(victim.Name); err != nil {
 		t.Fatalf("start meridiand on %s: %v", victim.Name, err)
@@ -553,8 +561,13 @@ func TestAPIDoctorSeedFailures(t *testing.T) {
 	waitMesh(t, c, nodes)
 	node := nodes[0]
 	ctx := context.Background()
+	if err := l.WaitDNSReady(ctx); err != nil {
+		t.Fatalf("cluster DNS: %v", err)
+	}
 	app := labeledPod(t, c, "seed-app", node.Name, map[string]string{"app": "seed-app"})
 	labeledPod(t, c, "seed-web", node.Name, map[string]string{"app": "seed-web"})
+	// A client no policy isolates, for the traces of the Services.
+	client := labeledPod(t, c, "seed-client", node.Name, map[string]string{"app": "seed-client"})
 
 	// 1. A pod can't reach a Service by name: default-deny egress with no
 	// DNS rule.
@@ -613,10 +626,8 @@ func TestAPIDoctorSeedFailures(t *testing.T) {
 		}
 	})
 
-	var table string
 	eventually(t, 60*time.Second, "doctor reports the seed's failures", func() error {
-		var fs []map[string]string
-		table, fs = doctorOn(t, l, node.Name)
+		table, fs := doctorOn(t, l, node.Name)
 		for _, want := range []struct{ check, subject, text string }{
 			{"dns", "default/seed-app", "policy blocks DNS"},
 			{"services", "default/seed-typo", "matches no pod"},
@@ -639,21 +650,23 @@ func TestAPIDoctorSeedFailures(t *testing.T) {
 		}
 		return nil
 	})
+	table, _ := doctorOn(t, l, node.Name)
 	t.Logf("meridianctl doctor on %s:\n%s", node.Name, table)
 
 	for _, flow := range []string{lab.DNSServiceIP.String() + ":53/UDP", "seed-typo", "seed-wrongport"} {
-		dst := flow
+		dst, from := flow, app
 		if !strings.Contains(flow, ":") {
+			from = client
 			s, err := c.CoreV1().Services("default").Get(ctx, flow, metav1.GetOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
 			dst = s.Spec.ClusterIP + ":80/TCP"
 		}
-		out, err := ctl(t, l, "--socket", l.APISocket(node.Name), "trace", app.Status.PodIP, dst)
+		out, err := ctl(t, l, "--socket", l.APISocket(node.Name), "trace", from.Status.PodIP, dst)
 		if err != nil {
 			t.Fatalf("trace %s: %v", dst, err)
 		}
-		t.Logf("meridianctl trace %s %s:\n%s", app.Status.PodIP, dst, out)
+		t.Logf("meridianctl trace %s %s:\n%s", from.Status.PodIP, dst, out)
 	}
 }
