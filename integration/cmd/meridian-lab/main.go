@@ -338,6 +338,16 @@ func status(ctx context.Context, g *globals, args []string) error {
 	tw.Flush()
 	fmt.Println()
 
+	if routers := l.Routers(); len(routers) > 0 {
+		tw = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ROUTER\tRUNS\tASN\tCORE IP\tRACK SUBNET\tGATEWAY\tNETNS")
+		for _, r := range routers {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", r.Name, r.Kind, r.ASN, r.CoreIP, r.Subnet, r.RackIP, r.Netns)
+		}
+		tw.Flush()
+		fmt.Println()
+	}
+
 	procs, perr := l.Processes()
 	if perr != nil {
 		return perr
