@@ -102,12 +102,12 @@ func BGPFigures(runs []BGPRun, withdraws []WithdrawSample) []Figure {
 		}
 		out = append(out,
 			Figure{
-				Name: fmt.Sprintf("%s learned prefixes in the FIB (meridiand)", count(n)), Value: m.Install, Unit: "s",
+				Name: fmt.Sprintf("%s learned prefixes in the FIB (meridiand)", prefixCount(n)), Value: m.Install, Unit: "s",
 				Against: against, Baseline: b.Install, Ratio: ratio(m.Install, b.Install),
 				Note: "session Established at the injector until the netns main table holds all; GoBGP injector, paths loaded before the session",
 			},
 			Figure{
-				Name: fmt.Sprintf("peak RSS, %s learned prefixes (meridiand)", count(n)), Value: m.PeakRSS, Unit: "MiB",
+				Name: fmt.Sprintf("peak RSS, %s learned prefixes (meridiand)", prefixCount(n)), Value: m.PeakRSS, Unit: "MiB",
 				Against: against, Baseline: b.PeakRSS, Ratio: ratio(m.PeakRSS, b.PeakRSS),
 				Note: "VmHWM once all prefixes were installed",
 			},
@@ -128,8 +128,8 @@ func BGPFigures(runs []BGPRun, withdraws []WithdrawSample) []Figure {
 	return out
 }
 
-// count prints a prefix count the way the flags take it: 100k, 10k, 2500.
-func count(n int) string {
+// prefixCount prints a prefix count the way the flags take it: 100k, 10k, 2500.
+func prefixCount(n int) string {
 	if n >= 1000 && n%1000 == 0 {
 		return fmt.Sprintf("%dk", n/1000)
 	}
