@@ -312,9 +312,9 @@ func createUnstructured(ctx context.Context, dyn dynamic.Interface, gvr schema.G
 	})
 }
 
-// startRacks brings up the racks' network and routers, before the
-// control plane starts (the API server must be reachable from the nodes
-// once they exist, not before).
+// startRacksNetwork builds the racks' segments and router namespaces with
+// their static routes, before the control plane starts: the API server is
+// reachable from every rack by the time a node exists.
 func (l *Lab) startRacksNetwork() error {
 	return createRacksNetwork(l.st.Routers)
 }
