@@ -335,12 +335,13 @@ func (r *bgpRunner) withdraws(ctx context.Context, podCIDR netip.Prefix) ([]With
 		// Polled every 5 ms: each check is a dump of a table of a few
 		// dozen routes.
 		err = wait.PollUntilContextTimeout(ctx, 5*time.Millisecond, 3*time.Minute, true, func(context.Context) (bool, error) {
-			now := time.Since(t0)
 			all := true
 			for j, rc := range recv {
 				if gone[j] > 0 {
 					continue
 				}
+				// The time of this receiver's own check, not the round's.
+				at := time.Since(t0)
 				ok, err := rc.has()
 				if err != nil {
 					return false, err
@@ -348,7 +349,7 @@ func (r *bgpRunner) withdraws(ctx context.Context, podCIDR netip.Prefix) ([]With
 				if ok {
 					all = false
 				} else {
-					gone[j] = now
+					gone[j] = at
 				}
 			}
 			return all, nil
