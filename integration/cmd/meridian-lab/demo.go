@@ -43,7 +43,7 @@ func benchCmd(ctx context.Context, g *globals, args []string) error {
 	var bgpWithdraws int
 	var policies, policyPods int
 	rest, err := subFlags("bench", g, args, func(fs *flag.FlagSet) {
-		fs.StringVar(&services, "services", "1000,5000", "Service counts for kube-proxy vs meridiand, comma-separated (e.g. 1000,5000,10000; 0: skip)")
+		fs.StringVar(&services, "services", "1000,5000,10000", "Service counts for kube-proxy vs meridiand, comma-separated (e.g. 1000,5000; 0: skip)")
 		fs.BoolVar(&servicesOnly, "services-only", false, "run only the Service benchmark")
 		fs.IntVar(&policies, "policies", 1000, "NetworkPolicies for kube-network-policies vs meridiand (0: skip)")
 		fs.IntVar(&policyPods, "policy-pods", 2000, "pods the policies select from, over three bench Nodes")
