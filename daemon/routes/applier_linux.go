@@ -1,6 +1,7 @@
 package routes
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,6 +20,10 @@ import (
 // interrupted (NLM_F_DUMP_INTR: the table changed mid-dump, so the result
 // may be incomplete; see netlink.ErrDumpInterrupted).
 const dumpAttempts = 5
+
+// verboseChanges is the largest change whose routes are logged one by one
+// at Info.
+const verboseChanges = 32
 
 // configFlags are the next-hop flags that are configuration. Every other
 // RTNH_F_* bit (dead, linkdown, offload, trap, unresolved) is state the
@@ -193,6 +198,16 @@ func (a *Applier) Apply(desired []Route, prune bool) (Result, error) {
 	}
 	res.Kept = len(unique) - len(add) - len(replace)
 
+	// Each route of a small change is logged at Info, which is what an
+	// operator reading a node's log wants; a change of thousands (a ToR
+	// sending a full table) goes to Debug route by route, or the log would
+	// hold one line per prefix (100k in the BGP benchmark). The caller logs
+	// the counts either way.
+	level := slog.LevelInfo
+	if len(add)+len(replace)+len(remove) > verboseChanges {
+		level = slog.LevelDebug
+	}
+	ctx := context.Background()
 	var errs []error
 	for _, r := range add {
 		if proto, ok := st.foreign[r.Dst]; ok {
@@ -210,7 +225,7 @@ func (a *Applier) Apply(desired []Route, prune bool) (Result, error) {
 			continue
 		}
 		res.Added++
-		a.log.Info("installed route", "prefix", r.Dst, "route", r.String())
+		a.log.Log(ctx, level, "installed route", "prefix", r.Dst, "route", r.String())
 	}
 	for _, r := range replace {
 		if err := a.install(r, a.h.RouteReplace); err != nil {
@@ -219,7 +234,7 @@ func (a *Applier) Apply(desired []Route, prune bool) (Result, error) {
 			continue
 		}
 		res.Replaced++
-		a.log.Info("replaced route", "prefix", r.Dst, "route", r.String(), "was", fromKernelString(st.owned[r.Dst], st.devs))
+		a.log.Log(ctx, level, "replaced route", "prefix", r.Dst, "route", r.String(), "was", fromKernelString(st.owned[r.Dst], st.devs))
 	}
 
 	var unwanted []netlink.Route
@@ -241,7 +256,7 @@ func (a *Applier) Apply(desired []Route, prune bool) (Result, error) {
 			}
 			res.Removed++
 			dst, _ := kernelDst(kr)
-			a.log.Info("removed route", "prefix", dst, "route", fromKernelString(kr, st.devs))
+			a.log.Log(ctx, level, "removed route", "prefix", dst, "route", fromKernelString(kr, st.devs))
 		}
 	}
 	a.log.Debug("applied routes", "added", res.Added, "replaced", res.Replaced, "removed", res.Removed,
