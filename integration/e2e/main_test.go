@@ -80,6 +80,13 @@ func upSharedLab() (*lab.Lab, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
+	// Other test binaries may hold the host for a while: wait for them
+	// before the clock of Up starts. Up keeps its own hold until Down.
+	unlock, err := lab.LockHost(context.Background())
+	if err != nil {
+		return nil, "", err
+	}
+	defer unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
