@@ -91,3 +91,28 @@ func TestAdvertisementEqual(t *testing.T) {
 		}
 	}
 }
+
+// Whatever the string, ParseCommunity either refuses it or returns a
+// community that fits its attribute and prints back to a string that
+// parses to the same community.
+func FuzzParseCommunity(f *testing.F) {
+	for _, s := range []string{"65000:100", "64512:1:2", "65536:1", "1:2:3:4", "007:8", "4294967295:0:0", ":", "+1:2"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		c, err := ParseCommunity(s)
+		if err != nil {
+			return
+		}
+		if !c.Valid() {
+			t.Fatalf("ParseCommunity(%q) = %+v is not Valid", s, c)
+		}
+		back, err := ParseCommunity(c.String())
+		if err != nil || back != c {
+			t.Fatalf("ParseCommunity(%q) = %+v prints as %q, which parses to %+v, %v", s, c, c.String(), back, err)
+		}
+		if !c.Large && StandardCommunity(c.Value()) != c {
+			t.Fatalf("%+v does not survive its COMMUNITIES value %#x", c, c.Value())
+		}
+	})
+}
