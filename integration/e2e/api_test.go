@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -442,6 +443,11 @@ func TestAPITCPRequiresMutualTLS(t *testing.T) {
 	}
 	noCert := good.Clone()
 	noCert.Certificates = nil
+	// A Go client sends no certificate whose CA the server's request does
+	// not name; force it, so the daemon's verification is what refuses it.
+	otherCert := otherCA.Certificates[0]
+	otherCA.Certificates = nil
+	otherCA.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &otherCert, nil }
 
 	peers := func(creds credentials.TransportCredentials) error {
 		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
