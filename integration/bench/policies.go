@@ -528,7 +528,8 @@ func deleteProbePods(ctx context.Context, c kubernetes.Interface, n int) error {
 
 // deletePolicyObjects removes bench pods (at once: no kubelet would
 // confirm a graceful deletion) and policies, and with namespaces also the
-// namespaces and the account kube-network-policies used.
+// namespaces and the account kube-network-policies used. Without, it also
+// waits for namespaces an earlier run left terminating.
 func deletePolicyObjects(ctx context.Context, c kubernetes.Interface, namespaces bool) error {
 	var errs []error
 	for i := range PolicyNamespaces {
@@ -551,9 +552,16 @@ func deletePolicyObjects(ctx context.Context, c kubernetes.Interface, namespaces
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	// Pods of an earlier run must be gone before their names are reused.
+	// Pods of an earlier run must be gone before their names are reused,
+	// and its namespaces, still terminating, refuse new pods.
 	return wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
 		for i := range PolicyNamespaces {
+			if !namespaces {
+				ns, err := c.CoreV1().Namespaces().Get(ctx, PolicyNamespace(i), metav1.GetOptions{})
+				if err == nil && ns.DeletionTimestamp != nil {
+					return false, nil
+				}
+			}
 			l, err := c.CoreV1().Pods(PolicyNamespace(i)).List(ctx, metav1.ListOptions{Limit: 1})
 			if err != nil && !apierrors.IsNotFound(err) {
 				return false, nil
