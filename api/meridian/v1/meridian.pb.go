@@ -312,7 +312,10 @@ type Route struct {
 	Best bool `protobuf:"varint,8,opt,name=best,proto3" json:"best,omitempty"`
 	// stale is true for a path kept from a peer restarting gracefully
 	// (RFC 4724 section 4.2).
-	Stale         bool `protobuf:"varint,9,opt,name=stale,proto3" json:"stale,omitempty"`
+	Stale bool `protobuf:"varint,9,opt,name=stale,proto3" json:"stale,omitempty"`
+	// communities are the path's BGP communities, standard "65000:100"
+	// (RFC 1997) then large "64512:1:2" (RFC 8092), sorted.
+	Communities   []string `protobuf:"bytes,10,rep,name=communities,proto3" json:"communities,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -408,6 +411,13 @@ func (x *Route) GetStale() bool {
 		return x.Stale
 	}
 	return false
+}
+
+func (x *Route) GetCommunities() []string {
+	if x != nil {
+		return x.Communities
+	}
+	return nil
 }
 
 type ListPeersRequest struct {
@@ -2421,7 +2431,7 @@ const file_meridian_v1_meridian_proto_rawDesc = "" +
 	"\bcontains\x18\x03 \x01(\tR\bcontains\x121\n" +
 	"\x06source\x18\x02 \x01(\x0e2\x19.meridian.v1.Route.SourceR\x06source\">\n" +
 	"\x12ListRoutesResponse\x12(\n" +
-	"\x05route\x18\x01 \x01(\v2\x12.meridian.v1.RouteR\x05route\"\x97\x03\n" +
+	"\x05route\x18\x01 \x01(\v2\x12.meridian.v1.RouteR\x05route\"\xb9\x03\n" +
 	"\x05Route\x12\x16\n" +
 	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x1b\n" +
 	"\tnext_hops\x18\x02 \x03(\tR\bnextHops\x12+\n" +
@@ -2432,7 +2442,9 @@ const file_meridian_v1_meridian_proto_rawDesc = "" +
 	"\n" +
 	"local_pref\x18\a \x01(\rR\tlocalPref\x12\x12\n" +
 	"\x04best\x18\b \x01(\bR\x04best\x12\x14\n" +
-	"\x05stale\x18\t \x01(\bR\x05stale\">\n" +
+	"\x05stale\x18\t \x01(\bR\x05stale\x12 \n" +
+	"\vcommunities\x18\n" +
+	" \x03(\tR\vcommunities\">\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bKIND_BGP\x10\x01\x12\x12\n" +
