@@ -62,12 +62,14 @@ func compareStrings(a, b string) int { return strings.Compare(a, b) }
 
 func lookPath(name string) (string, error) { return exec.LookPath(name) }
 
-// cniConflist renders a node's CNI configuration list.
+// cniConflist renders a node's CNI configuration list. It sets no mtu, so
+// pods get the one meridiand derives from the node's link and the
+// encapsulation in use (node.json in the state dir), as with the chart's
+// default.
 func cniConflist(stateDir string) ([]byte, error) {
 	type plugin struct {
 		Type     string `json:"type"`
 		StateDir string `json:"stateDir"`
-		MTU      int    `json:"mtu"`
 	}
 	b, err := json.MarshalIndent(struct {
 		CNIVersion string   `json:"cniVersion"`
@@ -76,7 +78,7 @@ func cniConflist(stateDir string) ([]byte, error) {
 	}{
 		CNIVersion: "1.0.0",
 		Name:       "meridian",
-		Plugins:    []plugin{{Type: "meridian-cni", StateDir: stateDir, MTU: 1500}},
+		Plugins:    []plugin{{Type: "meridian-cni", StateDir: stateDir}},
 	}, "", "  ")
 	if err != nil {
 		return nil, fmt.Errorf("render cni conflist: %w", err)
