@@ -329,6 +329,8 @@ func TestRFC7606(t *testing.T) {
 		// the UPDATE where the RFC asks for treat-as-withdraw. The test
 		// pins what GoBGP does so an upgrade that changes it is noticed.
 		gobgpApplies bool
+		// origin, when set, is the ORIGIN the applied path must carry.
+		origin *uint8
 	}{{
 		name: "ORIGIN with an undefined value",
 		rfc:  "RFC 7606 section 7.1: treat-as-withdraw",
@@ -396,6 +398,7 @@ func TestRFC7606(t *testing.T) {
 		name:   "ORIGIN twice",
 		rfc:    "RFC 7606 section 3 (g): all but the first occurrence discarded",
 		update: func(p netip.Prefix) []byte { return updateMsg(good(med(2), originAttr(1)), p) },
+		origin: new(uint8(0)), // the first (IGP), not the repeated EGP
 	}, {
 		name: "unrecognised optional non-transitive attribute",
 		rfc:  "RFC 4271 section 5: quietly ignored",
@@ -432,6 +435,11 @@ func TestRFC7606(t *testing.T) {
 				wantNoPath(t, s, prefix, 10*time.Second)
 			default:
 				medIs(prefix, 2)
+			}
+			if tc.origin != nil {
+				if ps := pathsFor(t, s, prefix); len(ps) != 1 || ps[0].Origin != *tc.origin {
+					t.Fatalf("want ORIGIN %d: %+v", *tc.origin, ps)
+				}
 			}
 			sessionsUntouched(tc.name)
 			if tc.gobgpApplies {
