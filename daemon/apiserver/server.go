@@ -388,6 +388,9 @@ func ribRows(ps []bgp.Path, f routeFilter) []*meridianv1.Route {
 		if p.PeerAddress.IsValid() {
 			row.Peer = p.PeerAddress.String()
 		}
+		for _, c := range p.Communities {
+			row.Communities = append(row.Communities, c.String())
+		}
 		out = append(out, row)
 	}
 	return out

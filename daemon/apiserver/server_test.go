@@ -66,7 +66,8 @@ func testSources() Sources {
 		BGP: rib{
 			paths: []bgp.Path{
 				{Prefix: pfx("10.244.2.0/24"), NextHop: addr("198.18.0.12"), PeerAddress: addr("198.18.0.12"), ASPath: []uint32{}, LocalPref: 100, Best: true},
-				{Prefix: pfx("10.244.3.0/24"), NextHop: addr("198.18.0.13"), PeerAddress: addr("198.18.0.13"), ASPath: []uint32{64513}, LocalPref: 100, Stale: true},
+				{Prefix: pfx("10.244.3.0/24"), NextHop: addr("198.18.0.13"), PeerAddress: addr("198.18.0.13"), ASPath: []uint32{64513}, LocalPref: 100, Stale: true,
+					Communities: []bgp.Community{{A: 64512, B: 100}, {Large: true, A: 64512, B: 1, C: 2}}},
 			},
 			peers: []bgp.PeerState{
 				{Peer: bgp.Peer{Name: "node-c", Address: addr("198.18.0.13"), ASN: 64512}, State: "active"},
@@ -147,6 +148,9 @@ func brief(r *meridianv1.Route) string {
 	s := fmt.Sprintf("%s %s %s %v", r.GetSource(), r.GetPrefix(), r.GetKind(), r.GetNextHops())
 	if r.GetSource() == meridianv1.Route_SOURCE_RIB {
 		s += fmt.Sprintf(" peer=%s as=%v lp=%d best=%t stale=%t", r.GetPeer(), r.GetAsPath(), r.GetLocalPref(), r.GetBest(), r.GetStale())
+		if len(r.GetCommunities()) > 0 {
+			s += fmt.Sprintf(" communities=%v", r.GetCommunities())
+		}
 	}
 	return s
 }
@@ -166,7 +170,7 @@ func TestListRoutes(t *testing.T) {
 			"SOURCE_KERNEL 10.244.2.0/24 KIND_BGP [198.18.0.12]",
 			"SOURCE_KERNEL 192.0.2.0/24 KIND_UNSPECIFIED []",
 			"SOURCE_RIB 10.244.2.0/24 KIND_BGP [198.18.0.12] peer=198.18.0.12 as=[] lp=100 best=true stale=false",
-			"SOURCE_RIB 10.244.3.0/24 KIND_BGP [198.18.0.13] peer=198.18.0.13 as=[64513] lp=100 best=false stale=true",
+			"SOURCE_RIB 10.244.3.0/24 KIND_BGP [198.18.0.13] peer=198.18.0.13 as=[64513] lp=100 best=false stale=true communities=[64512:100 64512:1:2]",
 		},
 	}, {
 		name: "filter",
@@ -175,7 +179,7 @@ func TestListRoutes(t *testing.T) {
 			"SOURCE_KERNEL 10.244.1.0/24 KIND_BLACKHOLE []",
 			"SOURCE_KERNEL 10.244.2.0/24 KIND_BGP [198.18.0.12]",
 			"SOURCE_RIB 10.244.2.0/24 KIND_BGP [198.18.0.12] peer=198.18.0.12 as=[] lp=100 best=true stale=false",
-			"SOURCE_RIB 10.244.3.0/24 KIND_BGP [198.18.0.13] peer=198.18.0.13 as=[64513] lp=100 best=false stale=true",
+			"SOURCE_RIB 10.244.3.0/24 KIND_BGP [198.18.0.13] peer=198.18.0.13 as=[64513] lp=100 best=false stale=true communities=[64512:100 64512:1:2]",
 		},
 	}, {
 		name: "exact prefix, kernel only",
