@@ -6,7 +6,7 @@ GOFLAGS_STATIC := CGO_ENABLED=0
 LDFLAGS := -s -w
 # Debian packages the lab, the tests and the benchmarks run.
 DEBS := etcd-server frr bird2 containernetworking-plugins iperf3 nftables iproute2 \
-	netcat-openbsd tcpdump iputils-ping conntrack wget curl
+	netcat-openbsd tcpdump iputils-ping conntrack wget curl patch
 # Installed without their recommends (qemu's would pull a GUI): the VM that
 # runs the IPIP tests on kernels without ipip (integration/vm).
 DEBS_NO_RECOMMENDS := qemu-system-x86

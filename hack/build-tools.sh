@@ -5,7 +5,10 @@
 #                                            kube-scheduler, kubectl, kube-proxy
 #   integration/tools/coredns                coredns (with its kubernetes plugin)
 #   integration/tools/helm                   helm
-#   integration/tools/kube-network-policies  kube-network-policies
+#   integration/tools/kube-network-policies  kube-network-policies, and
+#                                            kube-network-policies-xtqueue
+#                                            (the same release patched with
+#                                            xtqueue.patch, see below)
 # CoreDNS, Helm and kube-network-policies live in modules of their own: in the
 # Kubernetes module, CoreDNS and Helm would raise the etcd client, gRPC,
 # OpenTelemetry, golang.org/x and kustomize under the control plane (so it
@@ -74,3 +77,48 @@ build helm "$d" helm \
 d=$tools/kube-network-policies
 build kube-network-policies "$d" kube-network-policies \
   -ldflags "-s -w" -o "$out/kube-network-policies" sigs.k8s.io/kube-network-policies/cmd
+
+# kube-network-policies-xtqueue: the release with its nftables `queue`
+# expressions replaced by the xtables NFQUEUE target (xtqueue.patch), for
+# kernels built without CONFIG_NFT_QUEUE, which refuse the release's whole
+# table; the policy benchmark falls back to it there (docs/benchmarks.md).
+# The source is the module cache's copy of the version go.mod pins, patched
+# in a temporary directory and built through a `replace` in a temporary
+# copy of go.mod: nothing of kube-network-policies lands in this tree.
+build_knp_xtqueue() {
+  local dir=$1 bin=kube-network-policies-xtqueue
+  local patchfile=$dir/xtqueue.patch stampfile=$out/.tools-stamp-kube-network-policies-xtqueue
+  local version src tmp stamp start
+  if [[ -n ${TOOLS:-} && " $TOOLS " != *" kube-network-policies "* ]]; then
+    return 0
+  fi
+  command -v patch >/dev/null || { echo "need patch(1) for $bin (Debian: apt-get install patch, or make deps)" >&2; return 1; }
+  stamp=$( { cat "$dir/go.mod" "$dir/go.sum" "$patchfile"; echo "$0 xtqueue v1"; } | sha256sum | cut -c1-16)
+  if [[ -x $out/$bin && -f $stampfile && $(cat "$stampfile") == "$stamp" ]]; then
+    return 0
+  fi
+  version=$(modversion "$dir" sigs.k8s.io/kube-network-policies)
+  echo "building $bin from sigs.k8s.io/kube-network-policies@$version + $patchfile" >&2
+  start=$SECONDS
+  src=$(cd "$dir" && go mod download -json "sigs.k8s.io/kube-network-policies@$version" |
+    sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')
+  [[ -n $src && -d $src ]] || { echo "no module cache directory for sigs.k8s.io/kube-network-policies@$version" >&2; return 1; }
+  tmp=$(mktemp -d "${TMPDIR:-/tmp}/knp-xtqueue.XXXXXX")
+  # The module cache is read-only; the copy must not be.
+  cp -r "$src" "$tmp/src" && chmod -R u+w "$tmp/src"
+  # --fuzz=0 and --forward: a hunk that does not match exactly (a new
+  # upstream version) fails the build instead of patching something else.
+  if ! (cd "$tmp/src" && patch -p1 --forward --fuzz=0 --batch --no-backup-if-mismatch --quiet <"$patchfile"); then
+    echo "$patchfile does not apply to sigs.k8s.io/kube-network-policies@$version" >&2
+    rm -rf "$tmp"; return 1
+  fi
+  cp "$dir/go.mod" "$dir/go.sum" "$tmp/"
+  echo "replace sigs.k8s.io/kube-network-policies => ./src" >>"$tmp/go.mod"
+  if ! (cd "$tmp" && GOFLAGS=-mod=mod go build -trimpath -ldflags "-s -w" -o "$out/$bin" sigs.k8s.io/kube-network-policies/cmd); then
+    rm -rf "$tmp"; return 1
+  fi
+  rm -rf "$tmp"
+  echo "$stamp" >"$stampfile"
+  echo "built $bin in $((SECONDS - start))s" >&2
+}
+build_knp_xtqueue "$tools/kube-network-policies"
