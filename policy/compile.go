@@ -21,7 +21,63 @@ import (
 // isolates the pods it selects without allowing anything (fail closed), and
 // every other policy compiles as if it were absent.
 func Compile(s Snapshot) (*Model, []Problem) {
+	return NewCompiler().Compile(s)
+}
+
+// Compiler is Compile with memory: it keeps each label selector it parsed,
+// keyed by the selector's address, for as long as the policy holding it is
+// in the snapshots. That relies on what informer caches guarantee: a
+// policy is replaced, never modified in place. Pod churn then recomputes set
+// members and pod rules but parses no selector. Results equal Compile's.
+// Not safe for concurrent use: one sync loop owns it.
+type Compiler struct {
+	sels map[*metav1.LabelSelector]*parsedSelector
+	gen  uint64
+}
+
+type parsedSelector struct {
+	gen uint64
+	sel labels.Selector
+	str string
+	err error
+}
+
+// NewCompiler returns a Compiler with nothing remembered.
+func NewCompiler() *Compiler {
+	return &Compiler{sels: map[*metav1.LabelSelector]*parsedSelector{}}
+}
+
+// parse is metav1.LabelSelectorAsSelector with the memo, plus the
+// selector's canonical text.
+func (cc *Compiler) parse(ls *metav1.LabelSelector) (labels.Selector, string, error) {
+	if p := cc.sels[ls]; p != nil {
+		p.gen = cc.gen
+		return p.sel, p.str, p.err
+	}
+	p := &parsedSelector{gen: cc.gen}
+	p.sel, p.err = metav1.LabelSelectorAsSelector(ls)
+	if p.err == nil {
+		p.str = p.sel.String()
+	}
+	cc.sels[ls] = p
+	return p.sel, p.str, p.err
+}
+
+// Compile computes the model for s, as the package function does.
+func (cc *Compiler) Compile(s Snapshot) (*Model, []Problem) {
+	cc.gen++
+	m, ps := cc.compile(s)
+	for k, p := range cc.sels {
+		if p.gen != cc.gen {
+			delete(cc.sels, k)
+		}
+	}
+	return m, ps
+}
+
+func (cc *Compiler) compile(s Snapshot) (*Model, []Problem) {
 	c := &compiler{
+		memo:     cc,
 		snap:     s,
 		nsLabels: make(map[string]labels.Set, len(s.Namespaces)),
 		selSets:  map[string]*SelectorSet{},
@@ -47,6 +103,11 @@ func Compile(s Snapshot) (*Model, []Problem) {
 			problems = append(problems, *prob)
 		}
 		c.policies = append(c.policies, cp)
+	}
+	// A pod is only selected by policies of its own namespace.
+	c.byNS = map[string][]int{}
+	for i, cp := range c.policies {
+		c.byNS[cp.namespace] = append(c.byNS[cp.namespace], i)
 	}
 
 	m := &Model{Node: s.Node}
@@ -92,7 +153,9 @@ func Compile(s Snapshot) (*Model, []Problem) {
 }
 
 type compiler struct {
+	memo     *Compiler
 	snap     Snapshot
+	byNS     map[string][]int // indexes into policies
 	nsLabels map[string]labels.Set
 	peers    []peerPod // pods that selectors can match: live, not host network, with IPs
 	policies []compiledPolicy
@@ -157,7 +220,7 @@ func (c *compiler) compilePolicy(pol *networkingv1.NetworkPolicy) (compiledPolic
 		// We cannot tell what an unknown type meant: isolate both directions.
 		cp.ingress, cp.egress = true, true
 	}
-	sel, err := metav1.LabelSelectorAsSelector(&pol.Spec.PodSelector)
+	sel, _, err := c.memo.parse(&pol.Spec.PodSelector)
 	if err != nil {
 		return problem(ReasonInvalidPodSelector, "spec.podSelector: %v", err)
 	}
@@ -272,25 +335,25 @@ func shortHash(s string) string {
 // requirements and values, and a nil podSelector next to a
 // namespaceSelector means every pod, the same as an empty one.
 func (c *compiler) selectorSet(policyNS string, nsSel, podSel *metav1.LabelSelector) (string, error) {
-	podS := labels.Everything()
+	podS, podStr := labels.Everything(), labels.Everything().String()
 	if podSel != nil {
-		s, err := metav1.LabelSelectorAsSelector(podSel)
+		s, str, err := c.memo.parse(podSel)
 		if err != nil {
 			return "", fmt.Errorf("podSelector: %w", err)
 		}
-		podS = s
+		podS, podStr = s, str
 	}
 	var nsS labels.Selector
 	var key string
 	if nsSel == nil {
-		key = "ns=" + policyNS + " pod=" + podS.String()
+		key = "ns=" + policyNS + " pod=" + podStr
 	} else {
-		s, err := metav1.LabelSelectorAsSelector(nsSel)
+		s, str, err := c.memo.parse(nsSel)
 		if err != nil {
 			return "", fmt.Errorf("namespaceSelector: %w", err)
 		}
 		nsS = s
-		key = "nssel=" + nsS.String() + " pod=" + podS.String()
+		key = "nssel=" + str + " pod=" + podStr
 	}
 	name := "sel-" + shortHash(key)
 	if _, ok := c.selSets[name]; ok {
@@ -390,10 +453,8 @@ func namedPort(pod *corev1.Pod, proto corev1.Protocol, name string) (uint16, boo
 func (c *compiler) podPolicy(pp peerPod) PodPolicy {
 	p := PodPolicy{Namespace: pp.pod.Namespace, Name: pp.pod.Name, IPs: pp.ips}
 	podLabels := labels.Set(pp.pod.Labels)
-	for _, cp := range c.policies {
-		if cp.namespace != pp.pod.Namespace {
-			continue
-		}
+	for _, i := range c.byNS[pp.pod.Namespace] {
+		cp := &c.policies[i]
 		if cp.selector != nil && !cp.selector.Matches(podLabels) {
 			continue
 		}

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -346,5 +347,48 @@ func TestSemantics(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestCompilerMatchesCompile: one Compiler over a sequence of snapshots
+// sharing unchanged policy objects (pods come and go, a policy is
+// replaced, one goes away) returns what a fresh Compile returns, and keeps
+// only the selectors of policies still present.
+func TestCompilerMatchesCompile(t *testing.T) {
+	web := pod("prod", "web", "n1", "10.0.1.1", map[string]string{"app": "web"}, cport("http", 8080, TCP))
+	db := pod("prod", "db", "n1", "10.0.1.2", map[string]string{"app": "db"})
+	api := pod("prod", "api", "n1", "10.0.1.3", map[string]string{"app": "api"})
+	allowWeb := netpol("prod", "db-from-web", match("app", "db"), types(ingressT),
+		ingress(peers(podPeer(matchP("app", "web"))), port(TCP, 5432)))
+	fromNS := netpol("prod", "web-from-team", match("app", "web"), types(ingressT),
+		ingress(peers(nsPeer(matchP("team", "a"))), port(TCP, "http")))
+	s := Snapshot{
+		Node:       "n1",
+		Namespaces: []*corev1.Namespace{namespace("prod", "team", "a")},
+		Pods:       []*corev1.Pod{web, db},
+		Policies:   []*networkingv1.NetworkPolicy{allowWeb, fromNS},
+	}
+	cc := NewCompiler()
+	check := func(step string) {
+		t.Helper()
+		got, gotPs := cc.Compile(s)
+		want, wantPs := Compile(s)
+		if !reflect.DeepEqual(got, want) || !reflect.DeepEqual(gotPs, wantPs) {
+			t.Fatalf("%s: Compiler differs from Compile:\n%+v\nwant\n%+v", step, got, want)
+		}
+	}
+	check("first")
+	check("same objects")
+	s.Pods = []*corev1.Pod{web, db, api}
+	check("pod added")
+	replaced := netpol("prod", "db-from-web", match("app", "db"), types(ingressT),
+		ingress(peers(podPeer(matchP("app", "api"))), port(TCP, 5432)))
+	s.Policies = []*networkingv1.NetworkPolicy{replaced, fromNS}
+	check("policy replaced by a new object")
+	s.Policies = []*networkingv1.NetworkPolicy{replaced}
+	check("policy deleted")
+	// replaced's podSelector and its one peer selector remain.
+	if n := len(cc.sels); n != 2 {
+		t.Errorf("memo holds %d selectors, want 2", n)
 	}
 }

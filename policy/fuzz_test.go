@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"reflect"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -225,10 +226,19 @@ func FuzzCompile(f *testing.F) {
 		s := g.snapshot()
 
 		models := map[string]*Model{}
+		// One Compiler across the nodes' compiles: from the second on it
+		// answers from its parsed selectors, and must answer as Compile.
+		cc := NewCompiler()
 		for _, n := range nodes {
 			sn := s
 			sn.Node = n
-			models[n], _ = Compile(sn)
+			var ps []Problem
+			models[n], ps = Compile(sn)
+			for range 2 {
+				if m2, ps2 := cc.Compile(sn); !reflect.DeepEqual(m2, models[n]) || !reflect.DeepEqual(ps2, ps) {
+					t.Fatalf("Compiler differs from Compile on %s", n)
+				}
+			}
 		}
 		addrs := []netip.Addr{
 			netip.MustParseAddr("192.0.2.7"), netip.MustParseAddr("10.2.0.9"), netip.MustParseAddr("192.168.0.1"),

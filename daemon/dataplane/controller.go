@@ -226,7 +226,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	c.log.Info("caches synced; programming nftables", "node", c.cfg.NodeName)
 
-	state := &syncState{syncer: nft.NewSyncer(c.conn, c.log), compiler: services.NewCompiler()}
+	state := &syncState{syncer: nft.NewSyncer(c.conn, c.log), compiler: services.NewCompiler(), policies: policy.NewCompiler()}
 	read := func() (snapshot, error) {
 		var s snapshot
 		var err error
@@ -309,6 +309,9 @@ type syncState struct {
 	// compiler remembers each Service's model while its objects are
 	// unchanged, so a sync costs the Services that changed.
 	compiler *services.Compiler
+	// policies keeps parsed label selectors while their policies are
+	// unchanged, so pod churn parses none.
+	policies *policy.Compiler
 	// applied is the Service model in the kernel, nil until the first
 	// successful sync of this process.
 	applied  *services.Model
@@ -324,7 +327,7 @@ func (c *Controller) sync(snap snapshot, st *syncState) error {
 		Node:           services.Node{Name: c.cfg.NodeName, Addresses: node, ClusterCIDRs: clusterCIDRs},
 		Config:         c.cfg.Services,
 	})
-	polModel, polProblems := policy.Compile(policy.Snapshot{
+	polModel, polProblems := st.policies.Compile(policy.Snapshot{
 		Policies:   snap.policies,
 		Pods:       snap.pods,
 		Namespaces: snap.namespaces,
