@@ -116,6 +116,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDesired -fuzztime 30s ./daemon/services
 	$(GO) test -run '^$$' -fuzz FuzzCompile -fuzztime 30s ./policy
 	$(GO) test -run '^$$' -fuzz FuzzImportPolicy -fuzztime 30s ./bgp
+	$(GO) test -run '^$$' -fuzz FuzzParseCommunity -fuzztime 30s ./bgp
+	$(GO) test -run '^$$' -fuzz FuzzPathFromUpdate -fuzztime 30s ./bgp/gobgp
 	$(GO) test -run '^$$' -fuzz FuzzParseEvaluate -fuzztime 30s ./daemon/apiserver
 	$(GO) test -run '^$$' -fuzz FuzzParseRouteFilter -fuzztime 30s ./daemon/apiserver
 
