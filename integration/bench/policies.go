@@ -35,7 +35,10 @@ type PoliciesOptions struct {
 
 // PolicyRun is what one agent showed.
 type PolicyRun struct {
-	Agent    string `json:"agent"`
+	Agent string `json:"agent"`
+	// Label names the build that ran, e.g. "kube-network-policies v0.8.0
+	// (xt NFQUEUE build: ...)" when the release could not run here.
+	Label    string `json:"label,omitempty"`
 	Policies int    `json:"policies"`
 	Pods     int    `json:"pods"`
 	// LocalPods is how many pods the measured node hosts; Elements how
@@ -115,7 +118,7 @@ func RunPolicies(ctx context.Context, l *lab.Lab, opts PoliciesOptions) ([]Figur
 	if opts.Trials > maxProbes {
 		opts.Trials = maxProbes
 	}
-	for _, bin := range []string{"meridiand", "kube-network-policies"} {
+	for _, bin := range []string{"meridiand", knpRelease} {
 		if _, err := os.Stat(filepath.Join(opts.BinDir, bin)); err != nil {
 			return nil, nil, fmt.Errorf("need %s (make bench builds it): %w", bin, err)
 		}
@@ -211,16 +214,31 @@ func RunPolicies(ctx context.Context, l *lab.Lab, opts PoliciesOptions) ([]Figur
 		return nil, nil, err
 	}
 	defer cleanCreds()
-	agents := []*policyAgent{meridianPolicyAgent(), knpPolicyAgent(env)}
+	agents := []*policyAgent{meridianPolicyAgent(), knpPolicyAgent(env, opts.BinDir, knpRelease)}
 	runs := make([]PolicyRun, len(agents))
 	for i, a := range agents {
-		runs[i] = PolicyRun{Agent: a.name, Policies: opts.Policies, Pods: opts.Pods}
+		runs[i] = PolicyRun{Agent: a.name, Label: a.label, Policies: opts.Policies, Pods: opts.Pods}
 	}
 
 	// Connect latency with no policy at all.
 	server := netip.AddrPortFrom(ServerAddr, serverPort)
 	for i, a := range agents {
 		p, err := startAgent(ctx, a, bn, opts, work, l.Kubeconfig(), "0")
+		if errors.Is(err, errNoNFTQueue) && a.bin == knpRelease {
+			// The release first, so that kernels with CONFIG_NFT_QUEUE
+			// measure it as it ships; the xtqueue build only where the
+			// kernel refuses the release's table.
+			xt := knpPolicyAgent(env, opts.BinDir, knpXTQueue)
+			if _, serr := os.Stat(filepath.Join(opts.BinDir, xt.bin)); serr != nil {
+				err = fmt.Errorf("%w\n(make bench builds bin/%s, the release patched for such kernels: %v)", err, xt.bin, serr)
+			} else {
+				first, _, _ := strings.Cut(err.Error(), "\n")
+				fmt.Fprintf(out, "  %-22s cannot run: %s\n  %-22s running %s instead\n", a.label, first, "", xt.bin)
+				a = xt
+				agents[i], runs[i].Label = a, a.label
+				p, err = startAgent(ctx, a, bn, opts, work, l.Kubeconfig(), "0")
+			}
+		}
 		if ctx.Err() != nil {
 			return nil, runs, ctx.Err()
 		}
@@ -228,7 +246,7 @@ func RunPolicies(ctx context.Context, l *lab.Lab, opts PoliciesOptions) ([]Figur
 			// One agent that cannot run here still leaves the other's
 			// figures worth having.
 			runs[i].Error = err.Error()
-			fmt.Fprintf(out, "  %-22s CANNOT RUN: %v\n", a.name, err)
+			fmt.Fprintf(out, "  %-22s CANNOT RUN: %v\n", a.label, err)
 			continue
 		}
 		// Let start-up work (informer lists, BGP, the first syncs) end:
@@ -240,7 +258,7 @@ func RunPolicies(ctx context.Context, l *lab.Lab, opts PoliciesOptions) ([]Figur
 			return nil, runs, fmt.Errorf("%s, no policies: %w", a.name, err)
 		}
 		runs[i].Connect0Median, runs[i].Connect0P99 = ms(Percentile(lat, 0.5)), ms(Percentile(lat, 0.99))
-		fmt.Fprintf(out, "  %-22s no policies: connect median %.3f ms p99 %.3f ms\n", a.name, runs[i].Connect0Median, runs[i].Connect0P99)
+		fmt.Fprintf(out, "  %-22s no policies: connect median %.3f ms p99 %.3f ms\n", a.label, runs[i].Connect0Median, runs[i].Connect0P99)
 		if err := removeTables(bn.proxy, tableRef{family: a.table.Family, table: a.table.Name}); err != nil {
 			return nil, runs, err
 		}
@@ -278,14 +296,14 @@ func RunPolicies(ctx context.Context, l *lab.Lab, opts PoliciesOptions) ([]Figur
 			continue
 		}
 		if err := measurePolicyAgent(ctx, c, a, bn, iso, opts, work, l.Kubeconfig(), r); err != nil {
-			return nil, runs, fmt.Errorf("%s: %w", a.name, err)
+			return nil, runs, fmt.Errorf("%s: %w", a.label, err)
 		}
 		own := ""
 		if r.SyncCount > 0 {
 			own = fmt.Sprintf(" (own metric: %.2f s over %d syncs)", r.SyncMetric, r.SyncCount)
 		}
 		fmt.Fprintf(out, "  %-22s %d policies: program all %.2f s (%d set elements for %d local pods: %s), IP to enforced %v ms%s, kernel %.0f KiB for %d chains %d rules %d sets %d elements, RSS %.0f MiB (peak %.0f), connect median %.3f ms p99 %.3f ms, verified %v\n",
-			a.name, r.Policies, r.ProgramAll, r.Elements, r.LocalPods, a.how, fmtMs(r.Enforce), own, r.KernelKiB,
+			a.label, r.Policies, r.ProgramAll, r.Elements, r.LocalPods, a.how, fmtMs(r.Enforce), own, r.KernelKiB,
 			r.Objects.Chains, r.Objects.Rules, r.Objects.Sets, r.Objects.Elements, r.RSS, r.PeakRSS, r.ConnectMedian, r.ConnectP99, r.Verified)
 	}
 	return PolicyFigures(runs), runs, nil
@@ -297,7 +315,7 @@ func startAgent(ctx context.Context, a *policyAgent, bn *benchNet, opts Policies
 	if err := removeTables(bn.proxy, tableRef{family: a.table.Family, table: a.table.Name}); err != nil {
 		return nil, err
 	}
-	logPath := filepath.Join(work, fmt.Sprintf("%s-%s.log", a.name, tag))
+	logPath := filepath.Join(work, fmt.Sprintf("%s-%s.log", a.bin, tag))
 	p, err := startProc(a.name, bn.proxy, a.argv(opts.BinDir, PolicyNodeName(0), kubeconfig, work), a.env, logPath)
 	if err != nil {
 		return nil, err
@@ -314,11 +332,12 @@ func startAgent(ctx context.Context, a *policyAgent, bn *benchNet, opts Policies
 	if err != nil {
 		p.kill()
 		tail := p.logTail()
-		hint := ""
 		if a.diagnose != nil {
-			hint = a.diagnose(tail)
+			if cause := a.diagnose(tail); cause != nil {
+				return nil, fmt.Errorf("no working table (%w): %w; log %s:\n%s", err, cause, logPath, tail)
+			}
 		}
-		return nil, fmt.Errorf("no working table (%w)%s; log %s:\n%s", err, hint, logPath, tail)
+		return nil, fmt.Errorf("no working table (%w); log %s:\n%s", err, logPath, tail)
 	}
 	return p, nil
 }
@@ -336,7 +355,7 @@ func measurePolicyAgent(ctx context.Context, c kubernetes.Interface, a *policyAg
 	if err := removeTables(bn.proxy, tableRef{family: a.table.Family, table: a.table.Name}); err != nil {
 		return err
 	}
-	logPath := filepath.Join(work, fmt.Sprintf("%s-%d.log", a.name, opts.Policies))
+	logPath := filepath.Join(work, fmt.Sprintf("%s-%d.log", a.bin, opts.Policies))
 	p, err := startProc(a.name, bn.proxy, a.argv(opts.BinDir, PolicyNodeName(0), kubeconfig, work), a.env, logPath)
 	if err != nil {
 		return err
@@ -377,7 +396,7 @@ func measurePolicyAgent(ctx context.Context, c kubernetes.Interface, a *policyAg
 	denied := dialFrom(bn.client, ProbeSource, server, 500*time.Millisecond)
 	r.Verified = allowed == nil && denied != nil
 	if !r.Verified {
-		fmt.Fprintf(opts.Out, "  %s: NOT VERIFIED: client -> server: %v; %s -> server: %v (want connected, then dropped)\n", a.name, allowed, ProbeSource, denied)
+		fmt.Fprintf(opts.Out, "  %s: NOT VERIFIED: client -> server: %v; %s -> server: %v (want connected, then dropped)\n", a.label, allowed, ProbeSource, denied)
 	}
 
 	for n := range opts.Trials {
@@ -591,11 +610,19 @@ func PolicyFigures(runs []PolicyRun) []Figure {
 		return nil
 	}
 	peer := k != nil && k.Error == ""
+	// label is what a run's figures call its agent: the build that ran
+	// when known (release version, or the xtqueue build), else its name.
+	label := func(r *PolicyRun) string {
+		if r.Label != "" {
+			return r.Label
+		}
+		return r.Agent
+	}
 	sz := fmt.Sprintf("%d policies, %d pods", m.Policies, m.Pods)
 	vs := func(name, unit string, get func(*PolicyRun) float64, note string) Figure {
 		f := Figure{Name: fmt.Sprintf("%s, %s (meridiand)", name, sz), Value: get(m), Unit: unit, Note: note}
 		if peer {
-			f.Against, f.Baseline, f.Ratio = AgentKNP, get(k), ratio(get(m), get(k))
+			f.Against, f.Baseline, f.Ratio = label(k), get(k), ratio(get(m), get(k))
 		} else {
 			f.Note = strings.TrimPrefix(f.Note+"; "+AgentKNP+" could not run", "; ")
 		}
@@ -618,11 +645,16 @@ func PolicyFigures(runs []PolicyRun) []Figure {
 		if r == nil || r.Error != "" {
 			continue
 		}
+		// Figure names stay keyed by agent; the note says which build.
+		build := ""
+		if r.Label != "" && r.Label != r.Agent {
+			build = "; " + r.Label
+		}
 		out = append(out,
 			Figure{Name: fmt.Sprintf("%s TCP connect median, %d policies", r.Agent, r.Policies), Value: r.ConnectMedian, Unit: "ms",
-				Against: "0 policies", Baseline: r.Connect0Median, Ratio: ratio(r.ConnectMedian, r.Connect0Median), Note: "flat is the goal: ratio ~1"},
+				Against: "0 policies", Baseline: r.Connect0Median, Ratio: ratio(r.ConnectMedian, r.Connect0Median), Note: "flat is the goal: ratio ~1" + build},
 			Figure{Name: fmt.Sprintf("%s TCP connect p99, %d policies", r.Agent, r.Policies), Value: r.ConnectP99, Unit: "ms",
-				Against: "0 policies", Baseline: r.Connect0P99, Ratio: ratio(r.ConnectP99, r.Connect0P99)})
+				Against: "0 policies", Baseline: r.Connect0P99, Ratio: ratio(r.ConnectP99, r.Connect0P99), Note: strings.TrimPrefix(build, "; ")})
 	}
 	return out
 }

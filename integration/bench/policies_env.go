@@ -3,12 +3,14 @@ package bench
 import (
 	"bufio"
 	"context"
+	"debug/buildinfo"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -35,10 +37,13 @@ import (
 // policyAgent is one NetworkPolicy agent under test, run as the measured
 // bench Node in the bench namespaces.
 type policyAgent struct {
-	name  string
-	table nftables.Table
-	argv  func(binDir, node, kubeconfig, work string) []string
-	env   []string
+	name string
+	// bin is the program's file in the bin directory; label names it in
+	// the output and in the figures (it says which build ran).
+	bin, label string
+	table      nftables.Table
+	argv       func(binDir, node, kubeconfig, work string) []string
+	env        []string
 	// base is a chain whose presence says the agent has programmed its
 	// table once.
 	base string
@@ -51,13 +56,13 @@ type policyAgent struct {
 	// in its namespace ("": none).
 	metric, metricsURL string
 	// diagnose, given the end of the agent's log when it made no working
-	// table, names a known cause.
-	diagnose func(log string) string
+	// table, returns a known cause (nil: none recognised).
+	diagnose func(log string) error
 }
 
 func meridianPolicyAgent() *policyAgent {
 	return &policyAgent{
-		name:  "meridiand",
+		name: AgentMeridian, bin: "meridiand", label: AgentMeridian,
 		table: nftables.Table{Family: nftables.TableFamilyINet, Name: "meridian"},
 		base:  "pol-filter-forward",
 		// Services and policy together: one table, one sync.
@@ -77,9 +82,25 @@ func meridianPolicyAgent() *policyAgent {
 	}
 }
 
-func knpPolicyAgent(env []string) *policyAgent {
+// knpRelease and knpXTQueue are the kube-network-policies programs
+// hack/build-tools.sh builds: the release as it is, and the same release
+// patched to queue through the xtables NFQUEUE target
+// (integration/tools/kube-network-policies/xtqueue.patch).
+const (
+	knpRelease = "kube-network-policies"
+	knpXTQueue = "kube-network-policies-xtqueue"
+)
+
+// errNoNFTQueue says the kernel refused kube-network-policies' table for
+// want of the nftables queue expression: the xtqueue build can run there.
+var errNoNFTQueue = errors.New("its table uses the nftables queue expression, which this kernel lacks (CONFIG_NFT_QUEUE is not set)")
+
+// knpPolicyAgent runs bin (knpRelease or knpXTQueue) from binDir.
+func knpPolicyAgent(env []string, binDir, bin string) *policyAgent {
 	return &policyAgent{
-		name:  "kube-network-policies",
+		name:  AgentKNP,
+		bin:   bin,
+		label: KNPLabel(bin, moduleVersion(filepath.Join(binDir, bin), "sigs.k8s.io/kube-network-policies")),
 		table: nftables.Table{Family: nftables.TableFamilyINet, Name: "kube-network-policies"},
 		base:  "postrouting",
 		env:   env,
@@ -93,8 +114,8 @@ mkdir -p /run/secrets/kubernetes.io/serviceaccount
 cp "$BENCH_SA_DIR/token" "$BENCH_SA_DIR/ca.crt" /run/secrets/kubernetes.io/serviceaccount/
 exec "$@"`
 			return []string{
-				"unshare", "--mount", "--propagation", "private", "sh", "-c", script, "kube-network-policies",
-				filepath.Join(binDir, "kube-network-policies"),
+				"unshare", "--mount", "--propagation", "private", "sh", "-c", script, bin,
+				filepath.Join(binDir, bin),
 				"--hostname-override=" + node, "--disable-nri",
 				"--metrics-bind-address=127.0.0.1:9080",
 				// Kernel 6.12 and later do not need the DNS workaround.
@@ -106,15 +127,44 @@ exec "$@"`
 			return map[string]map[netip.Addr]bool{"podips-v4": iso.Either()}
 		},
 		how: "podips-v4 holds every local pod some policy selects (new connections to and from them are judged in userspace over NFQUEUE)",
-		diagnose: func(log string) string {
+		diagnose: func(log string) error {
 			// v0.8.0 sends its whole table in one batch; the kernel refuses
 			// all of it when the `queue` expression is missing.
 			if strings.Contains(log, "syncing nftables rules") && strings.Contains(log, "no such file or directory") {
-				return "; its table uses the nftables queue expression, which this kernel lacks (CONFIG_NFT_QUEUE is not set): build it with the NFQUEUE compat-target patch in docs/benchmarks.md"
+				return errNoNFTQueue
 			}
-			return ""
+			return nil
 		},
 	}
+}
+
+// KNPLabel names a kube-network-policies build in the output and the
+// figures: the release by its module version, the xtqueue build as such.
+func KNPLabel(bin, version string) string {
+	l := AgentKNP
+	if version != "" {
+		l += " " + version
+	}
+	if bin == knpXTQueue {
+		l += " (xt NFQUEUE build: this kernel lacks nft queue)"
+	}
+	return l
+}
+
+// moduleVersion is the version of module that the Go program at path was
+// built from ("" when unknown). A `replace` (the xtqueue build) keeps the
+// version it replaced.
+func moduleVersion(path, module string) string {
+	bi, err := buildinfo.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	for _, m := range append([]*debug.Module{&bi.Main}, bi.Deps...) {
+		if m.Path == module {
+			return m.Version
+		}
+	}
+	return ""
 }
 
 // programmed counts the wanted addresses present in the agent's sets.

@@ -1,7 +1,10 @@
 package bench
 
 import (
+	"errors"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -284,6 +287,87 @@ func TestPolicyFigures(t *testing.T) {
 		if strings.HasPrefix(f.Name, AgentKNP) {
 			t.Errorf("figure %q of the failed peer", f.Name)
 		}
+	}
+}
+
+func TestPolicyFiguresNameTheXTQueueBuild(t *testing.T) {
+	xt := KNPLabel(knpXTQueue, "v0.8.0")
+	if want := "kube-network-policies v0.8.0 (xt NFQUEUE build: this kernel lacks nft queue)"; xt != want {
+		t.Errorf("KNPLabel(xtqueue) = %q, want %q", xt, want)
+	}
+	if got := KNPLabel(knpRelease, "v0.8.0"); got != "kube-network-policies v0.8.0" {
+		t.Errorf("KNPLabel(release) = %q", got)
+	}
+	if got := KNPLabel(knpRelease, ""); got != AgentKNP {
+		t.Errorf("KNPLabel(release, unknown version) = %q, want %q", got, AgentKNP)
+	}
+	runs := []PolicyRun{
+		{Agent: AgentMeridian, Label: AgentMeridian, Policies: 1000, Pods: 2000, ProgramAll: 4, ConnectMedian: 0.11, Connect0Median: 0.1},
+		{Agent: AgentKNP, Label: xt, Policies: 1000, Pods: 2000, ProgramAll: 2, ConnectMedian: 0.4, Connect0Median: 0.1},
+	}
+	peerFigs := 0
+	for _, f := range PolicyFigures(runs) {
+		switch {
+		case strings.HasSuffix(f.Name, "(meridiand)"):
+			if f.Against != xt {
+				t.Errorf("%s against %q, want the xtqueue build's label", f.Name, f.Against)
+			}
+		case strings.HasPrefix(f.Name, AgentKNP+" "):
+			peerFigs++
+			if !strings.Contains(f.Note, "xt NFQUEUE build") {
+				t.Errorf("%s: note %q does not say which build ran", f.Name, f.Note)
+			}
+		}
+	}
+	if peerFigs != 2 {
+		t.Errorf("%d figures of the peer's own connect latency, want 2", peerFigs)
+	}
+}
+
+func TestKNPDiagnosesMissingNFTQueue(t *testing.T) {
+	a := knpPolicyAgent(nil, t.TempDir(), knpRelease)
+	// What v0.8.0 logs, every sync, when the kernel refuses its table.
+	refused := `E1125 23:02:11.123456  1 controller.go:540] "syncing nftables rules" err="netlink receive: no such file or directory"`
+	if err := a.diagnose(refused); !errors.Is(err, errNoNFTQueue) {
+		t.Errorf("diagnose(refused table) = %v, want errNoNFTQueue", err)
+	}
+	if err := a.diagnose(`I1125 "Waiting for informer caches to sync"`); err != nil {
+		t.Errorf("diagnose(unrelated log) = %v, want nil", err)
+	}
+	if a.label != AgentKNP {
+		t.Errorf("label of a missing binary = %q, want %q", a.label, AgentKNP)
+	}
+}
+
+func TestModuleVersion(t *testing.T) {
+	// The built kube-network-policies programs (hack/build-tools.sh), from
+	// MERIDIAN_BIN_DIR or the repository's bin/: `go test` binaries carry
+	// no module list to read instead.
+	dir := os.Getenv("MERIDIAN_BIN_DIR")
+	if dir == "" {
+		dir = filepath.Join("..", "..", "bin")
+	}
+	tested := 0
+	for _, bin := range []string{knpRelease, knpXTQueue} {
+		path := filepath.Join(dir, bin)
+		if _, err := os.Stat(path); err != nil {
+			continue
+		}
+		tested++
+		// The xtqueue build replaces the module with a patched copy and
+		// must still report the version it patched.
+		if v := moduleVersion(path, "sigs.k8s.io/kube-network-policies"); !strings.HasPrefix(v, "v0.") {
+			t.Errorf("moduleVersion(%s) = %q, want the pinned v0.x release", path, v)
+		}
+		if v := moduleVersion(path, "example.com/not-a-dependency"); v != "" {
+			t.Errorf("moduleVersion(%s) of a module not linked = %q, want empty", path, v)
+		}
+	}
+	if v := moduleVersion(filepath.Join(t.TempDir(), "absent"), "sigs.k8s.io/kube-network-policies"); v != "" {
+		t.Errorf("moduleVersion of a missing file = %q, want empty", v)
+	}
+	if tested == 0 {
+		t.Skipf("no %s or %s in %s (hack/build-tools.sh builds them)", knpRelease, knpXTQueue, dir)
 	}
 }
 
