@@ -419,7 +419,8 @@ func TestDefaultDaemonSet(t *testing.T) {
 		t.Errorf("conflist volume %+v, want ConfigMap %s-cni", v.VolumeSource, release)
 	}
 
-	checkConflist(t, one(t, "ConfigMaps", objs.configMaps), "10-meridian.conflist", "/var/lib/meridian", 1500)
+	// No mtu by default: meridiand's derived one applies.
+	checkConflist(t, one(t, "ConfigMaps", objs.configMaps), "10-meridian.conflist", "/var/lib/meridian", 0)
 	if len(objs.serviceMonitors) != 0 {
 		t.Error("ServiceMonitor rendered by default")
 	}
@@ -429,7 +430,7 @@ func TestDefaultDaemonSet(t *testing.T) {
 	}
 	cfg := one(t, "BGPConfigurations", objs.bgpConfigs)
 	if cfg.Name != v1alpha1.BGPConfigurationName || cfg.Spec.ASNumber != 64512 || cfg.Spec.NodeToNodeMesh == nil || !*cfg.Spec.NodeToNodeMesh ||
-		cfg.Spec.Encapsulation != v1alpha1.EncapsulationNever {
+		cfg.Spec.Encapsulation != v1alpha1.EncapsulationCrossSubnet {
 		t.Errorf("BGPConfiguration %+v", cfg)
 	}
 	if len(objs.bgpPeers) != 0 {
@@ -469,8 +470,14 @@ func checkConflist(t *testing.T, cm corev1.ConfigMap, file, stateDir string, mtu
 	if err != nil {
 		t.Fatalf("meridian-cni refuses the chart's conflist: %v\n%s", err, data)
 	}
-	if conf.StateDir != stateDir || conf.MTU != mtu {
-		t.Errorf("conflist stateDir %q mtu %d, want %q %d", conf.StateDir, conf.MTU, stateDir, mtu)
+	if conf.StateDir != stateDir {
+		t.Errorf("conflist stateDir %q, want %q", conf.StateDir, stateDir)
+	}
+	// mtu 0: the conflist must not pin one.
+	if v, set := p["mtu"]; mtu == 0 && set {
+		t.Errorf("conflist pins mtu %v, want none", v)
+	} else if mtu != 0 && conf.MTU != mtu {
+		t.Errorf("conflist mtu %d, want %d", conf.MTU, mtu)
 	}
 }
 
