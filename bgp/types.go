@@ -183,6 +183,33 @@ type PeerState struct {
 	Received int
 	Accepted int
 	Rejected map[string]int
+	// Advertised counts the IPv4 unicast paths the speaker sends the
+	// neighbour.
+	Advertised int
+	// Uptime is how long the session has been established, as of the
+	// Peers call; zero when it is not established.
+	Uptime time.Duration
+	// GR is the session's graceful restart state (RFC 4724).
+	GR GracefulRestartState
+	// LastError is why the session last went down or failed to come up
+	// ("hold-timer-expired", "notification-received ..."), or a hint when
+	// a session with a TCP MD5 password is down while the node counts MD5
+	// signature failures. "" when nothing went wrong since the speaker
+	// started; it outlives a recovery, as history.
+	LastError string
+}
+
+// GracefulRestartState says where a session stands in graceful restart.
+type GracefulRestartState struct {
+	// Negotiated is true when both sides announced graceful restart for
+	// IPv4 unicast in the last OPEN exchange.
+	Negotiated bool
+	// PeerRestarting is true while the neighbour's session is down and
+	// its paths are kept as stale (RFC 4724 section 4.2).
+	PeerRestarting bool
+	// LocalRestarting is true while this speaker is in its own restart
+	// and holds its updates back until End-of-RIB (section 4.1).
+	LocalRestarting bool
 }
 
 // Speaker is what the rest of Meridian needs from a BGP implementation.

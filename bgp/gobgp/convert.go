@@ -405,13 +405,20 @@ func sessionState(s api.PeerState_SessionState) string {
 	return strings.ToLower(s.String())
 }
 
-// peerStateFromAPI converts a GoBGP neighbour into its observed state.
-// EndOfRIB only counts in an established session: GoBGP clears it on
-// session loss, but a stale true must never reach callers.
-func peerStateFromAPI(ap *api.Peer, configured bgp.Peer) (st bgp.PeerState, grReceived bool) {
+// peerStateFromAPI converts a GoBGP neighbour into its observed state as
+// of now. EndOfRIB and Uptime only count in an established session: GoBGP
+// clears End-of-RIB on session loss and keeps the time of the last
+// establishment, but neither may reach callers for a session that is down.
+// Advertised needs the neighbour listed with EnableAdvertised.
+func peerStateFromAPI(ap *api.Peer, configured bgp.Peer, now time.Time) (st bgp.PeerState, grReceived bool) {
 	st.Peer = configured
 	st.State = sessionState(ap.GetState().GetSessionState())
 	established := ap.GetState().GetSessionState() == api.PeerState_ESTABLISHED
+	if up := ap.GetTimers().GetState().GetUptime(); established && up != nil {
+		// GoBGP keeps whole seconds; a clock step back must not make a
+		// negative uptime.
+		st.Uptime = max(now.Sub(up.AsTime()), 0).Truncate(time.Second)
+	}
 	for _, af := range ap.GetAfiSafis() {
 		f := af.GetConfig().GetFamily()
 		if f.GetAfi() != api.Family_AFI_IP || f.GetSafi() != api.Family_SAFI_UNICAST {
@@ -420,6 +427,18 @@ func peerStateFromAPI(ap *api.Peer, configured bgp.Peer) (st bgp.PeerState, grRe
 		mp := af.GetMpGracefulRestart().GetState()
 		st.EndOfRIB = established && mp.GetEndOfRibReceived()
 		grReceived = mp.GetReceived()
+		if established {
+			st.Advertised = int(af.GetState().GetAdvertised())
+		}
+	}
+	gr := ap.GetGracefulRestart()
+	// GoBGP marks the family Received only when its own side has graceful
+	// restart enabled and the peer's capability lists IPv4 unicast, which
+	// is what negotiated means for this speaker.
+	st.GR = bgp.GracefulRestartState{
+		Negotiated:      gr.GetEnabled() && grReceived,
+		PeerRestarting:  gr.GetPeerRestarting(),
+		LocalRestarting: gr.GetLocalRestarting(),
 	}
 	return st, grReceived
 }

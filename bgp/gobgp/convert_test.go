@@ -386,7 +386,7 @@ func TestPeerStateFromAPI(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			st, gr := peerStateFromAPI(tt.peer, cfgd)
+			st, gr := peerStateFromAPI(tt.peer, cfgd, time.Now())
 			if st.Peer != cfgd || st.State != tt.wantState || st.EndOfRIB != tt.wantEOR {
 				t.Fatalf("got %+v, want state %s eor %v", st, tt.wantState, tt.wantEOR)
 			}

@@ -4,8 +4,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
+	"reflect"
 	"sort"
 	"strings"
+	"sync"
 
 	gobgplog "github.com/osrg/gobgp/v3/pkg/log"
 )
@@ -13,13 +16,19 @@ import (
 // slogLogger bridges GoBGP's logger interface to slog. The level lives in
 // the slog handler, so SetLevel is ignored and GetLevel reports what the
 // handler would print; GoBGP uses GetLevel to skip building debug fields.
+// When down is set, every entry also passes through it, whatever the level,
+// so it can keep why sessions went down.
 type slogLogger struct {
-	log *slog.Logger
+	log  *slog.Logger
+	down *downReasons
 }
 
 var _ gobgplog.Logger = slogLogger{}
 
 func (l slogLogger) emit(level slog.Level, msg string, fields gobgplog.Fields) {
+	if l.down != nil {
+		l.down.observe(msg, fields)
+	}
 	ctx := context.Background()
 	if !l.log.Enabled(ctx, level) {
 		return
@@ -47,17 +56,113 @@ func fieldAttrs(fields gobgplog.Fields) []slog.Attr {
 		case k == gobgplog.FieldFacility:
 			name = "facility"
 		}
-		if err, ok := v.(error); ok {
-			attrs = append(attrs, slog.String(name, err.Error()))
-			continue
-		}
-		if s, ok := v.(fmt.Stringer); ok {
-			attrs = append(attrs, slog.String(name, s.String()))
+		if s, ok := stringOf(v); ok {
+			attrs = append(attrs, slog.String(name, s))
 			continue
 		}
 		attrs = append(attrs, slog.Any(name, v))
 	}
 	return attrs
+}
+
+// stringOf renders errors and Stringers. GoBGP passes some as typed nil
+// pointers (the FSM's reason before the first transition), whose String
+// method would panic on a value receiver.
+func stringOf(v any) (string, bool) {
+	if v == nil {
+		return "", false
+	}
+	if rv := reflect.ValueOf(v); rv.Kind() == reflect.Pointer && rv.IsNil() {
+		return "", false
+	}
+	switch x := v.(type) {
+	case error:
+		return x.Error(), true
+	case fmt.Stringer:
+		return x.String(), true
+	}
+	return "", false
+}
+
+// downReasons keeps, per neighbour, why its session last went down or
+// failed to come up. GoBGP's API has no such field (its PeerState carries
+// counters, not reasons); its log has, in two entries it always makes
+// whatever the level: "Peer Down" when an established session ends, with
+// the reason including a NOTIFICATION it sent, and the debug entry "state
+// changed" for every FSM transition, whose move to idle from OpenSent or
+// OpenConfirm says why a session failed before it was up (a NOTIFICATION
+// such as a bad peer AS, a hold timer, a closed connection).
+type downReasons struct {
+	mu sync.Mutex
+	m  map[netip.Addr]string
+}
+
+func newDownReasons() *downReasons {
+	return &downReasons{m: make(map[netip.Addr]string)}
+}
+
+func (d *downReasons) observe(msg string, fields gobgplog.Fields) {
+	a, reason, ok := downReason(msg, fields)
+	if !ok {
+		return
+	}
+	d.mu.Lock()
+	d.m[a] = reason
+	d.mu.Unlock()
+}
+
+// get returns the last reason recorded for a, "" if none.
+func (d *downReasons) get(a netip.Addr) string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.m[a]
+}
+
+// forget drops a's history, for a neighbour configured anew.
+func (d *downReasons) forget(a netip.Addr) {
+	d.mu.Lock()
+	delete(d.m, a)
+	d.mu.Unlock()
+}
+
+// GoBGP's names for the FSM states in its log fields (bgp.FSMState).
+const (
+	fsmIdle        = "BGP_FSM_IDLE"
+	fsmEstablished = "BGP_FSM_ESTABLISHED"
+)
+
+// downReason picks a session failure out of one GoBGP log entry: the
+// neighbour and GoBGP's reason ("hold-timer-expired", "read-failed",
+// "notification-received cease/administrative-reset", ...).
+func downReason(msg string, fields gobgplog.Fields) (netip.Addr, string, bool) {
+	if fields["Topic"] != "Peer" {
+		return netip.Addr{}, "", false
+	}
+	key, _ := fields["Key"].(string)
+	a, err := netip.ParseAddr(key)
+	if err != nil {
+		return netip.Addr{}, "", false
+	}
+	var reason string
+	switch msg {
+	case "Peer Down":
+		reason, _ = stringOf(fields["Reason"])
+	case "state changed":
+		// Leaving Established is "Peer Down"'s, which knows better (it
+		// names the NOTIFICATION this side sent) and is logged first.
+		oldState, _ := stringOf(fields["old"])
+		newState, _ := stringOf(fields["new"])
+		if newState != fsmIdle || oldState == fsmEstablished || oldState == fsmIdle {
+			return netip.Addr{}, "", false
+		}
+		reason, _ = stringOf(fields["reason"])
+	default:
+		return netip.Addr{}, "", false
+	}
+	if reason == "" {
+		return netip.Addr{}, "", false
+	}
+	return a.Unmap(), reason, true
 }
 
 // Panic keeps GoBGP's contract: the caller expects not to return.

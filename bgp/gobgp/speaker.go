@@ -84,6 +84,15 @@ type Speaker struct {
 	// from mu so a slow SetPeers does not hold up the API.
 	policyMu sync.RWMutex
 	policy   bgp.ImportPolicy
+
+	// down records why sessions went down, from GoBGP's log.
+	down *downReasons
+	// md5Counters reads the node's TCP MD5 drop counters; md5Base is what
+	// they were when Run started (valid only if md5BaseOK), so Peers can
+	// tell drops since then from a node's old history.
+	md5Counters func() (TCPMD5Counters, error)
+	md5Base     TCPMD5Counters
+	md5BaseOK   bool
 }
 
 var _ bgp.Speaker = (*Speaker)(nil)
@@ -98,17 +107,20 @@ func New(cfg bgp.Config, log *slog.Logger) (*Speaker, error) {
 	}
 	log = log.With("subsys", "bgp")
 	cfg.ListenAddresses = slices.Clone(cfg.ListenAddresses)
+	down := newDownReasons()
 	return &Speaker{
-		cfg:      cfg,
-		log:      log,
-		srv:      server.NewBgpServer(server.LoggerOption(slogLogger{log: log.With("component", "gobgp")})),
-		changes:  make(chan struct{}, 1),
-		recheck:  make(chan struct{}, 1),
-		started:  make(chan struct{}),
-		stopped:  make(chan struct{}),
-		peers:    make(map[netip.Addr]bgp.Peer),
-		ads:      make(map[netip.Prefix]bgp.Advertisement),
-		external: make(map[netip.Addr]bool),
+		cfg:         cfg,
+		log:         log,
+		srv:         server.NewBgpServer(server.LoggerOption(slogLogger{log: log.With("component", "gobgp"), down: down})),
+		down:        down,
+		md5Counters: ReadTCPMD5Counters,
+		changes:     make(chan struct{}, 1),
+		recheck:     make(chan struct{}, 1),
+		started:     make(chan struct{}),
+		stopped:     make(chan struct{}),
+		peers:       make(map[netip.Addr]bgp.Peer),
+		ads:         make(map[netip.Prefix]bgp.Advertisement),
+		external:    make(map[netip.Addr]bool),
 	}, nil
 }
 
@@ -140,6 +152,11 @@ func (s *Speaker) Run(ctx context.Context) error {
 		port = -1
 	}
 	start := time.Now()
+	if c, err := s.md5Counters(); err != nil {
+		s.log.Info("tcp md5 counters unavailable; peers will not get md5 hints", "err", err)
+	} else {
+		s.md5Base, s.md5BaseOK = c, true
+	}
 	if err := s.srv.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
 		Asn:             s.cfg.ASN,
 		RouterId:        s.cfg.RouterID.String(),
@@ -259,7 +276,7 @@ func (s *Speaker) checkConverged(ctx context.Context) {
 		if !ok {
 			return
 		}
-		if st, gr := peerStateFromAPI(ap, p); synced(st, gr) {
+		if st, gr := peerStateFromAPI(ap, p, time.Time{}); synced(st, gr) {
 			done++
 		}
 	})
@@ -386,6 +403,9 @@ func (s *Speaker) addPeer(ctx context.Context, p bgp.Peer) error {
 	// Only peers configured during the initial sync announce the restart:
 	// later ones meet a speaker whose forwarding state is already fresh.
 	restarting := s.cfg.Restarting && !s.converged.Load()
+	// A neighbour configured anew starts without history; a previous
+	// incarnation's "Peer Down" may still be logged after its deletion.
+	s.down.forget(p.Address)
 	if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: peerToAPI(s.cfg, p, restarting)}); err != nil {
 		return fmt.Errorf("add peer %s (%s): %w", p.Name, p.Address, err)
 	}
@@ -538,7 +558,8 @@ func (s *Speaker) Peers(ctx context.Context) ([]bgp.PeerState, error) {
 	counts := bgp.Count(paths)
 
 	var out []bgp.PeerState
-	err = s.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(ap *api.Peer) {
+	now := time.Now()
+	err = s.srv.ListPeer(ctx, &api.ListPeerRequest{EnableAdvertised: true}, func(ap *api.Peer) {
 		a, err := netip.ParseAddr(ap.GetConf().GetNeighborAddress())
 		if err != nil {
 			return
@@ -554,16 +575,47 @@ func (s *Speaker) Peers(ctx context.Context) ([]bgp.PeerState, error) {
 				Passive: ap.GetTransport().GetPassiveMode(),
 			}
 		}
-		st, _ := peerStateFromAPI(ap, p)
+		st, _ := peerStateFromAPI(ap, p, now)
 		c := counts[a]
 		st.Received, st.Accepted, st.Rejected = c.Received, c.Accepted, c.Rejected
+		st.LastError = s.down.get(a)
 		out = append(out, st)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list peers: %w", err)
 	}
+	s.addMD5Hints(out)
 	slices.SortFunc(out, func(a, b bgp.PeerState) int { return a.Address.Compare(b.Address) })
 	return out, nil
+}
+
+// addMD5Hints explains sessions with a TCP MD5 password that are down
+// while the node counts MD5 drops: a password mismatch drops the TCP
+// handshake in the kernel, so GoBGP only ever sees a connection that does
+// not come up and has no reason to log.
+func (s *Speaker) addMD5Hints(peers []bgp.PeerState) {
+	if !s.md5BaseOK || !slices.ContainsFunc(peers, func(st bgp.PeerState) bool {
+		return st.Password != "" && st.State != "established"
+	}) {
+		return
+	}
+	now, err := s.md5Counters()
+	if err != nil {
+		s.log.Debug("read tcp md5 counters", "err", err)
+		return
+	}
+	delta := now.Sub(s.md5Base)
+	for i := range peers {
+		st := &peers[i]
+		hint := md5Hint(st.Password != "", st.State == "established", delta)
+		if hint == "" {
+			continue
+		}
+		if st.LastError != "" {
+			hint += " (before: " + st.LastError + ")"
+		}
+		st.LastError = hint
+	}
 }
 
 func comparePaths(a, b bgp.Path) int {

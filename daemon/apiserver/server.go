@@ -24,6 +24,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	meridianv1 "github.com/meridian-net/meridian/api/meridian/v1"
 	"github.com/meridian-net/meridian/bgp"
@@ -409,13 +410,25 @@ func (s *Server) ListPeers(_ *meridianv1.ListPeersRequest, stream grpc.ServerStr
 	slices.SortFunc(ps, func(a, b bgp.PeerState) int { return a.Address.Compare(b.Address) })
 	for _, p := range ps {
 		msg := &meridianv1.Peer{
-			Name:     p.Name,
-			Address:  p.Address.String(),
-			Asn:      p.ASN,
-			State:    p.State,
-			EndOfRib: p.EndOfRIB,
-			Received: uint32(p.Received),
-			Accepted: uint32(p.Accepted),
+			Name:       p.Name,
+			Address:    p.Address.String(),
+			Asn:        p.ASN,
+			State:      p.State,
+			EndOfRib:   p.EndOfRIB,
+			Received:   uint32(p.Received),
+			Accepted:   uint32(p.Accepted),
+			Advertised: uint32(p.Advertised),
+			LastError:  p.LastError,
+		}
+		if p.Uptime > 0 {
+			msg.Uptime = durationpb.New(p.Uptime)
+		}
+		if p.GR != (bgp.GracefulRestartState{}) {
+			msg.GracefulRestart = &meridianv1.GracefulRestartState{
+				Negotiated:      p.GR.Negotiated,
+				PeerRestarting:  p.GR.PeerRestarting,
+				LocalRestarting: p.GR.LocalRestarting,
+			}
 		}
 		for reason, n := range p.Rejected {
 			if msg.Rejected == nil {

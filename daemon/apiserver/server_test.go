@@ -70,8 +70,10 @@ func testSources() Sources {
 					Communities: []bgp.Community{{A: 64512, B: 100}, {Large: true, A: 64512, B: 1, C: 2}}},
 			},
 			peers: []bgp.PeerState{
-				{Peer: bgp.Peer{Name: "node-c", Address: addr("198.18.0.13"), ASN: 64512}, State: "active"},
-				{Peer: bgp.Peer{Name: "node-b", Address: addr("198.18.0.12"), ASN: 64512}, State: "established", EndOfRIB: true},
+				{Peer: bgp.Peer{Name: "node-c", Address: addr("198.18.0.13"), ASN: 64512}, State: "active",
+					LastError: "hold-timer-expired", GR: bgp.GracefulRestartState{Negotiated: true, PeerRestarting: true}},
+				{Peer: bgp.Peer{Name: "node-b", Address: addr("198.18.0.12"), ASN: 64512}, State: "established", EndOfRIB: true,
+					Uptime: 90 * time.Second, Advertised: 3, GR: bgp.GracefulRestartState{Negotiated: true}},
 			},
 		},
 		IPAM: store{
@@ -315,9 +317,15 @@ func TestListPeersAndIPAM(t *testing.T) {
 			t.Fatalf("ListPeers: %v", err)
 		}
 		p := m.GetPeer()
-		peers = append(peers, fmt.Sprintf("%s %s %d %s %t", p.GetName(), p.GetAddress(), p.GetAsn(), p.GetState(), p.GetEndOfRib()))
+		gr := p.GetGracefulRestart()
+		peers = append(peers, fmt.Sprintf("%s %s %d %s %t up=%v adv=%d gr=%t/%t/%t err=%q", p.GetName(), p.GetAddress(), p.GetAsn(), p.GetState(), p.GetEndOfRib(),
+			p.GetUptime().AsDuration(), p.GetAdvertised(), gr.GetNegotiated(), gr.GetPeerRestarting(), gr.GetLocalRestarting(), p.GetLastError()))
+		if p.GetState() != "established" && p.Uptime != nil {
+			t.Errorf("peer %s is %s but has uptime %v", p.GetName(), p.GetState(), p.Uptime)
+		}
 	}
-	if got, want := strings.Join(peers, "; "), "node-b 198.18.0.12 64512 established true; node-c 198.18.0.13 64512 active false"; got != want {
+	if got, want := strings.Join(peers, "; "), `node-b 198.18.0.12 64512 established true up=1m30s adv=3 gr=true/false/false err=""; `+
+		`node-c 198.18.0.13 64512 active false up=0s adv=0 gr=true/true/false err="hold-timer-expired"`; got != want {
 		t.Errorf("ListPeers:\n got %s\nwant %s", got, want)
 	}
 

@@ -14,6 +14,7 @@ package meridianv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -181,7 +182,7 @@ func (x WatchRoutesResponse_EventType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchRoutesResponse_EventType.Descriptor instead.
 func (WatchRoutesResponse_EventType) EnumDescriptor() ([]byte, []int) {
-	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{10, 0}
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{11, 0}
 }
 
 type ListRoutesRequest struct {
@@ -515,11 +516,24 @@ type Peer struct {
 	// received counts the peer's IPv4 unicast paths in the RIB; accepted
 	// those the import policy let through; rejected the others by reason
 	// (such as "outsideAllowed", "defaultRoute").
-	Received      uint32            `protobuf:"varint,6,opt,name=received,proto3" json:"received,omitempty"`
-	Accepted      uint32            `protobuf:"varint,7,opt,name=accepted,proto3" json:"accepted,omitempty"`
-	Rejected      map[string]uint32 `protobuf:"bytes,8,rep,name=rejected,proto3" json:"rejected,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Received uint32            `protobuf:"varint,6,opt,name=received,proto3" json:"received,omitempty"`
+	Accepted uint32            `protobuf:"varint,7,opt,name=accepted,proto3" json:"accepted,omitempty"`
+	Rejected map[string]uint32 `protobuf:"bytes,8,rep,name=rejected,proto3" json:"rejected,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// uptime is how long the session has been established; unset when it
+	// is not established.
+	Uptime *durationpb.Duration `protobuf:"bytes,9,opt,name=uptime,proto3" json:"uptime,omitempty"`
+	// advertised counts the IPv4 unicast paths this node sends the peer.
+	Advertised uint32 `protobuf:"varint,10,opt,name=advertised,proto3" json:"advertised,omitempty"`
+	// last_error is why the session last went down or failed to come up,
+	// as the speaker saw it ("hold-timer-expired", "notification-received
+	// cease/...", "read-failed"), or, for a peer with a TCP MD5 password and
+	// no session, a hint that the node counted MD5 signature failures.
+	// Empty when nothing went wrong since the speaker started. It stays
+	// after the session recovers: it is history, not state.
+	LastError       string                `protobuf:"bytes,11,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	GracefulRestart *GracefulRestartState `protobuf:"bytes,12,opt,name=graceful_restart,json=gracefulRestart,proto3" json:"graceful_restart,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Peer) Reset() {
@@ -608,6 +622,101 @@ func (x *Peer) GetRejected() map[string]uint32 {
 	return nil
 }
 
+func (x *Peer) GetUptime() *durationpb.Duration {
+	if x != nil {
+		return x.Uptime
+	}
+	return nil
+}
+
+func (x *Peer) GetAdvertised() uint32 {
+	if x != nil {
+		return x.Advertised
+	}
+	return 0
+}
+
+func (x *Peer) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *Peer) GetGracefulRestart() *GracefulRestartState {
+	if x != nil {
+		return x.GracefulRestart
+	}
+	return nil
+}
+
+// GracefulRestartState is a session's graceful restart (RFC 4724) state.
+type GracefulRestartState struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// negotiated is true when both sides announced graceful restart for
+	// IPv4 unicast in the last OPEN exchange.
+	Negotiated bool `protobuf:"varint,1,opt,name=negotiated,proto3" json:"negotiated,omitempty"`
+	// peer_restarting is true while the peer's session is down and its
+	// paths are kept as stale, waiting for it to come back.
+	PeerRestarting bool `protobuf:"varint,2,opt,name=peer_restarting,json=peerRestarting,proto3" json:"peer_restarting,omitempty"`
+	// local_restarting is true while this node is in its own restart: it
+	// holds its updates back until its peers sent End-of-RIB.
+	LocalRestarting bool `protobuf:"varint,3,opt,name=local_restarting,json=localRestarting,proto3" json:"local_restarting,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *GracefulRestartState) Reset() {
+	*x = GracefulRestartState{}
+	mi := &file_meridian_v1_meridian_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GracefulRestartState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GracefulRestartState) ProtoMessage() {}
+
+func (x *GracefulRestartState) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_meridian_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GracefulRestartState.ProtoReflect.Descriptor instead.
+func (*GracefulRestartState) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *GracefulRestartState) GetNegotiated() bool {
+	if x != nil {
+		return x.Negotiated
+	}
+	return false
+}
+
+func (x *GracefulRestartState) GetPeerRestarting() bool {
+	if x != nil {
+		return x.PeerRestarting
+	}
+	return false
+}
+
+func (x *GracefulRestartState) GetLocalRestarting() bool {
+	if x != nil {
+		return x.LocalRestarting
+	}
+	return false
+}
+
 type ListIPAMRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -616,7 +725,7 @@ type ListIPAMRequest struct {
 
 func (x *ListIPAMRequest) Reset() {
 	*x = ListIPAMRequest{}
-	mi := &file_meridian_v1_meridian_proto_msgTypes[6]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -628,7 +737,7 @@ func (x *ListIPAMRequest) String() string {
 func (*ListIPAMRequest) ProtoMessage() {}
 
 func (x *ListIPAMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_meridian_proto_msgTypes[6]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -641,7 +750,7 @@ func (x *ListIPAMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIPAMRequest.ProtoReflect.Descriptor instead.
 func (*ListIPAMRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{6}
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{7}
 }
 
 type ListIPAMResponse struct {
@@ -653,7 +762,7 @@ type ListIPAMResponse struct {
 
 func (x *ListIPAMResponse) Reset() {
 	*x = ListIPAMResponse{}
-	mi := &file_meridian_v1_meridian_proto_msgTypes[7]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -665,7 +774,7 @@ func (x *ListIPAMResponse) String() string {
 func (*ListIPAMResponse) ProtoMessage() {}
 
 func (x *ListIPAMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_meridian_proto_msgTypes[7]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -678,7 +787,7 @@ func (x *ListIPAMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIPAMResponse.ProtoReflect.Descriptor instead.
 func (*ListIPAMResponse) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{7}
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListIPAMResponse) GetAllocation() *Allocation {
@@ -701,7 +810,7 @@ type Allocation struct {
 
 func (x *Allocation) Reset() {
 	*x = Allocation{}
-	mi := &file_meridian_v1_meridian_proto_msgTypes[8]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -713,7 +822,7 @@ func (x *Allocation) String() string {
 func (*Allocation) ProtoMessage() {}
 
 func (x *Allocation) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_meridian_proto_msgTypes[8]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -726,7 +835,7 @@ func (x *Allocation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Allocation.ProtoReflect.Descriptor instead.
 func (*Allocation) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{8}
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Allocation) GetAddress() string {
@@ -762,7 +871,7 @@ type WatchRoutesRequest struct {
 
 func (x *WatchRoutesRequest) Reset() {
 	*x = WatchRoutesRequest{}
-	mi := &file_meridian_v1_meridian_proto_msgTypes[9]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -774,7 +883,7 @@ func (x *WatchRoutesRequest) String() string {
 func (*WatchRoutesRequest) ProtoMessage() {}
 
 func (x *WatchRoutesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_meridian_proto_msgTypes[9]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -787,7 +896,7 @@ func (x *WatchRoutesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRoutesRequest.ProtoReflect.Descriptor instead.
 func (*WatchRoutesRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{9}
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *WatchRoutesRequest) GetPrefix() string {
@@ -821,7 +930,7 @@ type WatchRoutesResponse struct {
 
 func (x *WatchRoutesResponse) Reset() {
 	*x = WatchRoutesResponse{}
-	mi := &file_meridian_v1_meridian_proto_msgTypes[10]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -833,7 +942,7 @@ func (x *WatchRoutesResponse) String() string {
 func (*WatchRoutesResponse) ProtoMessage() {}
 
 func (x *WatchRoutesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_meridian_proto_msgTypes[10]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -846,7 +955,7 @@ func (x *WatchRoutesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRoutesResponse.ProtoReflect.Descriptor instead.
 func (*WatchRoutesResponse) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{10}
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *WatchRoutesResponse) GetType() WatchRoutesResponse_EventType {
@@ -874,7 +983,7 @@ type ListServicesRequest struct {
 
 func (x *ListServicesRequest) Reset() {
 	*x = ListServicesRequest{}
-	mi := &file_meridian_v1_meridian_proto_msgTypes[11]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -886,7 +995,7 @@ func (x *ListServicesRequest) String() string {
 func (*ListServicesRequest) ProtoMessage() {}
 
 func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_meridian_proto_msgTypes[11]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -899,7 +1008,7 @@ func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesRequest.ProtoReflect.Descriptor instead.
 func (*ListServicesRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{11}
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListServicesRequest) GetNamespace() string {
@@ -925,7 +1034,7 @@ type ListServicesResponse struct {
 
 func (x *ListServicesResponse) Reset() {
 	*x = ListServicesResponse{}
-	mi := &file_meridian_v1_meridian_proto_msgTypes[12]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -937,7 +1046,7 @@ func (x *ListServicesResponse) String() string {
 func (*ListServicesResponse) ProtoMessage() {}
 
 func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_meridian_proto_msgTypes[12]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -950,7 +1059,7 @@ func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesResponse.ProtoReflect.Descriptor instead.
 func (*ListServicesResponse) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{12}
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListServicesResponse) GetService() *Service {
@@ -976,7 +1085,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_meridian_v1_meridian_proto_msgTypes[13]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -988,7 +1097,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_meridian_proto_msgTypes[13]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1001,7 +1110,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{13}
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Service) GetNamespace() string {
@@ -1061,7 +1170,7 @@ type ServicePort struct {
 
 func (x *ServicePort) Reset() {
 	*x = ServicePort{}
-	mi := &file_meridian_v1_meridian_proto_msgTypes[14]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1073,7 +1182,7 @@ func (x *ServicePort) String() string {
 func (*ServicePort) ProtoMessage() {}
 
 func (x *ServicePort) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_meridian_proto_msgTypes[14]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1086,7 +1195,7 @@ func (x *ServicePort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServicePort.ProtoReflect.Descriptor instead.
 func (*ServicePort) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{14}
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ServicePort) GetKey() string {
@@ -1176,7 +1285,7 @@ type Frontend struct {
 
 func (x *Frontend) Reset() {
 	*x = Frontend{}
-	mi := &file_meridian_v1_meridian_proto_msgTypes[15]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1188,7 +1297,7 @@ func (x *Frontend) String() string {
 func (*Frontend) ProtoMessage() {}
 
 func (x *Frontend) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_meridian_proto_msgTypes[15]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1201,7 +1310,7 @@ func (x *Frontend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Frontend.ProtoReflect.Descriptor instead.
 func (*Frontend) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{15}
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Frontend) GetKind() string {
@@ -1274,7 +1383,7 @@ type Target struct {
 
 func (x *Target) Reset() {
 	*x = Target{}
-	mi := &file_meridian_v1_meridian_proto_msgTypes[16]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1286,7 +1395,7 @@ func (x *Target) String() string {
 func (*Target) ProtoMessage() {}
 
 func (x *Target) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_meridian_proto_msgTypes[16]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1299,7 +1408,7 @@ func (x *Target) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Target.ProtoReflect.Descriptor instead.
 func (*Target) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{16}
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Target) GetKey() string {
@@ -1353,7 +1462,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_meridian_v1_meridian_proto_msgTypes[17]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1365,7 +1474,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_meridian_proto_msgTypes[17]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1378,7 +1487,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{17}
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Endpoint) GetAddress() string {
@@ -1441,7 +1550,7 @@ type ListPoliciesRequest struct {
 
 func (x *ListPoliciesRequest) Reset() {
 	*x = ListPoliciesRequest{}
-	mi := &file_meridian_v1_meridian_proto_msgTypes[18]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1453,7 +1562,7 @@ func (x *ListPoliciesRequest) String() string {
 func (*ListPoliciesRequest) ProtoMessage() {}
 
 func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_meridian_proto_msgTypes[18]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1466,7 +1575,7 @@ func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{18}
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListPoliciesRequest) GetNamespace() string {
@@ -1492,7 +1601,7 @@ type ListPoliciesResponse struct {
 
 func (x *ListPoliciesResponse) Reset() {
 	*x = ListPoliciesResponse{}
-	mi := &file_meridian_v1_meridian_proto_msgTypes[19]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1504,7 +1613,7 @@ func (x *ListPoliciesResponse) String() string {
 func (*ListPoliciesResponse) ProtoMessage() {}
 
 func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_meridian_proto_msgTypes[19]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1517,7 +1626,7 @@ func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{19}
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListPoliciesResponse) GetPod() *PodPolicy {
@@ -1541,7 +1650,7 @@ type PodPolicy struct {
 
 func (x *PodPolicy) Reset() {
 	*x = PodPolicy{}
-	mi := &file_meridian_v1_meridian_proto_msgTypes[20]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1553,7 +1662,7 @@ func (x *PodPolicy) String() string {
 func (*PodPolicy) ProtoMessage() {}
 
 func (x *PodPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_meridian_proto_msgTypes[20]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1566,7 +1675,7 @@ func (x *PodPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PodPolicy.ProtoReflect.Descriptor instead.
 func (*PodPolicy) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{20}
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PodPolicy) GetNamespace() string {
@@ -1623,7 +1732,7 @@ type PolicyDirection struct {
 
 func (x *PolicyDirection) Reset() {
 	*x = PolicyDirection{}
-	mi := &file_meridian_v1_meridian_proto_msgTypes[21]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1635,7 +1744,7 @@ func (x *PolicyDirection) String() string {
 func (*PolicyDirection) ProtoMessage() {}
 
 func (x *PolicyDirection) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_meridian_proto_msgTypes[21]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1648,7 +1757,7 @@ func (x *PolicyDirection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyDirection.ProtoReflect.Descriptor instead.
 func (*PolicyDirection) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{21}
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PolicyDirection) GetIsolated() bool {
@@ -1701,7 +1810,7 @@ type PolicyRule struct {
 
 func (x *PolicyRule) Reset() {
 	*x = PolicyRule{}
-	mi := &file_meridian_v1_meridian_proto_msgTypes[22]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1713,7 +1822,7 @@ func (x *PolicyRule) String() string {
 func (*PolicyRule) ProtoMessage() {}
 
 func (x *PolicyRule) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_meridian_proto_msgTypes[22]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1726,7 +1835,7 @@ func (x *PolicyRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyRule.ProtoReflect.Descriptor instead.
 func (*PolicyRule) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{22}
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PolicyRule) GetPolicy() string {
@@ -1779,7 +1888,7 @@ type PolicyCounters struct {
 
 func (x *PolicyCounters) Reset() {
 	*x = PolicyCounters{}
-	mi := &file_meridian_v1_meridian_proto_msgTypes[23]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1791,7 +1900,7 @@ func (x *PolicyCounters) String() string {
 func (*PolicyCounters) ProtoMessage() {}
 
 func (x *PolicyCounters) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_meridian_proto_msgTypes[23]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1804,7 +1913,7 @@ func (x *PolicyCounters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyCounters.ProtoReflect.Descriptor instead.
 func (*PolicyCounters) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{23}
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PolicyCounters) GetDroppedPackets() uint64 {
@@ -1847,7 +1956,7 @@ type RuleHits struct {
 
 func (x *RuleHits) Reset() {
 	*x = RuleHits{}
-	mi := &file_meridian_v1_meridian_proto_msgTypes[24]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1859,7 +1968,7 @@ func (x *RuleHits) String() string {
 func (*RuleHits) ProtoMessage() {}
 
 func (x *RuleHits) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_meridian_proto_msgTypes[24]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1872,7 +1981,7 @@ func (x *RuleHits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RuleHits.ProtoReflect.Descriptor instead.
 func (*RuleHits) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{24}
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RuleHits) GetPolicy() string {
@@ -1918,7 +2027,7 @@ type EvaluateRequest struct {
 
 func (x *EvaluateRequest) Reset() {
 	*x = EvaluateRequest{}
-	mi := &file_meridian_v1_meridian_proto_msgTypes[25]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1930,7 +2039,7 @@ func (x *EvaluateRequest) String() string {
 func (*EvaluateRequest) ProtoMessage() {}
 
 func (x *EvaluateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_meridian_proto_msgTypes[25]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1943,7 +2052,7 @@ func (x *EvaluateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvaluateRequest.ProtoReflect.Descriptor instead.
 func (*EvaluateRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{25}
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *EvaluateRequest) GetSource() string {
@@ -1995,7 +2104,7 @@ type EvaluateResponse struct {
 
 func (x *EvaluateResponse) Reset() {
 	*x = EvaluateResponse{}
-	mi := &file_meridian_v1_meridian_proto_msgTypes[26]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2007,7 +2116,7 @@ func (x *EvaluateResponse) String() string {
 func (*EvaluateResponse) ProtoMessage() {}
 
 func (x *EvaluateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_meridian_proto_msgTypes[26]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2020,7 +2129,7 @@ func (x *EvaluateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvaluateResponse.ProtoReflect.Descriptor instead.
 func (*EvaluateResponse) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{26}
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *EvaluateResponse) GetAllowed() bool {
@@ -2075,7 +2184,7 @@ type DirectionVerdict struct {
 
 func (x *DirectionVerdict) Reset() {
 	*x = DirectionVerdict{}
-	mi := &file_meridian_v1_meridian_proto_msgTypes[27]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2087,7 +2196,7 @@ func (x *DirectionVerdict) String() string {
 func (*DirectionVerdict) ProtoMessage() {}
 
 func (x *DirectionVerdict) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_meridian_proto_msgTypes[27]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2100,7 +2209,7 @@ func (x *DirectionVerdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectionVerdict.ProtoReflect.Descriptor instead.
 func (*DirectionVerdict) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{27}
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DirectionVerdict) GetPod() string {
@@ -2148,7 +2257,7 @@ type RuleRef struct {
 
 func (x *RuleRef) Reset() {
 	*x = RuleRef{}
-	mi := &file_meridian_v1_meridian_proto_msgTypes[28]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2160,7 +2269,7 @@ func (x *RuleRef) String() string {
 func (*RuleRef) ProtoMessage() {}
 
 func (x *RuleRef) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_meridian_proto_msgTypes[28]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2173,7 +2282,7 @@ func (x *RuleRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RuleRef.ProtoReflect.Descriptor instead.
 func (*RuleRef) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{28}
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RuleRef) GetPolicy() string {
@@ -2198,7 +2307,7 @@ type GetDataplaneStatusRequest struct {
 
 func (x *GetDataplaneStatusRequest) Reset() {
 	*x = GetDataplaneStatusRequest{}
-	mi := &file_meridian_v1_meridian_proto_msgTypes[29]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2210,7 +2319,7 @@ func (x *GetDataplaneStatusRequest) String() string {
 func (*GetDataplaneStatusRequest) ProtoMessage() {}
 
 func (x *GetDataplaneStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_meridian_proto_msgTypes[29]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2223,7 +2332,7 @@ func (x *GetDataplaneStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDataplaneStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetDataplaneStatusRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{29}
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{30}
 }
 
 type GetDataplaneStatusResponse struct {
@@ -2252,7 +2361,7 @@ type GetDataplaneStatusResponse struct {
 
 func (x *GetDataplaneStatusResponse) Reset() {
 	*x = GetDataplaneStatusResponse{}
-	mi := &file_meridian_v1_meridian_proto_msgTypes[30]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2264,7 +2373,7 @@ func (x *GetDataplaneStatusResponse) String() string {
 func (*GetDataplaneStatusResponse) ProtoMessage() {}
 
 func (x *GetDataplaneStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_meridian_proto_msgTypes[30]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2277,7 +2386,7 @@ func (x *GetDataplaneStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDataplaneStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetDataplaneStatusResponse) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{30}
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *GetDataplaneStatusResponse) GetSynced() bool {
@@ -2365,7 +2474,7 @@ type Problem struct {
 
 func (x *Problem) Reset() {
 	*x = Problem{}
-	mi := &file_meridian_v1_meridian_proto_msgTypes[31]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2377,7 +2486,7 @@ func (x *Problem) String() string {
 func (*Problem) ProtoMessage() {}
 
 func (x *Problem) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_meridian_proto_msgTypes[31]
+	mi := &file_meridian_v1_meridian_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2390,7 +2499,7 @@ func (x *Problem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Problem.ProtoReflect.Descriptor instead.
 func (*Problem) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{31}
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Problem) GetSubject() string {
@@ -2425,7 +2534,7 @@ var File_meridian_v1_meridian_proto protoreflect.FileDescriptor
 
 const file_meridian_v1_meridian_proto_rawDesc = "" +
 	"\n" +
-	"\x1ameridian/v1/meridian.proto\x12\vmeridian.v1\"z\n" +
+	"\x1ameridian/v1/meridian.proto\x12\vmeridian.v1\x1a\x1egoogle/protobuf/duration.proto\"z\n" +
 	"\x11ListRoutesRequest\x12\x16\n" +
 	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x1a\n" +
 	"\bcontains\x18\x03 \x01(\tR\bcontains\x121\n" +
@@ -2456,7 +2565,7 @@ const file_meridian_v1_meridian_proto_rawDesc = "" +
 	"SOURCE_RIB\x10\x02\"\x12\n" +
 	"\x10ListPeersRequest\":\n" +
 	"\x11ListPeersResponse\x12%\n" +
-	"\x04peer\x18\x01 \x01(\v2\x11.meridian.v1.PeerR\x04peer\"\xac\x02\n" +
+	"\x04peer\x18\x01 \x01(\v2\x11.meridian.v1.PeerR\x04peer\"\xec\x03\n" +
 	"\x04Peer\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x10\n" +
@@ -2466,10 +2575,24 @@ const file_meridian_v1_meridian_proto_rawDesc = "" +
 	"end_of_rib\x18\x05 \x01(\bR\bendOfRib\x12\x1a\n" +
 	"\breceived\x18\x06 \x01(\rR\breceived\x12\x1a\n" +
 	"\baccepted\x18\a \x01(\rR\baccepted\x12;\n" +
-	"\brejected\x18\b \x03(\v2\x1f.meridian.v1.Peer.RejectedEntryR\brejected\x1a;\n" +
+	"\brejected\x18\b \x03(\v2\x1f.meridian.v1.Peer.RejectedEntryR\brejected\x121\n" +
+	"\x06uptime\x18\t \x01(\v2\x19.google.protobuf.DurationR\x06uptime\x12\x1e\n" +
+	"\n" +
+	"advertised\x18\n" +
+	" \x01(\rR\n" +
+	"advertised\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\v \x01(\tR\tlastError\x12L\n" +
+	"\x10graceful_restart\x18\f \x01(\v2!.meridian.v1.GracefulRestartStateR\x0fgracefulRestart\x1a;\n" +
 	"\rRejectedEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\x11\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\x8a\x01\n" +
+	"\x14GracefulRestartState\x12\x1e\n" +
+	"\n" +
+	"negotiated\x18\x01 \x01(\bR\n" +
+	"negotiated\x12'\n" +
+	"\x0fpeer_restarting\x18\x02 \x01(\bR\x0epeerRestarting\x12)\n" +
+	"\x10local_restarting\x18\x03 \x01(\bR\x0flocalRestarting\"\x11\n" +
 	"\x0fListIPAMRequest\"K\n" +
 	"\x10ListIPAMResponse\x127\n" +
 	"\n" +
@@ -2635,7 +2758,7 @@ func file_meridian_v1_meridian_proto_rawDescGZIP() []byte {
 }
 
 var file_meridian_v1_meridian_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_meridian_v1_meridian_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_meridian_v1_meridian_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_meridian_v1_meridian_proto_goTypes = []any{
 	(Route_Kind)(0),                    // 0: meridian.v1.Route.Kind
 	(Route_Source)(0),                  // 1: meridian.v1.Route.Source
@@ -2646,33 +2769,35 @@ var file_meridian_v1_meridian_proto_goTypes = []any{
 	(*ListPeersRequest)(nil),           // 6: meridian.v1.ListPeersRequest
 	(*ListPeersResponse)(nil),          // 7: meridian.v1.ListPeersResponse
 	(*Peer)(nil),                       // 8: meridian.v1.Peer
-	(*ListIPAMRequest)(nil),            // 9: meridian.v1.ListIPAMRequest
-	(*ListIPAMResponse)(nil),           // 10: meridian.v1.ListIPAMResponse
-	(*Allocation)(nil),                 // 11: meridian.v1.Allocation
-	(*WatchRoutesRequest)(nil),         // 12: meridian.v1.WatchRoutesRequest
-	(*WatchRoutesResponse)(nil),        // 13: meridian.v1.WatchRoutesResponse
-	(*ListServicesRequest)(nil),        // 14: meridian.v1.ListServicesRequest
-	(*ListServicesResponse)(nil),       // 15: meridian.v1.ListServicesResponse
-	(*Service)(nil),                    // 16: meridian.v1.Service
-	(*ServicePort)(nil),                // 17: meridian.v1.ServicePort
-	(*Frontend)(nil),                   // 18: meridian.v1.Frontend
-	(*Target)(nil),                     // 19: meridian.v1.Target
-	(*Endpoint)(nil),                   // 20: meridian.v1.Endpoint
-	(*ListPoliciesRequest)(nil),        // 21: meridian.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),       // 22: meridian.v1.ListPoliciesResponse
-	(*PodPolicy)(nil),                  // 23: meridian.v1.PodPolicy
-	(*PolicyDirection)(nil),            // 24: meridian.v1.PolicyDirection
-	(*PolicyRule)(nil),                 // 25: meridian.v1.PolicyRule
-	(*PolicyCounters)(nil),             // 26: meridian.v1.PolicyCounters
-	(*RuleHits)(nil),                   // 27: meridian.v1.RuleHits
-	(*EvaluateRequest)(nil),            // 28: meridian.v1.EvaluateRequest
-	(*EvaluateResponse)(nil),           // 29: meridian.v1.EvaluateResponse
-	(*DirectionVerdict)(nil),           // 30: meridian.v1.DirectionVerdict
-	(*RuleRef)(nil),                    // 31: meridian.v1.RuleRef
-	(*GetDataplaneStatusRequest)(nil),  // 32: meridian.v1.GetDataplaneStatusRequest
-	(*GetDataplaneStatusResponse)(nil), // 33: meridian.v1.GetDataplaneStatusResponse
-	(*Problem)(nil),                    // 34: meridian.v1.Problem
-	nil,                                // 35: meridian.v1.Peer.RejectedEntry
+	(*GracefulRestartState)(nil),       // 9: meridian.v1.GracefulRestartState
+	(*ListIPAMRequest)(nil),            // 10: meridian.v1.ListIPAMRequest
+	(*ListIPAMResponse)(nil),           // 11: meridian.v1.ListIPAMResponse
+	(*Allocation)(nil),                 // 12: meridian.v1.Allocation
+	(*WatchRoutesRequest)(nil),         // 13: meridian.v1.WatchRoutesRequest
+	(*WatchRoutesResponse)(nil),        // 14: meridian.v1.WatchRoutesResponse
+	(*ListServicesRequest)(nil),        // 15: meridian.v1.ListServicesRequest
+	(*ListServicesResponse)(nil),       // 16: meridian.v1.ListServicesResponse
+	(*Service)(nil),                    // 17: meridian.v1.Service
+	(*ServicePort)(nil),                // 18: meridian.v1.ServicePort
+	(*Frontend)(nil),                   // 19: meridian.v1.Frontend
+	(*Target)(nil),                     // 20: meridian.v1.Target
+	(*Endpoint)(nil),                   // 21: meridian.v1.Endpoint
+	(*ListPoliciesRequest)(nil),        // 22: meridian.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),       // 23: meridian.v1.ListPoliciesResponse
+	(*PodPolicy)(nil),                  // 24: meridian.v1.PodPolicy
+	(*PolicyDirection)(nil),            // 25: meridian.v1.PolicyDirection
+	(*PolicyRule)(nil),                 // 26: meridian.v1.PolicyRule
+	(*PolicyCounters)(nil),             // 27: meridian.v1.PolicyCounters
+	(*RuleHits)(nil),                   // 28: meridian.v1.RuleHits
+	(*EvaluateRequest)(nil),            // 29: meridian.v1.EvaluateRequest
+	(*EvaluateResponse)(nil),           // 30: meridian.v1.EvaluateResponse
+	(*DirectionVerdict)(nil),           // 31: meridian.v1.DirectionVerdict
+	(*RuleRef)(nil),                    // 32: meridian.v1.RuleRef
+	(*GetDataplaneStatusRequest)(nil),  // 33: meridian.v1.GetDataplaneStatusRequest
+	(*GetDataplaneStatusResponse)(nil), // 34: meridian.v1.GetDataplaneStatusResponse
+	(*Problem)(nil),                    // 35: meridian.v1.Problem
+	nil,                                // 36: meridian.v1.Peer.RejectedEntry
+	(*durationpb.Duration)(nil),        // 37: google.protobuf.Duration
 }
 var file_meridian_v1_meridian_proto_depIdxs = []int32{
 	1,  // 0: meridian.v1.ListRoutesRequest.source:type_name -> meridian.v1.Route.Source
@@ -2680,48 +2805,50 @@ var file_meridian_v1_meridian_proto_depIdxs = []int32{
 	0,  // 2: meridian.v1.Route.kind:type_name -> meridian.v1.Route.Kind
 	1,  // 3: meridian.v1.Route.source:type_name -> meridian.v1.Route.Source
 	8,  // 4: meridian.v1.ListPeersResponse.peer:type_name -> meridian.v1.Peer
-	35, // 5: meridian.v1.Peer.rejected:type_name -> meridian.v1.Peer.RejectedEntry
-	11, // 6: meridian.v1.ListIPAMResponse.allocation:type_name -> meridian.v1.Allocation
-	1,  // 7: meridian.v1.WatchRoutesRequest.source:type_name -> meridian.v1.Route.Source
-	2,  // 8: meridian.v1.WatchRoutesResponse.type:type_name -> meridian.v1.WatchRoutesResponse.EventType
-	5,  // 9: meridian.v1.WatchRoutesResponse.route:type_name -> meridian.v1.Route
-	16, // 10: meridian.v1.ListServicesResponse.service:type_name -> meridian.v1.Service
-	17, // 11: meridian.v1.Service.ports:type_name -> meridian.v1.ServicePort
-	18, // 12: meridian.v1.ServicePort.frontends:type_name -> meridian.v1.Frontend
-	19, // 13: meridian.v1.ServicePort.targets:type_name -> meridian.v1.Target
-	20, // 14: meridian.v1.Target.endpoints:type_name -> meridian.v1.Endpoint
-	23, // 15: meridian.v1.ListPoliciesResponse.pod:type_name -> meridian.v1.PodPolicy
-	24, // 16: meridian.v1.PodPolicy.ingress:type_name -> meridian.v1.PolicyDirection
-	24, // 17: meridian.v1.PodPolicy.egress:type_name -> meridian.v1.PolicyDirection
-	25, // 18: meridian.v1.PolicyDirection.rules:type_name -> meridian.v1.PolicyRule
-	26, // 19: meridian.v1.PolicyDirection.counters:type_name -> meridian.v1.PolicyCounters
-	27, // 20: meridian.v1.PolicyCounters.allowed:type_name -> meridian.v1.RuleHits
-	30, // 21: meridian.v1.EvaluateResponse.egress:type_name -> meridian.v1.DirectionVerdict
-	30, // 22: meridian.v1.EvaluateResponse.ingress:type_name -> meridian.v1.DirectionVerdict
-	31, // 23: meridian.v1.DirectionVerdict.rules:type_name -> meridian.v1.RuleRef
-	34, // 24: meridian.v1.GetDataplaneStatusResponse.service_problems:type_name -> meridian.v1.Problem
-	34, // 25: meridian.v1.GetDataplaneStatusResponse.policy_problems:type_name -> meridian.v1.Problem
-	3,  // 26: meridian.v1.Meridian.ListRoutes:input_type -> meridian.v1.ListRoutesRequest
-	6,  // 27: meridian.v1.Meridian.ListPeers:input_type -> meridian.v1.ListPeersRequest
-	9,  // 28: meridian.v1.Meridian.ListIPAM:input_type -> meridian.v1.ListIPAMRequest
-	12, // 29: meridian.v1.Meridian.WatchRoutes:input_type -> meridian.v1.WatchRoutesRequest
-	14, // 30: meridian.v1.Meridian.ListServices:input_type -> meridian.v1.ListServicesRequest
-	21, // 31: meridian.v1.Meridian.ListPolicies:input_type -> meridian.v1.ListPoliciesRequest
-	28, // 32: meridian.v1.Meridian.Evaluate:input_type -> meridian.v1.EvaluateRequest
-	32, // 33: meridian.v1.Meridian.GetDataplaneStatus:input_type -> meridian.v1.GetDataplaneStatusRequest
-	4,  // 34: meridian.v1.Meridian.ListRoutes:output_type -> meridian.v1.ListRoutesResponse
-	7,  // 35: meridian.v1.Meridian.ListPeers:output_type -> meridian.v1.ListPeersResponse
-	10, // 36: meridian.v1.Meridian.ListIPAM:output_type -> meridian.v1.ListIPAMResponse
-	13, // 37: meridian.v1.Meridian.WatchRoutes:output_type -> meridian.v1.WatchRoutesResponse
-	15, // 38: meridian.v1.Meridian.ListServices:output_type -> meridian.v1.ListServicesResponse
-	22, // 39: meridian.v1.Meridian.ListPolicies:output_type -> meridian.v1.ListPoliciesResponse
-	29, // 40: meridian.v1.Meridian.Evaluate:output_type -> meridian.v1.EvaluateResponse
-	33, // 41: meridian.v1.Meridian.GetDataplaneStatus:output_type -> meridian.v1.GetDataplaneStatusResponse
-	34, // [34:42] is the sub-list for method output_type
-	26, // [26:34] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	36, // 5: meridian.v1.Peer.rejected:type_name -> meridian.v1.Peer.RejectedEntry
+	37, // 6: meridian.v1.Peer.uptime:type_name -> google.protobuf.Duration
+	9,  // 7: meridian.v1.Peer.graceful_restart:type_name -> meridian.v1.GracefulRestartState
+	12, // 8: meridian.v1.ListIPAMResponse.allocation:type_name -> meridian.v1.Allocation
+	1,  // 9: meridian.v1.WatchRoutesRequest.source:type_name -> meridian.v1.Route.Source
+	2,  // 10: meridian.v1.WatchRoutesResponse.type:type_name -> meridian.v1.WatchRoutesResponse.EventType
+	5,  // 11: meridian.v1.WatchRoutesResponse.route:type_name -> meridian.v1.Route
+	17, // 12: meridian.v1.ListServicesResponse.service:type_name -> meridian.v1.Service
+	18, // 13: meridian.v1.Service.ports:type_name -> meridian.v1.ServicePort
+	19, // 14: meridian.v1.ServicePort.frontends:type_name -> meridian.v1.Frontend
+	20, // 15: meridian.v1.ServicePort.targets:type_name -> meridian.v1.Target
+	21, // 16: meridian.v1.Target.endpoints:type_name -> meridian.v1.Endpoint
+	24, // 17: meridian.v1.ListPoliciesResponse.pod:type_name -> meridian.v1.PodPolicy
+	25, // 18: meridian.v1.PodPolicy.ingress:type_name -> meridian.v1.PolicyDirection
+	25, // 19: meridian.v1.PodPolicy.egress:type_name -> meridian.v1.PolicyDirection
+	26, // 20: meridian.v1.PolicyDirection.rules:type_name -> meridian.v1.PolicyRule
+	27, // 21: meridian.v1.PolicyDirection.counters:type_name -> meridian.v1.PolicyCounters
+	28, // 22: meridian.v1.PolicyCounters.allowed:type_name -> meridian.v1.RuleHits
+	31, // 23: meridian.v1.EvaluateResponse.egress:type_name -> meridian.v1.DirectionVerdict
+	31, // 24: meridian.v1.EvaluateResponse.ingress:type_name -> meridian.v1.DirectionVerdict
+	32, // 25: meridian.v1.DirectionVerdict.rules:type_name -> meridian.v1.RuleRef
+	35, // 26: meridian.v1.GetDataplaneStatusResponse.service_problems:type_name -> meridian.v1.Problem
+	35, // 27: meridian.v1.GetDataplaneStatusResponse.policy_problems:type_name -> meridian.v1.Problem
+	3,  // 28: meridian.v1.Meridian.ListRoutes:input_type -> meridian.v1.ListRoutesRequest
+	6,  // 29: meridian.v1.Meridian.ListPeers:input_type -> meridian.v1.ListPeersRequest
+	10, // 30: meridian.v1.Meridian.ListIPAM:input_type -> meridian.v1.ListIPAMRequest
+	13, // 31: meridian.v1.Meridian.WatchRoutes:input_type -> meridian.v1.WatchRoutesRequest
+	15, // 32: meridian.v1.Meridian.ListServices:input_type -> meridian.v1.ListServicesRequest
+	22, // 33: meridian.v1.Meridian.ListPolicies:input_type -> meridian.v1.ListPoliciesRequest
+	29, // 34: meridian.v1.Meridian.Evaluate:input_type -> meridian.v1.EvaluateRequest
+	33, // 35: meridian.v1.Meridian.GetDataplaneStatus:input_type -> meridian.v1.GetDataplaneStatusRequest
+	4,  // 36: meridian.v1.Meridian.ListRoutes:output_type -> meridian.v1.ListRoutesResponse
+	7,  // 37: meridian.v1.Meridian.ListPeers:output_type -> meridian.v1.ListPeersResponse
+	11, // 38: meridian.v1.Meridian.ListIPAM:output_type -> meridian.v1.ListIPAMResponse
+	14, // 39: meridian.v1.Meridian.WatchRoutes:output_type -> meridian.v1.WatchRoutesResponse
+	16, // 40: meridian.v1.Meridian.ListServices:output_type -> meridian.v1.ListServicesResponse
+	23, // 41: meridian.v1.Meridian.ListPolicies:output_type -> meridian.v1.ListPoliciesResponse
+	30, // 42: meridian.v1.Meridian.Evaluate:output_type -> meridian.v1.EvaluateResponse
+	34, // 43: meridian.v1.Meridian.GetDataplaneStatus:output_type -> meridian.v1.GetDataplaneStatusResponse
+	36, // [36:44] is the sub-list for method output_type
+	28, // [28:36] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_meridian_v1_meridian_proto_init() }
@@ -2735,7 +2862,7 @@ func file_meridian_v1_meridian_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meridian_v1_meridian_proto_rawDesc), len(file_meridian_v1_meridian_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   33,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

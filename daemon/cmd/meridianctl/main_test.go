@@ -72,8 +72,10 @@ func testSources() apiserver.Sources {
 			},
 			peers: []bgp.PeerState{
 				{Peer: bgp.Peer{Name: "node-b", Address: a("198.18.0.12"), ASN: 64512}, State: "established", EndOfRIB: true,
-					Received: 2, Accepted: 1, Rejected: map[string]int{bgp.ReasonOutsideAllowed: 1}},
-				{Peer: bgp.Peer{Name: "node-c", Address: a("198.18.0.13"), ASN: 64512}, State: "active"},
+					Received: 2, Accepted: 1, Rejected: map[string]int{bgp.ReasonOutsideAllowed: 1},
+					Uptime: 3*time.Hour + 25*time.Minute + 7*time.Second, Advertised: 3, GR: bgp.GracefulRestartState{Negotiated: true}},
+				{Peer: bgp.Peer{Name: "node-c", Address: a("198.18.0.13"), ASN: 64512}, State: "active",
+					GR: bgp.GracefulRestartState{Negotiated: true, PeerRestarting: true}, LastError: "notification-received cease/administrative-reset"},
 			},
 		},
 		IPAM: store{

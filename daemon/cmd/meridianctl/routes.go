@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
@@ -210,24 +211,60 @@ func listPeers(ctx context.Context, out io.Writer, c meridianv1.MeridianClient, 
 		return printProtos(out, format, peers)
 	}
 	w := newTable(out)
-	head := []string{"NAME", "ADDRESS", "ASN", "STATE", "END OF RIB", "RECEIVED", "ACCEPTED"}
+	head := []string{"NAME", "ADDRESS", "ASN", "STATE", "UPTIME", "END OF RIB", "RECEIVED", "ACCEPTED"}
 	if format == formatWide {
-		head = append(head, "REJECTED")
+		head = append(head, "REJECTED", "ADVERTISED", "GR", "LAST ERROR")
 	}
 	w.row(head...)
 	for _, p := range peers {
-		row := []string{p.GetName(), p.GetAddress(), strconv.FormatUint(uint64(p.GetAsn()), 10), p.GetState(), strconv.FormatBool(p.GetEndOfRib()),
+		row := []string{p.GetName(), p.GetAddress(), strconv.FormatUint(uint64(p.GetAsn()), 10), p.GetState(),
+			shortDuration(p.GetUptime().AsDuration()), strconv.FormatBool(p.GetEndOfRib()),
 			strconv.FormatUint(uint64(p.GetReceived()), 10), strconv.FormatUint(uint64(p.GetAccepted()), 10)}
 		if format == formatWide {
 			var rej []string
 			for _, reason := range slices.Sorted(maps.Keys(p.GetRejected())) {
 				rej = append(rej, fmt.Sprintf("%s=%d", reason, p.GetRejected()[reason]))
 			}
-			row = append(row, orDash(strings.Join(rej, ",")))
+			row = append(row, orDash(strings.Join(rej, ",")), strconv.FormatUint(uint64(p.GetAdvertised()), 10),
+				grFlags(p.GetGracefulRestart()), orDash(p.GetLastError()))
 		}
 		w.row(row...)
 	}
 	return w.Flush()
+}
+
+// grFlags shows a session's graceful restart state in one column:
+// "negotiated", and "peer-restarting" while its paths are kept stale,
+// "local-restarting" while this node holds its updates back.
+func grFlags(gr *meridianv1.GracefulRestartState) string {
+	var flags []string
+	if gr.GetNegotiated() {
+		flags = append(flags, "negotiated")
+	}
+	if gr.GetPeerRestarting() {
+		flags = append(flags, "peer-restarting")
+	}
+	if gr.GetLocalRestarting() {
+		flags = append(flags, "local-restarting")
+	}
+	return orDash(strings.Join(flags, ","))
+}
+
+// shortDuration renders an uptime the way kubectl renders ages: two units
+// at most ("45s", "3m20s", "5h12m", "2d4h"), "-" for none.
+func shortDuration(d time.Duration) string {
+	d = d.Truncate(time.Second)
+	switch {
+	case d <= 0:
+		return "-"
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d/time.Second))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm%ds", int(d/time.Minute), int(d%time.Minute/time.Second))
+	case d < 24*time.Hour:
+		return fmt.Sprintf("%dh%dm", int(d/time.Hour), int(d%time.Hour/time.Minute))
+	}
+	return fmt.Sprintf("%dd%dh", int(d/(24*time.Hour)), int(d%(24*time.Hour)/time.Hour))
 }
 
 func peers(ctx context.Context, c meridianv1.MeridianClient) ([]*meridianv1.Peer, error) {
