@@ -233,6 +233,7 @@ func RunPolicies(ctx context.Context, l *lab.Lab, opts PoliciesOptions) ([]Figur
 				err = fmt.Errorf("%w\n(make bench builds bin/%s, the release patched for such kernels: %v)", err, xt.bin, serr)
 			} else {
 				first, _, _ := strings.Cut(err.Error(), "\n")
+				first = strings.TrimSuffix(first, ":")
 				fmt.Fprintf(out, "  %-22s cannot run: %s\n  %-22s running %s instead\n", a.label, first, "", xt.bin)
 				a = xt
 				agents[i], runs[i].Label = a, a.label
@@ -320,11 +321,19 @@ func startAgent(ctx context.Context, a *policyAgent, bn *benchNet, opts Policies
 	if err != nil {
 		return nil, err
 	}
+	polls := 0
 	err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 90*time.Second, true, func(context.Context) (bool, error) {
 		if !p.alive() {
 			return false, errors.New("exited")
 		}
-		return hasChain(bn.proxy, a.table, a.base)
+		ok, err := hasChain(bn.proxy, a.table, a.base)
+		// A known refusal repeats every sync and never heals: give up on
+		// it at once rather than after the whole timeout (the caller may
+		// have another build to try).
+		if polls++; !ok && err == nil && a.diagnose != nil && polls%20 == 0 && a.diagnose(p.logTail()) != nil {
+			return false, errors.New("table refused")
+		}
+		return ok, err
 	})
 	if err == nil {
 		err = dialFrom(bn.client, ClientAddr, netip.AddrPortFrom(ServerAddr, serverPort), 2*time.Second)
