@@ -432,6 +432,12 @@ func peerStateFromAPI(ap *api.Peer, configured bgp.Peer, now time.Time) (st bgp.
 		}
 	}
 	gr := ap.GetGracefulRestart()
+	// GoBGP v3.37 counts what it would send on a fresh session, which in a
+	// graceful restart session includes the End-of-RIB marker
+	// (BgpServer.getBestFromLocal); that is not a path.
+	if st.Advertised > 0 && gr.GetEnabled() && remoteGracefulRestart(ap) {
+		st.Advertised--
+	}
 	// GoBGP marks the family Received only when its own side has graceful
 	// restart enabled and the peer's capability lists IPv4 unicast, which
 	// is what negotiated means for this speaker.
@@ -441,6 +447,18 @@ func peerStateFromAPI(ap *api.Peer, configured bgp.Peer, now time.Time) (st bgp.
 		LocalRestarting: gr.GetLocalRestarting(),
 	}
 	return st, grReceived
+}
+
+// remoteGracefulRestart reports whether the neighbour's OPEN carried the
+// graceful restart capability, which with ours enabled is what GoBGP calls
+// graceful restart enabled for the session.
+func remoteGracefulRestart(ap *api.Peer) bool {
+	for _, c := range ap.GetState().GetRemoteCap() {
+		if c.MessageIs((*api.GracefulRestartCapability)(nil)) {
+			return true
+		}
+	}
+	return false
 }
 
 // synced is the per-peer part of Converged: established and, when the

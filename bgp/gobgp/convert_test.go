@@ -14,6 +14,8 @@ import (
 	"github.com/osrg/gobgp/v3/pkg/apiutil"
 	gobgplog "github.com/osrg/gobgp/v3/pkg/log"
 	bgppacket "github.com/osrg/gobgp/v3/pkg/packet/bgp"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/meridian-net/meridian/bgp"
 )
@@ -396,6 +398,114 @@ func TestPeerStateFromAPI(t *testing.T) {
 		})
 	}
 }
+
+func TestPeerStateFromAPISessionDetails(t *testing.T) {
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	mk := func(state api.PeerState_SessionState) *api.Peer {
+		grCap, err := anypb.New(&api.GracefulRestartCapability{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &api.Peer{
+			// GoBGP counts End-of-RIB as advertised in a GR session.
+			State:  &api.PeerState{SessionState: state, RemoteCap: []*anypb.Any{grCap}},
+			Timers: &api.Timers{State: &api.TimersState{Uptime: timestamppb.New(now.Add(-90 * time.Second))}},
+			GracefulRestart: &api.GracefulRestart{Enabled: true, PeerRestarting: state != api.PeerState_ESTABLISHED,
+				LocalRestarting: state == api.PeerState_ESTABLISHED},
+			AfiSafis: []*api.AfiSafi{{
+				Config:            &api.AfiSafiConfig{Family: ipv4Unicast},
+				MpGracefulRestart: &api.MpGracefulRestart{State: &api.MpGracefulRestartState{Received: true}},
+				State:             &api.AfiSafiState{Family: ipv4Unicast, Advertised: 5},
+			}},
+		}
+	}
+	st, _ := peerStateFromAPI(mk(api.PeerState_ESTABLISHED), bgp.Peer{}, now)
+	if st.Uptime != 90*time.Second || st.Advertised != 4 || st.GR != (bgp.GracefulRestartState{Negotiated: true, LocalRestarting: true}) {
+		t.Errorf("established: %+v", st)
+	}
+	// GoBGP keeps the last establishment time and counts of a session that
+	// is down; neither is the session's now.
+	st, _ = peerStateFromAPI(mk(api.PeerState_ACTIVE), bgp.Peer{}, now)
+	if st.Uptime != 0 || st.Advertised != 0 || st.GR != (bgp.GracefulRestartState{Negotiated: true, PeerRestarting: true}) {
+		t.Errorf("active: %+v", st)
+	}
+	// A clock stepped back does not make a negative uptime.
+	st, _ = peerStateFromAPI(mk(api.PeerState_ESTABLISHED), bgp.Peer{}, now.Add(-time.Hour))
+	if st.Uptime != 0 {
+		t.Errorf("uptime %s with the clock behind the establishment", st.Uptime)
+	}
+	// Graceful restart off on our side: nothing negotiated even if the
+	// peer announced it.
+	ap := mk(api.PeerState_ESTABLISHED)
+	ap.GracefulRestart = nil
+	if st, _ = peerStateFromAPI(ap, bgp.Peer{}, now); st.GR != (bgp.GracefulRestartState{}) || st.Advertised != 5 {
+		t.Errorf("GR without our capability: %+v, advertised %d", st.GR, st.Advertised)
+	}
+}
+
+func TestDownReason(t *testing.T) {
+	peer := netip.MustParseAddr("10.0.0.2")
+	tests := []struct {
+		name   string
+		msg    string
+		fields gobgplog.Fields
+		want   string // "" for no record
+	}{
+		{"peer down", "Peer Down", gobgplog.Fields{"Topic": "Peer", "Key": "10.0.0.2", "State": "BGP_FSM_ESTABLISHED", "Reason": "hold-timer-expired"}, "hold-timer-expired"},
+		{"peer down with a Stringer reason", "Peer Down", gobgplog.Fields{"Topic": "Peer", "Key": "10.0.0.2", "Reason": stringer("notification-received cease/administrative-reset")}, "notification-received cease/administrative-reset"},
+		{"open refused", "state changed", gobgplog.Fields{"Topic": "Peer", "Key": "10.0.0.2", "old": "BGP_FSM_OPENSENT", "new": "BGP_FSM_IDLE", "reason": stringer("notification-received open/bad-peer-as")}, "notification-received open/bad-peer-as"},
+		{"leaving established is Peer Down's", "state changed", gobgplog.Fields{"Topic": "Peer", "Key": "10.0.0.2", "old": "BGP_FSM_ESTABLISHED", "new": "BGP_FSM_IDLE", "reason": stringer("dying")}, ""},
+		{"not towards idle", "state changed", gobgplog.Fields{"Topic": "Peer", "Key": "10.0.0.2", "old": "BGP_FSM_ACTIVE", "new": "BGP_FSM_OPENSENT", "reason": stringer("new-connection")}, ""},
+		{"typed nil reason", "state changed", gobgplog.Fields{"Topic": "Peer", "Key": "10.0.0.2", "old": "BGP_FSM_ACTIVE", "new": "BGP_FSM_IDLE", "reason": (*nilStringer)(nil)}, ""},
+		{"other topic", "Peer Down", gobgplog.Fields{"Topic": "Server", "Key": "10.0.0.2", "Reason": "x"}, ""},
+		{"no address", "Peer Down", gobgplog.Fields{"Topic": "Peer", "Key": "eth0", "Reason": "x"}, ""},
+		{"other message", "Peer Up", gobgplog.Fields{"Topic": "Peer", "Key": "10.0.0.2"}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, reason, ok := downReason(tt.msg, tt.fields)
+			if ok != (tt.want != "") || reason != tt.want || (ok && a != peer) {
+				t.Errorf("got %s %q %v, want %q", a, reason, ok, tt.want)
+			}
+		})
+	}
+}
+
+// The adapter records reasons from entries its handler would drop: the
+// "state changed" entries are debug, daemons run at info.
+func TestLoggerRecordsDownReasons(t *testing.T) {
+	var buf strings.Builder
+	down := newDownReasons()
+	l := slogLogger{log: slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo})), down: down}
+	peer := netip.MustParseAddr("10.0.0.2")
+	l.Debug("state changed", gobgplog.Fields{"Topic": "Peer", "Key": "10.0.0.2", "old": "BGP_FSM_OPENSENT", "new": "BGP_FSM_IDLE", "reason": stringer("hold-timer-expired")})
+	if got := down.get(peer); got != "hold-timer-expired" {
+		t.Errorf("after debug entry: %q", got)
+	}
+	if buf.Len() != 0 {
+		t.Errorf("debug entry printed at info: %s", buf.String())
+	}
+	l.Info("Peer Down", gobgplog.Fields{"Topic": "Peer", "Key": "10.0.0.2", "Reason": "read-failed"})
+	if got := down.get(peer); got != "read-failed" {
+		t.Errorf("after Peer Down: %q", got)
+	}
+	down.forget(peer)
+	if got := down.get(peer); got != "" {
+		t.Errorf("after forget: %q", got)
+	}
+	// A typed nil Stringer in any field must not panic the printer either.
+	l.Info("x", gobgplog.Fields{"reason": (*nilStringer)(nil)})
+}
+
+type stringer string
+
+func (s stringer) String() string { return string(s) }
+
+// nilStringer has a value receiver, like GoBGP's fsmStateReason: calling
+// String through a nil pointer panics.
+type nilStringer struct{ s string }
+
+func (n nilStringer) String() string { return n.s }
 
 func TestFieldAttrs(t *testing.T) {
 	attrs := fieldAttrs(gobgplog.Fields{

@@ -65,7 +65,7 @@ func fieldAttrs(fields gobgplog.Fields) []slog.Attr {
 	return attrs
 }
 
-// stringOf renders errors and Stringers. GoBGP passes some as typed nil
+// stringOf renders strings, errors and Stringers. GoBGP passes some as typed nil
 // pointers (the FSM's reason before the first transition), whose String
 // method would panic on a value receiver.
 func stringOf(v any) (string, bool) {
@@ -76,6 +76,8 @@ func stringOf(v any) (string, bool) {
 		return "", false
 	}
 	switch x := v.(type) {
+	case string:
+		return x, true
 	case error:
 		return x.Error(), true
 	case fmt.Stringer:

@@ -269,6 +269,13 @@ func TestIBGPPeering(t *testing.T) {
 		t.Errorf("iBGP path attributes: %+v", got)
 	}
 	wantPath(t, a, prefixB, addrB, addrB, 10*time.Second)
+	// GoBGP keeps the establishment time in whole seconds, so a positive
+	// uptime may take up to a second.
+	eventually(t, 5*time.Second, "a's session to b up, advertising one path, GR negotiated", func() (bool, string) {
+		st := peerState(t, a, addrB)
+		return st.Uptime > 0 && st.Uptime < time.Minute && st.Advertised == 1 && st.Received == 1 &&
+			st.GR == bgp.GracefulRestartState{Negotiated: true} && st.LastError == "", fmt.Sprintf("%+v", st)
+	})
 	select {
 	case <-b.Changes():
 	default:
@@ -412,8 +419,19 @@ func TestCleanStopFlushes(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantPath(t, b, prefix, addrA, addrA, 20*time.Second)
+	eventually(t, 5*time.Second, "a advertises one path to b", func() (bool, string) {
+		st := peerState(t, a, addrB)
+		return st.Advertised == 1 && st.Uptime > 0, fmt.Sprintf("%+v", st)
+	})
 
 	stopA()
+	// b saw a's Cease, a Hard Reset under RFC 8538: it is b's last error,
+	// and the session has no uptime.
+	eventually(t, 5*time.Second, "b's last error names a's NOTIFICATION", func() (bool, string) {
+		st := peerState(t, b, addrA)
+		return st.State != "established" && st.Uptime == 0 && st.Advertised == 0 &&
+			st.LastError == "hard-reset", fmt.Sprintf("%+v", st)
+	})
 	eventually(t, 3*time.Second, "b drops a's path without keeping it stale", func() (bool, string) {
 		ps := pathsFor(t, b, prefix)
 		for _, p := range ps {
