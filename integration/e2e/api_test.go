@@ -229,19 +229,23 @@ func TestAPIPeerDownInPeersAndMetrics(t *testing.T) {
 	watcher, victim := nodes[0], nodes[len(nodes)-1]
 	api := apiConn(t, l, watcher.Name)
 	series := fmt.Sprintf(`meridian_bgp_session_up{peer="%s",peer_asn="64512"}`, victim.IP)
-	peerState := func() (string, error) {
+	peerRow := func() (*meridianv1.Peer, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		rows, err := listAll(api.ListPeers(ctx, &meridianv1.ListPeersRequest{}))
 		if err != nil {
-			return "", err
+			return nil, err
 		}
 		for _, r := range rows {
 			if r.GetPeer().GetAddress() == victim.IP.String() {
-				return r.GetPeer().GetState(), nil
+				return r.GetPeer(), nil
 			}
 		}
-		return "", fmt.Errorf("no peer %s in %s's peers", victim.IP, watcher.Name)
+		return nil, fmt.Errorf("no peer %s in %s's peers", victim.IP, watcher.Name)
+	}
+	peerState := func() (string, error) {
+		p, err := peerRow()
+		return p.GetState(), err
 	}
 	expect := func(what, state string, up float64) {
 		eventually(t, 90*time.Second, what, func() error {
@@ -276,6 +280,22 @@ func TestAPIPeerDownInPeersAndMetrics(t *testing.T) {
 	expect(victim.Name+" down in "+watcher.Name+"'s peers and metrics", "down", 0)
 	s, _ := peerState()
 	t.Logf("%s sees %s as %q", watcher.Name, victim.Name, s)
+	// The killed daemon's kernel closed the connection: the watcher says
+	// why the session went down, and a session that is down has no uptime.
+	eventually(t, 30*time.Second, watcher.Name+" names why the session to "+victim.Name+" went down", func() error {
+		p, err := peerRow()
+		if err != nil {
+			return err
+		}
+		if p.GetState() != "established" && p.GetUptime() != nil {
+			return fmt.Errorf("session %s but uptime %v", p.GetState(), p.GetUptime().AsDuration())
+		}
+		if p.GetLastError() == "" {
+			return fmt.Errorf("no last error (state %s)", p.GetState())
+		}
+		t.Logf("last error %q, graceful restart %v", p.GetLastError(), p.GetGracefulRestart())
+		return nil
+	})
 	table, fs := doctorOn(t, l, watcher.Name)
 	if !hasFinding(fs, "bgp", fmt.Sprintf("%s (%s)", victim.Name, victim.IP), "BGP session is") {
 		t.Errorf("doctor on %s does not report the session to %s down:\n%s", watcher.Name, victim.Name, table)
@@ -290,6 +310,16 @@ func TestAPIPeerDownInPeersAndMetrics(t *testing.T) {
 	}
 	restarted = true
 	expect("session up again", "established", 1)
+	eventually(t, 10*time.Second, "uptime of the new session", func() error {
+		p, err := peerRow()
+		if err != nil {
+			return err
+		}
+		if p.GetUptime().AsDuration() <= 0 {
+			return fmt.Errorf("uptime %v", p.GetUptime())
+		}
+		return nil
+	})
 	waitMesh(t, c, nodes)
 }
 
