@@ -451,7 +451,7 @@ func TestDownReason(t *testing.T) {
 		fields gobgplog.Fields
 		want   string // "" for no record
 	}{
-		{"peer down", "Peer Down", gobgplog.Fields{"Topic": "Peer", "Key": "10.0.0.2", "State": "BGP_FSM_ESTABLISHED", "Reason": "hold-timer-expired"}, "hold-timer-expired"},
+		{"peer down", "Peer Down", gobgplog.Fields{"Topic": "Peer", "Key": "10.0.0.2", "State": "BGP_FSM_ESTABLISHED", "Reason": "hold-timer-expired"}, "no KEEPALIVE or UPDATE within the hold time (hold-timer-expired)"},
 		{"peer down with a Stringer reason", "Peer Down", gobgplog.Fields{"Topic": "Peer", "Key": "10.0.0.2", "Reason": stringer("notification-received cease/administrative-reset")}, "notification-received cease/administrative-reset"},
 		{"open refused", "state changed", gobgplog.Fields{"Topic": "Peer", "Key": "10.0.0.2", "old": "BGP_FSM_OPENSENT", "new": "BGP_FSM_IDLE", "reason": stringer("notification-received open/bad-peer-as")}, "notification-received open/bad-peer-as"},
 		{"leaving established is Peer Down's", "state changed", gobgplog.Fields{"Topic": "Peer", "Key": "10.0.0.2", "old": "BGP_FSM_ESTABLISHED", "new": "BGP_FSM_IDLE", "reason": stringer("dying")}, ""},
@@ -479,14 +479,14 @@ func TestLoggerRecordsDownReasons(t *testing.T) {
 	l := slogLogger{log: slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo})), down: down}
 	peer := netip.MustParseAddr("10.0.0.2")
 	l.Debug("state changed", gobgplog.Fields{"Topic": "Peer", "Key": "10.0.0.2", "old": "BGP_FSM_OPENSENT", "new": "BGP_FSM_IDLE", "reason": stringer("hold-timer-expired")})
-	if got := down.get(peer); got != "hold-timer-expired" {
+	if got := down.get(peer); got != "no KEEPALIVE or UPDATE within the hold time (hold-timer-expired)" {
 		t.Errorf("after debug entry: %q", got)
 	}
 	if buf.Len() != 0 {
 		t.Errorf("debug entry printed at info: %s", buf.String())
 	}
 	l.Info("Peer Down", gobgplog.Fields{"Topic": "Peer", "Key": "10.0.0.2", "Reason": "read-failed"})
-	if got := down.get(peer); got != "read-failed" {
+	if got := down.get(peer); got != "connection lost (read-failed)" {
 		t.Errorf("after Peer Down: %q", got)
 	}
 	down.forget(peer)

@@ -164,7 +164,32 @@ func downReason(msg string, fields gobgplog.Fields) (netip.Addr, string, bool) {
 	if reason == "" {
 		return netip.Addr{}, "", false
 	}
-	return a.Unmap(), reason, true
+	return a.Unmap(), describeReason(reason), true
+}
+
+// reasonText explains GoBGP's terser reasons (fsmStateReason); GoBGP's
+// own word stays in parentheses, so logs and the API can be matched.
+var reasonText = map[string]string{
+	"read-failed":             "connection lost",
+	"write-failed":            "connection lost on write",
+	"graceful-restart":        "connection lost; peer restarting gracefully, its paths kept as stale",
+	"hold-timer-expired":      "no KEEPALIVE or UPDATE within the hold time",
+	"restart-timer-expired":   "peer did not come back within its graceful restart time; its paths were dropped",
+	"hard-reset":              "peer reset the session with a Hard Reset (RFC 8538), e.g. it stopped or was deconfigured",
+	"invalid-msg":             "malformed message",
+	"admin-down":              "administratively shut down",
+	"dying":                   "session deconfigured",
+	"idle-hold-timer-expired": "idle hold timer expired",
+}
+
+// describeReason renders one of GoBGP's reasons for people; NOTIFICATION
+// reasons ("notification-received cease/administrative-reset") already
+// say what they are.
+func describeReason(reason string) string {
+	if text, ok := reasonText[reason]; ok {
+		return text + " (" + reason + ")"
+	}
+	return reason
 }
 
 // Panic keeps GoBGP's contract: the caller expects not to return.

@@ -525,8 +525,9 @@ type Peer struct {
 	// advertised counts the IPv4 unicast paths this node sends the peer.
 	Advertised uint32 `protobuf:"varint,10,opt,name=advertised,proto3" json:"advertised,omitempty"`
 	// last_error is why the session last went down or failed to come up,
-	// as the speaker saw it ("hold-timer-expired", "notification-received
-	// cease/...", "read-failed"), or, for a peer with a TCP MD5 password and
+	// as the speaker saw it ("no KEEPALIVE or UPDATE within the hold time
+	// (hold-timer-expired)", "notification-received cease/..."), or, for a
+	// peer with a TCP MD5 password and
 	// no session, a hint that the node counted MD5 signature failures.
 	// Empty when nothing went wrong since the speaker started. It stays
 	// after the session recovers: it is history, not state.
