@@ -146,7 +146,11 @@ func runChecks(ctx context.Context, c meridianv1.MeridianClient) []finding {
 	} else {
 		for _, p := range ps {
 			if p.GetState() != "established" {
-				add(sevError, "bgp", fmt.Sprintf("%s (%s)", orDash(p.GetName()), p.GetAddress()), "BGP session is "+p.GetState()+": routes to that node's pods are missing here",
+				msg := "BGP session is " + p.GetState() + ": routes to that node's pods are missing here"
+				if e := p.GetLastError(); e != "" {
+					msg += "; last error: " + e
+				}
+				add(sevError, "bgp", fmt.Sprintf("%s (%s)", orDash(p.GetName()), p.GetAddress()), msg,
 					fmt.Sprintf("check that meridiand runs on %s, that TCP 179 between the nodes is open, and the ASN and password of both ends (meridiand logs, subsys=bgp)", orDash(p.GetName())))
 			}
 		}
