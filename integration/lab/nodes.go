@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -227,6 +228,13 @@ func (l *Lab) RemoveNode(ctx context.Context, name string) error {
 	if err := killInNetns(ctx, nss); err != nil {
 		errs = append(errs, err)
 	}
+	// The kernel tears a deleted namespace down in a work queue, and its
+	// veth with it, which under load can lag behind an AddNode that wants
+	// the same port name back ("file exists"). Deleting the fabric end
+	// takes both ends away now.
+	if err := deleteFabricPort(n.Name); err != nil {
+		errs = append(errs, err)
+	}
 	for _, ns := range nss {
 		if err := deleteNetns(ns); err != nil {
 			errs = append(errs, err)
@@ -245,6 +253,28 @@ func (l *Lab) RemoveNode(ctx context.Context, name string) error {
 	}
 	l.mu.Unlock()
 	return errors.Join(errs...)
+}
+
+// deleteFabricPort removes a node's port (named after it) from the fabric
+// namespace, if it is there.
+func deleteFabricPort(name string) error {
+	h, err := netlinkHandle(FabricNetns)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(name)
+	if err != nil {
+		var notFound netlink.LinkNotFoundError
+		if errors.As(err, &notFound) {
+			return nil
+		}
+		return fmt.Errorf("find fabric port %s: %w", name, err)
+	}
+	if err := h.LinkDel(l); err != nil {
+		return fmt.Errorf("delete fabric port %s: %w", name, err)
+	}
+	return nil
 }
 
 func slicesDeleteNode(nodes []Node, name string) []Node {
