@@ -31,6 +31,7 @@ import (
 	"github.com/meridian-net/meridian/cni-plugin/ipam"
 	"github.com/meridian-net/meridian/daemon/dataplane"
 	"github.com/meridian-net/meridian/daemon/nft"
+	"github.com/meridian-net/meridian/daemon/encap"
 	"github.com/meridian-net/meridian/daemon/routes"
 )
 
@@ -338,6 +339,20 @@ func KernelRows(rs []routes.Route, prefix string) ([]*meridianv1.Route, error) {
 	return kernelRows(rs, routeFilter{prefix: filter}), nil
 }
 
+// encapsulationOf names how a kernel route leaves the node from its
+// device: none is native, Meridian's tunnel devices are their tunnels.
+func encapsulationOf(dev string) meridianv1.Route_Encapsulation {
+	switch dev {
+	case "":
+		return meridianv1.Route_ENCAPSULATION_NATIVE
+	case encap.IPIPDevice:
+		return meridianv1.Route_ENCAPSULATION_IPIP
+	case encap.VXLANDevice:
+		return meridianv1.Route_ENCAPSULATION_VXLAN
+	}
+	return meridianv1.Route_ENCAPSULATION_UNSPECIFIED
+}
+
 func kernelRows(rs []routes.Route, f routeFilter) []*meridianv1.Route {
 	rs = slices.DeleteFunc(slices.Clone(rs), func(r routes.Route) bool { return !f.keep(r.Dst) })
 	slices.SortFunc(rs, func(a, b routes.Route) int { return comparePrefix(a.Dst, b.Dst) })
@@ -358,6 +373,9 @@ func kernelRows(rs []routes.Route, f routeFilter) []*meridianv1.Route {
 		}
 		for _, nh := range r.NextHops {
 			row.NextHops = append(row.NextHops, nh.String())
+		}
+		if row.Kind == meridianv1.Route_KIND_BGP {
+			row.Encapsulation, row.Device = encapsulationOf(r.Dev), r.Dev
 		}
 		out = append(out, row)
 	}

@@ -131,6 +131,62 @@ func (Route_Source) EnumDescriptor() ([]byte, []int) {
 	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{2, 1}
 }
 
+type Route_Encapsulation int32
+
+const (
+	Route_ENCAPSULATION_UNSPECIFIED Route_Encapsulation = 0
+	// ENCAPSULATION_NATIVE: plain routing to the next hop, which is on a
+	// connected subnet (another node, or a ToR that has the prefix).
+	Route_ENCAPSULATION_NATIVE Route_Encapsulation = 1
+	// ENCAPSULATION_IPIP: through tunl0 to the remote node (onlink).
+	Route_ENCAPSULATION_IPIP Route_Encapsulation = 2
+	// ENCAPSULATION_VXLAN: through Meridian's VXLAN device.
+	Route_ENCAPSULATION_VXLAN Route_Encapsulation = 3
+)
+
+// Enum value maps for Route_Encapsulation.
+var (
+	Route_Encapsulation_name = map[int32]string{
+		0: "ENCAPSULATION_UNSPECIFIED",
+		1: "ENCAPSULATION_NATIVE",
+		2: "ENCAPSULATION_IPIP",
+		3: "ENCAPSULATION_VXLAN",
+	}
+	Route_Encapsulation_value = map[string]int32{
+		"ENCAPSULATION_UNSPECIFIED": 0,
+		"ENCAPSULATION_NATIVE":      1,
+		"ENCAPSULATION_IPIP":        2,
+		"ENCAPSULATION_VXLAN":       3,
+	}
+)
+
+func (x Route_Encapsulation) Enum() *Route_Encapsulation {
+	p := new(Route_Encapsulation)
+	*p = x
+	return p
+}
+
+func (x Route_Encapsulation) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Route_Encapsulation) Descriptor() protoreflect.EnumDescriptor {
+	return file_meridian_v1_meridian_proto_enumTypes[2].Descriptor()
+}
+
+func (Route_Encapsulation) Type() protoreflect.EnumType {
+	return &file_meridian_v1_meridian_proto_enumTypes[2]
+}
+
+func (x Route_Encapsulation) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Route_Encapsulation.Descriptor instead.
+func (Route_Encapsulation) EnumDescriptor() ([]byte, []int) {
+	return file_meridian_v1_meridian_proto_rawDescGZIP(), []int{2, 2}
+}
+
 type WatchRoutesResponse_EventType int32
 
 const (
@@ -169,11 +225,11 @@ func (x WatchRoutesResponse_EventType) String() string {
 }
 
 func (WatchRoutesResponse_EventType) Descriptor() protoreflect.EnumDescriptor {
-	return file_meridian_v1_meridian_proto_enumTypes[2].Descriptor()
+	return file_meridian_v1_meridian_proto_enumTypes[3].Descriptor()
 }
 
 func (WatchRoutesResponse_EventType) Type() protoreflect.EnumType {
-	return &file_meridian_v1_meridian_proto_enumTypes[2]
+	return &file_meridian_v1_meridian_proto_enumTypes[3]
 }
 
 func (x WatchRoutesResponse_EventType) Number() protoreflect.EnumNumber {
@@ -316,7 +372,13 @@ type Route struct {
 	Stale bool `protobuf:"varint,9,opt,name=stale,proto3" json:"stale,omitempty"`
 	// communities are the path's BGP communities, standard "65000:100"
 	// (RFC 1997) then large "64512:1:2" (RFC 8092), sorted.
-	Communities   []string `protobuf:"bytes,10,rep,name=communities,proto3" json:"communities,omitempty"`
+	Communities []string `protobuf:"bytes,10,rep,name=communities,proto3" json:"communities,omitempty"`
+	// encapsulation says how the route's packets leave the node.
+	Encapsulation Route_Encapsulation `protobuf:"varint,11,opt,name=encapsulation,proto3,enum=meridian.v1.Route_Encapsulation" json:"encapsulation,omitempty"`
+	// device is the tunnel device of an encapsulated route (tunl0,
+	// vxlan.meridian); empty for a native route, which leaves through the
+	// link its next hop is on.
+	Device        string `protobuf:"bytes,12,opt,name=device,proto3" json:"device,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -419,6 +481,20 @@ func (x *Route) GetCommunities() []string {
 		return x.Communities
 	}
 	return nil
+}
+
+func (x *Route) GetEncapsulation() Route_Encapsulation {
+	if x != nil {
+		return x.Encapsulation
+	}
+	return Route_ENCAPSULATION_UNSPECIFIED
+}
+
+func (x *Route) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
 }
 
 type ListPeersRequest struct {
@@ -2541,7 +2617,7 @@ const file_meridian_v1_meridian_proto_rawDesc = "" +
 	"\bcontains\x18\x03 \x01(\tR\bcontains\x121\n" +
 	"\x06source\x18\x02 \x01(\x0e2\x19.meridian.v1.Route.SourceR\x06source\">\n" +
 	"\x12ListRoutesResponse\x12(\n" +
-	"\x05route\x18\x01 \x01(\v2\x12.meridian.v1.RouteR\x05route\"\xb9\x03\n" +
+	"\x05route\x18\x01 \x01(\v2\x12.meridian.v1.RouteR\x05route\"\x94\x05\n" +
 	"\x05Route\x12\x16\n" +
 	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x1b\n" +
 	"\tnext_hops\x18\x02 \x03(\tR\bnextHops\x12+\n" +
@@ -2554,7 +2630,9 @@ const file_meridian_v1_meridian_proto_rawDesc = "" +
 	"\x04best\x18\b \x01(\bR\x04best\x12\x14\n" +
 	"\x05stale\x18\t \x01(\bR\x05stale\x12 \n" +
 	"\vcommunities\x18\n" +
-	" \x03(\tR\vcommunities\">\n" +
+	" \x03(\tR\vcommunities\x12F\n" +
+	"\rencapsulation\x18\v \x01(\x0e2 .meridian.v1.Route.EncapsulationR\rencapsulation\x12\x16\n" +
+	"\x06device\x18\f \x01(\tR\x06device\">\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bKIND_BGP\x10\x01\x12\x12\n" +
@@ -2563,7 +2641,12 @@ const file_meridian_v1_meridian_proto_rawDesc = "" +
 	"\x12SOURCE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rSOURCE_KERNEL\x10\x01\x12\x0e\n" +
 	"\n" +
-	"SOURCE_RIB\x10\x02\"\x12\n" +
+	"SOURCE_RIB\x10\x02\"y\n" +
+	"\rEncapsulation\x12\x1d\n" +
+	"\x19ENCAPSULATION_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14ENCAPSULATION_NATIVE\x10\x01\x12\x16\n" +
+	"\x12ENCAPSULATION_IPIP\x10\x02\x12\x17\n" +
+	"\x13ENCAPSULATION_VXLAN\x10\x03\"\x12\n" +
 	"\x10ListPeersRequest\":\n" +
 	"\x11ListPeersResponse\x12%\n" +
 	"\x04peer\x18\x01 \x01(\v2\x11.meridian.v1.PeerR\x04peer\"\xec\x03\n" +
@@ -2758,98 +2841,100 @@ func file_meridian_v1_meridian_proto_rawDescGZIP() []byte {
 	return file_meridian_v1_meridian_proto_rawDescData
 }
 
-var file_meridian_v1_meridian_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_meridian_v1_meridian_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
 var file_meridian_v1_meridian_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_meridian_v1_meridian_proto_goTypes = []any{
 	(Route_Kind)(0),                    // 0: meridian.v1.Route.Kind
 	(Route_Source)(0),                  // 1: meridian.v1.Route.Source
-	(WatchRoutesResponse_EventType)(0), // 2: meridian.v1.WatchRoutesResponse.EventType
-	(*ListRoutesRequest)(nil),          // 3: meridian.v1.ListRoutesRequest
-	(*ListRoutesResponse)(nil),         // 4: meridian.v1.ListRoutesResponse
-	(*Route)(nil),                      // 5: meridian.v1.Route
-	(*ListPeersRequest)(nil),           // 6: meridian.v1.ListPeersRequest
-	(*ListPeersResponse)(nil),          // 7: meridian.v1.ListPeersResponse
-	(*Peer)(nil),                       // 8: meridian.v1.Peer
-	(*GracefulRestartState)(nil),       // 9: meridian.v1.GracefulRestartState
-	(*ListIPAMRequest)(nil),            // 10: meridian.v1.ListIPAMRequest
-	(*ListIPAMResponse)(nil),           // 11: meridian.v1.ListIPAMResponse
-	(*Allocation)(nil),                 // 12: meridian.v1.Allocation
-	(*WatchRoutesRequest)(nil),         // 13: meridian.v1.WatchRoutesRequest
-	(*WatchRoutesResponse)(nil),        // 14: meridian.v1.WatchRoutesResponse
-	(*ListServicesRequest)(nil),        // 15: meridian.v1.ListServicesRequest
-	(*ListServicesResponse)(nil),       // 16: meridian.v1.ListServicesResponse
-	(*Service)(nil),                    // 17: meridian.v1.Service
-	(*ServicePort)(nil),                // 18: meridian.v1.ServicePort
-	(*Frontend)(nil),                   // 19: meridian.v1.Frontend
-	(*Target)(nil),                     // 20: meridian.v1.Target
-	(*Endpoint)(nil),                   // 21: meridian.v1.Endpoint
-	(*ListPoliciesRequest)(nil),        // 22: meridian.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),       // 23: meridian.v1.ListPoliciesResponse
-	(*PodPolicy)(nil),                  // 24: meridian.v1.PodPolicy
-	(*PolicyDirection)(nil),            // 25: meridian.v1.PolicyDirection
-	(*PolicyRule)(nil),                 // 26: meridian.v1.PolicyRule
-	(*PolicyCounters)(nil),             // 27: meridian.v1.PolicyCounters
-	(*RuleHits)(nil),                   // 28: meridian.v1.RuleHits
-	(*EvaluateRequest)(nil),            // 29: meridian.v1.EvaluateRequest
-	(*EvaluateResponse)(nil),           // 30: meridian.v1.EvaluateResponse
-	(*DirectionVerdict)(nil),           // 31: meridian.v1.DirectionVerdict
-	(*RuleRef)(nil),                    // 32: meridian.v1.RuleRef
-	(*GetDataplaneStatusRequest)(nil),  // 33: meridian.v1.GetDataplaneStatusRequest
-	(*GetDataplaneStatusResponse)(nil), // 34: meridian.v1.GetDataplaneStatusResponse
-	(*Problem)(nil),                    // 35: meridian.v1.Problem
-	nil,                                // 36: meridian.v1.Peer.RejectedEntry
-	(*durationpb.Duration)(nil),        // 37: google.protobuf.Duration
+	(Route_Encapsulation)(0),           // 2: meridian.v1.Route.Encapsulation
+	(WatchRoutesResponse_EventType)(0), // 3: meridian.v1.WatchRoutesResponse.EventType
+	(*ListRoutesRequest)(nil),          // 4: meridian.v1.ListRoutesRequest
+	(*ListRoutesResponse)(nil),         // 5: meridian.v1.ListRoutesResponse
+	(*Route)(nil),                      // 6: meridian.v1.Route
+	(*ListPeersRequest)(nil),           // 7: meridian.v1.ListPeersRequest
+	(*ListPeersResponse)(nil),          // 8: meridian.v1.ListPeersResponse
+	(*Peer)(nil),                       // 9: meridian.v1.Peer
+	(*GracefulRestartState)(nil),       // 10: meridian.v1.GracefulRestartState
+	(*ListIPAMRequest)(nil),            // 11: meridian.v1.ListIPAMRequest
+	(*ListIPAMResponse)(nil),           // 12: meridian.v1.ListIPAMResponse
+	(*Allocation)(nil),                 // 13: meridian.v1.Allocation
+	(*WatchRoutesRequest)(nil),         // 14: meridian.v1.WatchRoutesRequest
+	(*WatchRoutesResponse)(nil),        // 15: meridian.v1.WatchRoutesResponse
+	(*ListServicesRequest)(nil),        // 16: meridian.v1.ListServicesRequest
+	(*ListServicesResponse)(nil),       // 17: meridian.v1.ListServicesResponse
+	(*Service)(nil),                    // 18: meridian.v1.Service
+	(*ServicePort)(nil),                // 19: meridian.v1.ServicePort
+	(*Frontend)(nil),                   // 20: meridian.v1.Frontend
+	(*Target)(nil),                     // 21: meridian.v1.Target
+	(*Endpoint)(nil),                   // 22: meridian.v1.Endpoint
+	(*ListPoliciesRequest)(nil),        // 23: meridian.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),       // 24: meridian.v1.ListPoliciesResponse
+	(*PodPolicy)(nil),                  // 25: meridian.v1.PodPolicy
+	(*PolicyDirection)(nil),            // 26: meridian.v1.PolicyDirection
+	(*PolicyRule)(nil),                 // 27: meridian.v1.PolicyRule
+	(*PolicyCounters)(nil),             // 28: meridian.v1.PolicyCounters
+	(*RuleHits)(nil),                   // 29: meridian.v1.RuleHits
+	(*EvaluateRequest)(nil),            // 30: meridian.v1.EvaluateRequest
+	(*EvaluateResponse)(nil),           // 31: meridian.v1.EvaluateResponse
+	(*DirectionVerdict)(nil),           // 32: meridian.v1.DirectionVerdict
+	(*RuleRef)(nil),                    // 33: meridian.v1.RuleRef
+	(*GetDataplaneStatusRequest)(nil),  // 34: meridian.v1.GetDataplaneStatusRequest
+	(*GetDataplaneStatusResponse)(nil), // 35: meridian.v1.GetDataplaneStatusResponse
+	(*Problem)(nil),                    // 36: meridian.v1.Problem
+	nil,                                // 37: meridian.v1.Peer.RejectedEntry
+	(*durationpb.Duration)(nil),        // 38: google.protobuf.Duration
 }
 var file_meridian_v1_meridian_proto_depIdxs = []int32{
 	1,  // 0: meridian.v1.ListRoutesRequest.source:type_name -> meridian.v1.Route.Source
-	5,  // 1: meridian.v1.ListRoutesResponse.route:type_name -> meridian.v1.Route
+	6,  // 1: meridian.v1.ListRoutesResponse.route:type_name -> meridian.v1.Route
 	0,  // 2: meridian.v1.Route.kind:type_name -> meridian.v1.Route.Kind
 	1,  // 3: meridian.v1.Route.source:type_name -> meridian.v1.Route.Source
-	8,  // 4: meridian.v1.ListPeersResponse.peer:type_name -> meridian.v1.Peer
-	36, // 5: meridian.v1.Peer.rejected:type_name -> meridian.v1.Peer.RejectedEntry
-	37, // 6: meridian.v1.Peer.uptime:type_name -> google.protobuf.Duration
-	9,  // 7: meridian.v1.Peer.graceful_restart:type_name -> meridian.v1.GracefulRestartState
-	12, // 8: meridian.v1.ListIPAMResponse.allocation:type_name -> meridian.v1.Allocation
-	1,  // 9: meridian.v1.WatchRoutesRequest.source:type_name -> meridian.v1.Route.Source
-	2,  // 10: meridian.v1.WatchRoutesResponse.type:type_name -> meridian.v1.WatchRoutesResponse.EventType
-	5,  // 11: meridian.v1.WatchRoutesResponse.route:type_name -> meridian.v1.Route
-	17, // 12: meridian.v1.ListServicesResponse.service:type_name -> meridian.v1.Service
-	18, // 13: meridian.v1.Service.ports:type_name -> meridian.v1.ServicePort
-	19, // 14: meridian.v1.ServicePort.frontends:type_name -> meridian.v1.Frontend
-	20, // 15: meridian.v1.ServicePort.targets:type_name -> meridian.v1.Target
-	21, // 16: meridian.v1.Target.endpoints:type_name -> meridian.v1.Endpoint
-	24, // 17: meridian.v1.ListPoliciesResponse.pod:type_name -> meridian.v1.PodPolicy
-	25, // 18: meridian.v1.PodPolicy.ingress:type_name -> meridian.v1.PolicyDirection
-	25, // 19: meridian.v1.PodPolicy.egress:type_name -> meridian.v1.PolicyDirection
-	26, // 20: meridian.v1.PolicyDirection.rules:type_name -> meridian.v1.PolicyRule
-	27, // 21: meridian.v1.PolicyDirection.counters:type_name -> meridian.v1.PolicyCounters
-	28, // 22: meridian.v1.PolicyCounters.allowed:type_name -> meridian.v1.RuleHits
-	31, // 23: meridian.v1.EvaluateResponse.egress:type_name -> meridian.v1.DirectionVerdict
-	31, // 24: meridian.v1.EvaluateResponse.ingress:type_name -> meridian.v1.DirectionVerdict
-	32, // 25: meridian.v1.DirectionVerdict.rules:type_name -> meridian.v1.RuleRef
-	35, // 26: meridian.v1.GetDataplaneStatusResponse.service_problems:type_name -> meridian.v1.Problem
-	35, // 27: meridian.v1.GetDataplaneStatusResponse.policy_problems:type_name -> meridian.v1.Problem
-	3,  // 28: meridian.v1.Meridian.ListRoutes:input_type -> meridian.v1.ListRoutesRequest
-	6,  // 29: meridian.v1.Meridian.ListPeers:input_type -> meridian.v1.ListPeersRequest
-	10, // 30: meridian.v1.Meridian.ListIPAM:input_type -> meridian.v1.ListIPAMRequest
-	13, // 31: meridian.v1.Meridian.WatchRoutes:input_type -> meridian.v1.WatchRoutesRequest
-	15, // 32: meridian.v1.Meridian.ListServices:input_type -> meridian.v1.ListServicesRequest
-	22, // 33: meridian.v1.Meridian.ListPolicies:input_type -> meridian.v1.ListPoliciesRequest
-	29, // 34: meridian.v1.Meridian.Evaluate:input_type -> meridian.v1.EvaluateRequest
-	33, // 35: meridian.v1.Meridian.GetDataplaneStatus:input_type -> meridian.v1.GetDataplaneStatusRequest
-	4,  // 36: meridian.v1.Meridian.ListRoutes:output_type -> meridian.v1.ListRoutesResponse
-	7,  // 37: meridian.v1.Meridian.ListPeers:output_type -> meridian.v1.ListPeersResponse
-	11, // 38: meridian.v1.Meridian.ListIPAM:output_type -> meridian.v1.ListIPAMResponse
-	14, // 39: meridian.v1.Meridian.WatchRoutes:output_type -> meridian.v1.WatchRoutesResponse
-	16, // 40: meridian.v1.Meridian.ListServices:output_type -> meridian.v1.ListServicesResponse
-	23, // 41: meridian.v1.Meridian.ListPolicies:output_type -> meridian.v1.ListPoliciesResponse
-	30, // 42: meridian.v1.Meridian.Evaluate:output_type -> meridian.v1.EvaluateResponse
-	34, // 43: meridian.v1.Meridian.GetDataplaneStatus:output_type -> meridian.v1.GetDataplaneStatusResponse
-	36, // [36:44] is the sub-list for method output_type
-	28, // [28:36] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	2,  // 4: meridian.v1.Route.encapsulation:type_name -> meridian.v1.Route.Encapsulation
+	9,  // 5: meridian.v1.ListPeersResponse.peer:type_name -> meridian.v1.Peer
+	37, // 6: meridian.v1.Peer.rejected:type_name -> meridian.v1.Peer.RejectedEntry
+	38, // 7: meridian.v1.Peer.uptime:type_name -> google.protobuf.Duration
+	10, // 8: meridian.v1.Peer.graceful_restart:type_name -> meridian.v1.GracefulRestartState
+	13, // 9: meridian.v1.ListIPAMResponse.allocation:type_name -> meridian.v1.Allocation
+	1,  // 10: meridian.v1.WatchRoutesRequest.source:type_name -> meridian.v1.Route.Source
+	3,  // 11: meridian.v1.WatchRoutesResponse.type:type_name -> meridian.v1.WatchRoutesResponse.EventType
+	6,  // 12: meridian.v1.WatchRoutesResponse.route:type_name -> meridian.v1.Route
+	18, // 13: meridian.v1.ListServicesResponse.service:type_name -> meridian.v1.Service
+	19, // 14: meridian.v1.Service.ports:type_name -> meridian.v1.ServicePort
+	20, // 15: meridian.v1.ServicePort.frontends:type_name -> meridian.v1.Frontend
+	21, // 16: meridian.v1.ServicePort.targets:type_name -> meridian.v1.Target
+	22, // 17: meridian.v1.Target.endpoints:type_name -> meridian.v1.Endpoint
+	25, // 18: meridian.v1.ListPoliciesResponse.pod:type_name -> meridian.v1.PodPolicy
+	26, // 19: meridian.v1.PodPolicy.ingress:type_name -> meridian.v1.PolicyDirection
+	26, // 20: meridian.v1.PodPolicy.egress:type_name -> meridian.v1.PolicyDirection
+	27, // 21: meridian.v1.PolicyDirection.rules:type_name -> meridian.v1.PolicyRule
+	28, // 22: meridian.v1.PolicyDirection.counters:type_name -> meridian.v1.PolicyCounters
+	29, // 23: meridian.v1.PolicyCounters.allowed:type_name -> meridian.v1.RuleHits
+	32, // 24: meridian.v1.EvaluateResponse.egress:type_name -> meridian.v1.DirectionVerdict
+	32, // 25: meridian.v1.EvaluateResponse.ingress:type_name -> meridian.v1.DirectionVerdict
+	33, // 26: meridian.v1.DirectionVerdict.rules:type_name -> meridian.v1.RuleRef
+	36, // 27: meridian.v1.GetDataplaneStatusResponse.service_problems:type_name -> meridian.v1.Problem
+	36, // 28: meridian.v1.GetDataplaneStatusResponse.policy_problems:type_name -> meridian.v1.Problem
+	4,  // 29: meridian.v1.Meridian.ListRoutes:input_type -> meridian.v1.ListRoutesRequest
+	7,  // 30: meridian.v1.Meridian.ListPeers:input_type -> meridian.v1.ListPeersRequest
+	11, // 31: meridian.v1.Meridian.ListIPAM:input_type -> meridian.v1.ListIPAMRequest
+	14, // 32: meridian.v1.Meridian.WatchRoutes:input_type -> meridian.v1.WatchRoutesRequest
+	16, // 33: meridian.v1.Meridian.ListServices:input_type -> meridian.v1.ListServicesRequest
+	23, // 34: meridian.v1.Meridian.ListPolicies:input_type -> meridian.v1.ListPoliciesRequest
+	30, // 35: meridian.v1.Meridian.Evaluate:input_type -> meridian.v1.EvaluateRequest
+	34, // 36: meridian.v1.Meridian.GetDataplaneStatus:input_type -> meridian.v1.GetDataplaneStatusRequest
+	5,  // 37: meridian.v1.Meridian.ListRoutes:output_type -> meridian.v1.ListRoutesResponse
+	8,  // 38: meridian.v1.Meridian.ListPeers:output_type -> meridian.v1.ListPeersResponse
+	12, // 39: meridian.v1.Meridian.ListIPAM:output_type -> meridian.v1.ListIPAMResponse
+	15, // 40: meridian.v1.Meridian.WatchRoutes:output_type -> meridian.v1.WatchRoutesResponse
+	17, // 41: meridian.v1.Meridian.ListServices:output_type -> meridian.v1.ListServicesResponse
+	24, // 42: meridian.v1.Meridian.ListPolicies:output_type -> meridian.v1.ListPoliciesResponse
+	31, // 43: meridian.v1.Meridian.Evaluate:output_type -> meridian.v1.EvaluateResponse
+	35, // 44: meridian.v1.Meridian.GetDataplaneStatus:output_type -> meridian.v1.GetDataplaneStatusResponse
+	37, // [37:45] is the sub-list for method output_type
+	29, // [29:37] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_meridian_v1_meridian_proto_init() }
@@ -2862,7 +2947,7 @@ func file_meridian_v1_meridian_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meridian_v1_meridian_proto_rawDesc), len(file_meridian_v1_meridian_proto_rawDesc)),
-			NumEnums:      3,
+			NumEnums:      4,
 			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,

@@ -64,6 +64,8 @@ func testSources() apiserver.Sources {
 			{Dst: p("10.244.1.0/24"), Blackhole: true},
 			{Dst: p("10.244.2.0/24"), NextHops: []netip.Addr{a("198.18.0.12")}},
 			{Dst: p("10.244.9.0/24"), NextHops: []netip.Addr{a("198.18.0.12"), a("198.18.0.13")}},
+			// Another rack's node with no ToR knowing its pod CIDR: IPIP.
+			{Dst: p("10.244.4.0/24"), NextHops: []netip.Addr{a("198.18.2.14")}, Dev: "tunl0"},
 		}},
 		BGP: rib{
 			paths: []bgp.Path{
@@ -169,6 +171,7 @@ func TestGolden(t *testing.T) {
 		"trace-dns-locked.table": {"trace", "10.244.1.7", "10.96.0.10:53/UDP"},
 		"trace-empty.table":      {"trace", "10.244.1.6", "10.96.0.30:80"},
 		"trace-direct.table":     {"trace", "10.244.2.7", "10.244.1.5:9090/TCP"},
+		"trace-ipip.table":       {"trace", "10.244.1.6", "10.244.4.9:80/TCP"},
 		"trace-offcluster.table": {"trace", "192.0.2.1", "10.96.0.20:80/TCP"},
 		// The API's checks only: the cluster and host ones read this
 		// machine and a kubeconfig (TestClusterChecks covers the former).
@@ -280,6 +283,7 @@ func TestWatchRoutes(t *testing.T) {
 		"EVENT  SOURCE  PREFIX         NEXT HOPS                TYPE       PEER  FLAGS",
 		"=      kernel  10.244.1.0/24                           blackhole",
 		"=      kernel  10.244.2.0/24  198.18.0.12              bgp",
+		"=      kernel  10.244.4.0/24  198.18.2.14              bgp",
 		"=      kernel  10.244.9.0/24  198.18.0.12,198.18.0.13  bgp",
 	}
 	for _, w := range want {
@@ -290,8 +294,13 @@ func TestWatchRoutes(t *testing.T) {
 	k.mu.Lock()
 	k.rs = k.rs[:2]
 	k.mu.Unlock()
-	if got, w := pr.line(t), "-  kernel  10.244.9.0/24  198.18.0.12,198.18.0.13  bgp"; got != w {
-		t.Fatalf("line %q; want %q", got, w)
+	for _, w := range []string{
+		"-  kernel  10.244.4.0/24  198.18.2.14  bgp",
+		"-  kernel  10.244.9.0/24  198.18.0.12,198.18.0.13  bgp",
+	} {
+		if got := pr.line(t); got != w {
+			t.Fatalf("line %q; want %q", got, w)
+		}
 	}
 	cancel()
 	if err := <-done; err == nil || !strings.Contains(err.Error(), "Canceled") {

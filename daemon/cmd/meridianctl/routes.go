@@ -77,7 +77,7 @@ func listRoutes(ctx context.Context, out io.Writer, tgt target, prefix, contains
 func routeHeader(format string, event bool) []string {
 	h := []string{"SOURCE", "PREFIX", "NEXT HOPS", "TYPE", "PEER", "FLAGS"}
 	if format == formatWide {
-		h = append(h, "AS PATH", "LOCAL PREF")
+		h = append(h, "AS PATH", "LOCAL PREF", "ENCAP", "DEVICE")
 	}
 	if event {
 		h = append([]string{"EVENT"}, h...)
@@ -104,9 +104,23 @@ func routeCells(r *meridianv1.Route, format string) []string {
 	}
 	cells := []string{sourceName(r.GetSource()), r.GetPrefix(), strings.Join(r.GetNextHops(), ","), kindName(r.GetKind()), r.GetPeer(), flags}
 	if format == formatWide {
-		cells = append(cells, strings.Join(as, " "), lp)
+		cells = append(cells, strings.Join(as, " "), lp, encapName(r.GetEncapsulation()), r.GetDevice())
 	}
 	return cells
+}
+
+// encapName is how a kernel route leaves the node; "" where it does not
+// apply (RIB rows, blackholes).
+func encapName(e meridianv1.Route_Encapsulation) string {
+	switch e {
+	case meridianv1.Route_ENCAPSULATION_NATIVE:
+		return "native"
+	case meridianv1.Route_ENCAPSULATION_IPIP:
+		return "ipip"
+	case meridianv1.Route_ENCAPSULATION_VXLAN:
+		return "vxlan"
+	}
+	return ""
 }
 
 func sourceName(s meridianv1.Route_Source) string {

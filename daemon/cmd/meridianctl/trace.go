@@ -61,9 +61,12 @@ type traceRoute struct {
 	NextHops []string `json:"nextHops,omitempty"`
 	// Peers are the BGP neighbours whose best path taught the prefix.
 	Peers []string `json:"peers,omitempty"`
-	// Encapsulation is "none": Meridian routes natively (no IPIP yet).
+	// Encapsulation is "none" for a native route, else the tunnel
+	// ("ipip", "vxlan") the route's packets are carried in.
 	Encapsulation string `json:"encapsulation,omitempty"`
-	Explanation   string `json:"explanation"`
+	// Device is the tunnel device of an encapsulated route.
+	Device      string `json:"device,omitempty"`
+	Explanation string `json:"explanation"`
 }
 
 type traceVerdict struct {
@@ -277,13 +280,18 @@ func lookupRoute(ctx context.Context, c meridianv1.MeridianClient, a netip.Addr,
 	default:
 		rt.Kind = "unknown"
 	}
-	rt.Encapsulation = "none"
+	rt.Encapsulation, rt.Device = "none", best.GetDevice()
+	how := "native (no encapsulation)"
+	if e := encapName(best.GetEncapsulation()); e != "" && e != "native" {
+		rt.Encapsulation = e
+		how = fmt.Sprintf("encapsulated in %s through %s to the node that owns it (no router on the way knows this pod CIDR)", strings.ToUpper(e), best.GetDevice())
+	}
 	for _, r := range rows {
 		if r.GetSource() == meridianv1.Route_SOURCE_RIB && r.GetPrefix() == best.GetPrefix() && r.GetBest() {
 			rt.Peers = append(rt.Peers, r.GetPeer())
 		}
 	}
-	rt.Explanation = fmt.Sprintf("%s via %s, native (no encapsulation)", best.GetPrefix(), strings.Join(best.GetNextHops(), ", "))
+	rt.Explanation = fmt.Sprintf("%s via %s, %s", best.GetPrefix(), strings.Join(best.GetNextHops(), ", "), how)
 	if len(best.GetNextHops()) > 1 {
 		rt.Explanation += ", ECMP: the kernel hashes each flow onto one next hop"
 	}
