@@ -196,4 +196,18 @@ func TestCheckMTU(t *testing.T) {
 		!strings.Contains(fs[0].Message, "merbig000001") || !strings.Contains(fs[0].Message, "1400") || !strings.Contains(fs[0].Fix, "1400") {
 		t.Fatalf("findings %+v, want one MTU error naming merbig000001 and 1400", fs)
 	}
+
+	// A route through a tunnel (a smaller-MTU link, as tunl0 is the
+	// uplink's minus 20) makes that tunnel's MTU the bound: the 1400 pod
+	// now exceeds it too.
+	tun := veth("tun0", "tun1", 1380)
+	if err := h.RouteAdd(&netlink.Route{LinkIndex: tun.Attrs().Index, Dst: &net.IPNet{IP: net.IPv4(10, 244, 3, 0), Mask: net.CIDRMask(24, 32)},
+		Gw: net.IPv4(198, 19, 0, 13), Flags: int(netlink.FLAG_ONLINK), Protocol: netlink.RouteProtocol(routes.Protocol)}); err != nil {
+		t.Fatal(err)
+	}
+	fs = checkMTU(h)
+	if len(fs) != 2 || !strings.Contains(fs[0].Message, "tun0's 1380") || !strings.Contains(fs[0].Message, "merok0000001") ||
+		!strings.Contains(fs[1].Message, "merbig000001") || !strings.Contains(fs[0].Fix, "1380") {
+		t.Fatalf("findings %+v, want both pod links above tun0's 1380", fs)
+	}
 }

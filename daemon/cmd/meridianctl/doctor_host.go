@@ -32,11 +32,12 @@ func hostChecks(svcs []*meridianv1.Service) []finding {
 }
 
 // checkMTU compares the host side of the pods' veths (the pod side has the
-// same MTU: the plugin sets both) with the link pod traffic leaves the node
-// on: that of the routes Meridian installs to other nodes' pods, else the
-// default route's. No overlay means no header to leave room for: a pod MTU
-// above that link's drops or fragments large packets, the "large transfers
-// hang" symptom.
+// same MTU: the plugin sets both) with the links pod traffic leaves the node
+// on: those of the routes Meridian installs to other nodes' pods (the
+// smallest MTU among them wins: a tunnel device, tunl0 or VXLAN, has the
+// uplink's MTU minus its header), else the default route's. A pod MTU above
+// that drops or fragments large packets, the "large transfers hang"
+// symptom.
 func checkMTU(h *netlink.Handle) []finding {
 	links, err := h.LinkList()
 	if err != nil {
@@ -46,17 +47,25 @@ func checkMTU(h *netlink.Handle) []finding {
 	if err != nil {
 		return nil
 	}
-	linkOf := func(r netlink.Route) int {
-		if r.LinkIndex == 0 && len(r.MultiPath) > 0 {
-			return r.MultiPath[0].LinkIndex
-		}
-		return r.LinkIndex
+	mtuOf := map[int]int{}
+	for _, l := range links {
+		mtuOf[l.Attrs().Index] = l.Attrs().MTU
 	}
 	uplink := 0
+	consider := func(idx int) {
+		if _, ok := mtuOf[idx]; ok && (uplink == 0 || mtuOf[idx] < mtuOf[uplink]) {
+			uplink = idx
+		}
+	}
 	for _, r := range rs {
-		if int(r.Protocol) == routes.Protocol && (r.Gw != nil || len(r.MultiPath) > 0) {
-			uplink = linkOf(r)
-			break
+		if int(r.Protocol) != routes.Protocol {
+			continue
+		}
+		if r.Gw != nil {
+			consider(r.LinkIndex)
+		}
+		for _, nh := range r.MultiPath {
+			consider(nh.LinkIndex)
 		}
 	}
 	for _, r := range rs {
@@ -69,7 +78,11 @@ func checkMTU(h *netlink.Handle) []finding {
 			isDefault = ones == 0
 		}
 		if isDefault {
-			uplink = linkOf(r)
+			if r.LinkIndex == 0 && len(r.MultiPath) > 0 {
+				consider(r.MultiPath[0].LinkIndex)
+			} else {
+				consider(r.LinkIndex)
+			}
 		}
 	}
 	var up netlink.Link
