@@ -30,8 +30,8 @@ import (
 	"github.com/meridian-net/meridian/bgp"
 	"github.com/meridian-net/meridian/cni-plugin/ipam"
 	"github.com/meridian-net/meridian/daemon/dataplane"
-	"github.com/meridian-net/meridian/daemon/nft"
 	"github.com/meridian-net/meridian/daemon/encap"
+	"github.com/meridian-net/meridian/daemon/nft"
 	"github.com/meridian-net/meridian/daemon/routes"
 )
 
