@@ -16,6 +16,7 @@ import (
 
 	"github.com/meridian-net/meridian/bgp"
 	"github.com/meridian-net/meridian/daemon/dataplane"
+	"github.com/meridian-net/meridian/daemon/routes"
 )
 
 // Metrics holds the registry and the instruments the daemon updates.
@@ -29,6 +30,8 @@ type Metrics struct {
 	services        prometheus.Gauge
 	policyPods      prometheus.Gauge
 	failedClosed    prometheus.Gauge
+	routeOps        *prometheus.CounterVec
+	routeFailures   prometheus.Counter
 }
 
 // New registers every metric in a fresh registry, with the Go runtime and
@@ -68,6 +71,18 @@ func New() *Metrics {
 			Help: "Local pods dropping new traffic because the kernel refused their NetworkPolicy rules (0 once the full table applies).",
 		}),
 	}
+	m.routeOps = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meridian_route_operations_total",
+		Help: "Kernel routes Meridian installed (op=add), changed in place (replace) or deleted (remove).",
+	}, []string{"op"})
+	m.routeFailures = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "meridian_route_failures_total",
+		Help: "Route installs, changes and removals the kernel refused or that could not be expressed.",
+	})
+	for _, op := range []string{"add", "replace", "remove"} {
+		m.routeOps.WithLabelValues(op) // present at 0 before the first change
+	}
+	m.Registry.MustRegister(m.routeOps, m.routeFailures)
 	m.Registry.MustRegister(m.nftSyncSeconds, m.nftSyncFailures, m.nftOps, m.staleFlows, m.services, m.policyPods, m.failedClosed,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -86,6 +101,14 @@ func (m *Metrics) ObserveSync(r dataplane.SyncReport) {
 	m.staleFlows.Add(float64(r.StaleFlows))
 	m.services.Set(float64(r.Services))
 	m.policyPods.Set(float64(r.Pods))
+}
+
+// ObserveRoutes records what one route apply did.
+func (m *Metrics) ObserveRoutes(r routes.Result) {
+	m.routeOps.WithLabelValues("add").Add(float64(r.Added))
+	m.routeOps.WithLabelValues("replace").Add(float64(r.Replaced))
+	m.routeOps.WithLabelValues("remove").Add(float64(r.Removed))
+	m.routeFailures.Add(float64(r.Failed))
 }
 
 // WatchBGP registers a collector that reads the speaker's sessions at each

@@ -17,6 +17,7 @@ import (
 	"github.com/meridian-net/meridian/bgp"
 	"github.com/meridian-net/meridian/cni-plugin/opstats"
 	"github.com/meridian-net/meridian/daemon/dataplane"
+	"github.com/meridian-net/meridian/daemon/routes"
 )
 
 func scrape(t *testing.T, h http.Handler, path string) (int, string) {
@@ -39,6 +40,8 @@ func TestMetricsExposeSyncsSessionsAndIPAM(t *testing.T) {
 	m.WatchIPAM(func() (int, int, error) { return 5, 254, nil }, log)
 	m.ObserveSync(dataplane.SyncReport{Duration: 3 * time.Millisecond, Ops: 12, Services: 4, Pods: 2, StaleFlows: 1})
 	m.ObserveSync(dataplane.SyncReport{Duration: time.Millisecond, Err: errors.New("refused"), FailedClosed: 2})
+	m.ObserveRoutes(routes.Result{Added: 3, Replaced: 1, Kept: 7, Failed: 1})
+	m.ObserveRoutes(routes.Result{Added: 1, Removed: 2})
 
 	code, body := scrape(t, m.Handler(nil), "/metrics")
 	if code != http.StatusOK {
@@ -57,6 +60,10 @@ func TestMetricsExposeSyncsSessionsAndIPAM(t *testing.T) {
 		`meridian_policy_local_pods 2`,
 		`meridian_conntrack_stale_entries_deleted_total 1`,
 		`meridian_policy_failed_closed_pods 2`,
+		`meridian_route_operations_total{op="add"} 4`,
+		`meridian_route_operations_total{op="replace"} 1`,
+		`meridian_route_operations_total{op="remove"} 2`,
+		`meridian_route_failures_total 1`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("missing %q", want)

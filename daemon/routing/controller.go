@@ -15,6 +15,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -105,6 +106,9 @@ type Controller struct {
 	// rejected holds the paths last refused by the import policy, so each
 	// rejection is logged when it starts, not on every sync.
 	rejected map[rejection]bool
+	// sessionUp holds whether each peer's session was established at the
+	// last sync, for the up/down Events.
+	sessionUp map[netip.Addr]bool
 	// overLimit holds the Warn-action peers last seen above their limit.
 	overLimit map[netip.Addr]bool
 	// skipped holds the BGPPeers last left out on this node.
@@ -444,8 +448,13 @@ func (c *Controller) sync(ctx context.Context, lister corelisters.NodeLister, sp
 	if err != nil {
 		return errors.Join(append(errs, fmt.Errorf("read RIB: %w", err))...)
 	}
-	c.logRejections(paths)
+	if fresh := c.logRejections(paths); len(fresh) > 0 {
+		c.nodeEvent(selfNode, corev1.EventTypeWarning, "BGPPrefixRejected", rejectionSummary(fresh))
+	}
 	c.checkLimits(plan.Peers, paths)
+	if states, err := speaker.Peers(ctx); err == nil {
+		c.reportSessions(selfNode, states)
+	}
 	desired, skipped := routes.Desired(bgp.Multipath(paths), routes.Local{
 		PodCIDRs:        self.PodCIDRs,
 		NodeIP:          self.InternalIP,
@@ -578,8 +587,9 @@ func (c *Controller) logEncap(desired []routes.Route) {
 	c.encapReasons = now
 }
 
-// logRejections logs each refused path once, when it starts being refused.
-func (c *Controller) logRejections(paths []bgp.Path) {
+// logRejections logs each refused path once, when it starts being refused,
+// and returns those it logged at Warn.
+func (c *Controller) logRejections(paths []bgp.Path) (fresh []rejection) {
 	now := map[rejection]bool{}
 	for _, p := range paths {
 		if p.Rejected == "" {
@@ -593,9 +603,61 @@ func (c *Controller) logRejections(paths []bgp.Path) {
 			c.log.Debug("service path from a peer not installed", "prefix", r.prefix, "peer", r.peer)
 		} else if !c.rejected[r] {
 			c.log.Warn("path rejected by import policy", "prefix", r.prefix, "peer", r.peer, "next_hop", p.NextHop, "reason", r.reason)
+			fresh = append(fresh, r)
 		}
 	}
 	c.rejected = now
+	return fresh
+}
+
+// rejectionSummary is one Event's text for the paths newly refused in a
+// sync: the count and the first few, so a peer sending a full table makes
+// one Event, not one per prefix.
+func rejectionSummary(rs []rejection) string {
+	slices.SortFunc(rs, func(a, b rejection) int {
+		return cmp.Or(a.peer.Compare(b.peer), a.prefix.Addr().Compare(b.prefix.Addr()), cmp.Compare(a.prefix.Bits(), b.prefix.Bits()))
+	})
+	const shown = 5
+	var parts []string
+	for _, r := range rs[:min(len(rs), shown)] {
+		parts = append(parts, fmt.Sprintf("%s from %s (%s)", r.prefix, r.peer, r.reason))
+	}
+	msg := fmt.Sprintf("import policy refused %d path(s): %s", len(rs), strings.Join(parts, ", "))
+	if len(rs) > shown {
+		msg += fmt.Sprintf(", and %d more (meridianctl routes --source rib, meridianctl peers -o wide)", len(rs)-shown)
+	}
+	return msg
+}
+
+// reportSessions records an Event on the Node when a session comes up or
+// goes down (a first sight of a session that is not up yet says nothing:
+// that is start-up, not news).
+func (c *Controller) reportSessions(node *corev1.Node, states []bgp.PeerState) {
+	now := make(map[netip.Addr]bool, len(states))
+	for _, st := range states {
+		up := st.State == "established"
+		now[st.Address] = up
+		was, seen := c.sessionUp[st.Address]
+		switch {
+		case up && !was:
+			c.nodeEvent(node, corev1.EventTypeNormal, "BGPSessionEstablished", fmt.Sprintf("BGP session with %s (%s, AS %d) established", st.Name, st.Address, st.ASN))
+		case !up && was && seen:
+			msg := fmt.Sprintf("BGP session with %s (%s, AS %d) is %s", st.Name, st.Address, st.ASN, st.State)
+			if st.LastError != "" {
+				msg += ": " + st.LastError
+			}
+			c.nodeEvent(node, corev1.EventTypeWarning, "BGPSessionDown", msg)
+		}
+	}
+	c.sessionUp = now
+}
+
+// nodeEvent records an Event on this node's Node object, when the
+// controller has a recorder.
+func (c *Controller) nodeEvent(node *corev1.Node, eventType, reason, msg string) {
+	if c.record != nil && node != nil {
+		c.record(node, eventType, reason, msg)
+	}
 }
 
 // checkLimits reports peers with the Warn action above their prefix limit

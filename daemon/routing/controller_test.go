@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -903,4 +904,55 @@ func TestControllerCommunities(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// Events on the Node: a session coming up and going down (not a session
+// first seen down, which is start-up), and newly refused paths summed up
+// in one Event per sync.
+func TestNodeEvents(t *testing.T) {
+	type event struct{ typ, reason, msg string }
+	var got []event
+	c := &Controller{log: slog.New(slog.DiscardHandler), record: func(_ runtime.Object, typ, reason, msg string) { got = append(got, event{typ, reason, msg}) }}
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}}
+	tor := netip.MustParseAddr("198.18.0.201")
+	n2 := netip.MustParseAddr("198.18.0.12")
+	peer := func(addr netip.Addr, name, state, lastErr string) bgp.PeerState {
+		return bgp.PeerState{Peer: bgp.Peer{Name: name, Address: addr, ASN: 64512}, State: state, LastError: lastErr}
+	}
+
+	c.reportSessions(node, []bgp.PeerState{peer(tor, "tor1", "active", ""), peer(n2, "node-2", "established", "")})
+	c.reportSessions(node, []bgp.PeerState{peer(tor, "tor1", "active", ""), peer(n2, "node-2", "established", "")})
+	c.reportSessions(node, []bgp.PeerState{peer(tor, "tor1", "established", ""), peer(n2, "node-2", "idle", "hold timer expired")})
+	want := []event{
+		{corev1.EventTypeNormal, "BGPSessionEstablished", "BGP session with node-2 (198.18.0.12, AS 64512) established"},
+		{corev1.EventTypeNormal, "BGPSessionEstablished", "BGP session with tor1 (198.18.0.201, AS 64512) established"},
+		{corev1.EventTypeWarning, "BGPSessionDown", "BGP session with node-2 (198.18.0.12, AS 64512) is idle: hold timer expired"},
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("session events:\n%v\nwant\n%v", got, want)
+	}
+
+	got = nil
+	paths := []bgp.Path{
+		{Prefix: netip.MustParsePrefix("0.0.0.0/0"), NextHop: tor, PeerAddress: tor, Rejected: bgp.ReasonDefaultRoute},
+		{Prefix: netip.MustParsePrefix("10.244.1.0/24"), NextHop: tor, PeerAddress: tor, Rejected: bgp.ReasonOwnPodCIDR},
+		{Prefix: netip.MustParsePrefix("10.244.2.0/24"), NextHop: n2, PeerAddress: n2},
+	}
+	fresh := c.logRejections(paths)
+	if len(fresh) != 2 {
+		t.Fatalf("%d fresh rejections, want 2", len(fresh))
+	}
+	if msg := rejectionSummary(fresh); msg != "import policy refused 2 path(s): 0.0.0.0/0 from 198.18.0.201 (defaultRoute), 10.244.1.0/24 from 198.18.0.201 (ownPodCIDR)" {
+		t.Errorf("summary %q", msg)
+	}
+	if again := c.logRejections(paths); len(again) != 0 {
+		t.Errorf("the same rejections reported again: %v", again)
+	}
+	var many []rejection
+	for i := range 7 {
+		many = append(many, rejection{prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}), 32), peer: tor, reason: bgp.ReasonOutsideAllowed})
+	}
+	if msg := rejectionSummary(many); !strings.HasPrefix(msg, "import policy refused 7 path(s): 192.0.2.0/32 from 198.18.0.201 (outsideAllowed)") || !strings.Contains(msg, "and 2 more") {
+		t.Errorf("summary of 7: %q", msg)
+	}
 }

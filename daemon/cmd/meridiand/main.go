@@ -129,6 +129,7 @@ func run(ctx context.Context, log *slog.Logger, nodeName, kubeconfig string, asn
 	defer h.Close()
 
 	applier := routes.NewApplier(h, log)
+	m := metrics.New()
 	// The controller owns the speaker and replaces it when the node's BGP
 	// identity changes; the API reads whichever one it built last.
 	var current currentSpeaker
@@ -161,13 +162,12 @@ func run(ctx context.Context, log *slog.Logger, nodeName, kubeconfig string, asn
 		Encapsulation:     ec.mode,
 		EncapsulationType: ec.typ,
 		PodMTU:            ec.podMTU,
-	}, client, crdClient, applier, tunnel.NewApplier(h, log), newSpeaker, writeState, log)
+	}, client, crdClient, observedApplier{applier, m.ObserveRoutes}, tunnel.NewApplier(h, log), newSpeaker, writeState, log)
 	log.Info("meridiand starting", "node", nodeName, "asn", asn, "stateDir", stateDir, "apiSocket", api.socket, "apiListen", api.listen,
 		"encapsulation", ec.mode, "encapsulationType", ec.typ, "podMTU", ec.podMTU)
 
 	// The API, the metrics listener and the dataplane run beside routing.
 	var wg sync.WaitGroup
-	m := metrics.New()
 	m.WatchBGP(func() ([]bgp.PeerState, error) { return current.Peers(ctx) }, log)
 	m.WatchIPAM(ipamUsage(stateDir), log)
 	// One handle on table inet meridian: the dataplane writes it, the API
@@ -278,4 +278,16 @@ func stoppedUnavailable(err error) error {
 		return fmt.Errorf("BGP speaker restarting: %w", errors.Join(err, apiserver.ErrUnavailable))
 	}
 	return err
+}
+
+// observedApplier reports each route apply to the metrics.
+type observedApplier struct {
+	*routes.Applier
+	observe func(routes.Result)
+}
+
+func (a observedApplier) Apply(desired []routes.Route, prune bool) (routes.Result, error) {
+	res, err := a.Applier.Apply(desired, prune)
+	a.observe(res)
+	return res, err
 }
