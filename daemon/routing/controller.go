@@ -444,6 +444,12 @@ func (c *Controller) sync(ctx context.Context, lister corelisters.NodeLister, sp
 	if err := speaker.SetAdvertisements(ctx, settings.WithAttributes(ads)); err != nil {
 		errs = append(errs, fmt.Errorf("set advertisements: %w", err))
 	}
+	// Until every peer has re-sent its routes after a restart, a route
+	// missing from the RIB may just not have arrived yet: add, never prune.
+	// Read before the RIB: convergence latched after the RIB was read
+	// would prune by a snapshot taken before the last peer's routes
+	// arrived (a route removed and re-added milliseconds later).
+	converged := speaker.Converged()
 	paths, err := speaker.Paths(ctx)
 	if err != nil {
 		return errors.Join(append(errs, fmt.Errorf("read RIB: %w", err))...)
@@ -483,9 +489,6 @@ func (c *Controller) sync(ctx context.Context, lister corelisters.NodeLister, sp
 			c.tunnelErr = ""
 		}
 	}
-	// Until every peer has re-sent its routes after a restart, a route
-	// missing from the RIB may just not have arrived yet: add, never prune.
-	converged := speaker.Converged()
 	res, err := c.applier.Apply(desired, converged)
 	if err != nil {
 		errs = append(errs, fmt.Errorf("apply routes: %w", err))
