@@ -21,7 +21,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -638,19 +637,15 @@ func TestAPIDoctorSeedFailures(t *testing.T) {
 	// MTU (the lab's CNI configuration is right, so set one by hand).
 	h := nodeHandle(t, node)
 	defer h.Close()
-	var podVeth netlink.Link
-	links, err := h.LinkList()
-	if err != nil {
-		t.Fatal(err)
+	// The host end of this test's own pod's veth (its /32 route's link):
+	// another pod's could go away with its test before the cleanup here.
+	rs, err := h.RouteGet(net.ParseIP(app.Status.PodIP))
+	if err != nil || len(rs) == 0 {
+		t.Fatalf("route to %s on %s: %v", app.Status.PodIP, node.Name, err)
 	}
-	for _, lk := range links {
-		if lk.Type() == "veth" && strings.HasPrefix(lk.Attrs().Name, "mer") {
-			podVeth = lk
-			break
-		}
-	}
-	if podVeth == nil {
-		t.Fatal("no pod veth on " + node.Name)
+	podVeth, err := h.LinkByIndex(rs[0].LinkIndex)
+	if err != nil || podVeth.Type() != "veth" || !strings.HasPrefix(podVeth.Attrs().Name, "mer") {
+		t.Fatalf("pod veth of %s on %s: %v %v", app.Name, node.Name, podVeth, err)
 	}
 	oldMTU := podVeth.Attrs().MTU
 	if err := h.LinkSetMTU(podVeth, 9000); err != nil {
