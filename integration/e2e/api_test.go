@@ -635,8 +635,12 @@ func TestAPIDoctorSeedFailures(t *testing.T) {
 
 	// 3. Intermittent drops of large packets: a pod link above the node's
 	// MTU (the lab's CNI configuration is right, so set one by hand).
+	// Closed by a cleanup, after the MTU restore (cleanups run last in,
+	// first out): a deferred Close would hand the restore, which runs after
+	// this function returns, a closed socket whose number another netns's
+	// socket may have taken by then.
 	h := nodeHandle(t, node)
-	defer h.Close()
+	t.Cleanup(func() { h.Close() })
 	// The host end of this test's own pod's veth (its /32 route's link):
 	// another pod's could go away with its test before the cleanup here.
 	rs, err := h.RouteGet(net.ParseIP(app.Status.PodIP))
