@@ -1,237 +1,67 @@
 // Command image builds Meridian's container image without a container
-// engine: one layer holding the static binaries in /usr/local/bin, written
-// as a docker-archive tarball that `ctr images import`, `docker load` and
-// `podman load` all read. `make image` runs it.
-//
-// The layer is reproducible: fixed owners, modes and timestamps, so the same
-// binaries give the same image digest.
+// engine and writes it as a docker-archive tarball that `ctr images
+// import`, `docker load` and `podman load` all read. `make image` runs it;
+// the building lives in hack/image/imagebuild, which the lab imports too.
 package main
 
 import (
-	"archive/tar"
-	"bytes"
-	"debug/elf"
-	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"os"
 	"path"
-	"path/filepath"
 	"runtime"
 	"strings"
-	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
-	"sigs.k8s.io/yaml"
+
+	"github.com/meridian-net/meridian/hack/image/imagebuild"
 )
-
-// DefaultRepository is where the chart's image.repository points by default.
-const DefaultRepository = "ghcr.io/meridian-net/meridian"
-
-// BinDir is where the binaries live in the image; it is the image's PATH,
-// so `kubectl exec POD -- meridianctl peers` finds meridianctl.
-const BinDir = "/usr/local/bin"
-
-// DefaultBinaries are what the chart runs: meridiand (the container),
-// meridian-install-cni (the init container), meridian-cni (what it installs
-// on the node) and meridianctl (for kubectl exec).
-var DefaultBinaries = []string{"meridiand", "meridianctl", "meridian-cni", "meridian-install-cni"}
-
-// epoch stamps every file and the image config, for reproducible digests.
-var epoch = time.Unix(0, 0).UTC()
-
-// Options say what to put in the image.
-type Options struct {
-	BinDir   string   // where the built binaries are
-	Binaries []string // file names in BinDir
-	Arch     string   // GOARCH the binaries were built for
-	// Entrypoint is the command the image runs when the pod spec names none.
-	Entrypoint []string
-}
 
 func main() {
 	var (
 		out      = flag.String("output", "bin/meridian-image.tar", "image tarball to write (docker-archive)")
-		ref      = flag.String("ref", "", "image reference recorded in the tarball (default "+DefaultRepository+":<appVersion of --chart>)")
+		ref      = flag.String("ref", "", "image reference recorded in the tarball (default "+imagebuild.DefaultRepository+":<appVersion of --chart>)")
 		chart    = flag.String("chart", "charts/meridian/Chart.yaml", "Chart.yaml whose appVersion tags the image when --ref is empty")
 		binDir   = flag.String("bin-dir", "bin", "directory holding the static binaries")
-		binaries = flag.String("binaries", strings.Join(DefaultBinaries, ","), "comma-separated binaries from --bin-dir to put in "+BinDir)
+		binaries = flag.String("binaries", strings.Join(imagebuild.DefaultBinaries, ","), "comma-separated binaries from --bin-dir to put in "+imagebuild.BinDir)
 		arch     = flag.String("arch", runtime.GOARCH, "architecture of the binaries (GOARCH)")
 	)
 	flag.Parse()
-	if err := run(*out, *ref, *chart, Options{
+	if err := run(*out, *ref, *chart, imagebuild.Options{
 		BinDir:     *binDir,
 		Binaries:   strings.Split(*binaries, ","),
 		Arch:       *arch,
-		Entrypoint: []string{path.Join(BinDir, "meridiand")},
+		Entrypoint: []string{path.Join(imagebuild.BinDir, "meridiand")},
 	}); err != nil {
 		fmt.Fprintf(os.Stderr, "image: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(out, ref, chart string, opts Options) error {
+func run(out, ref, chart string, opts imagebuild.Options) error {
 	if ref == "" {
-		v, err := AppVersion(chart)
+		r, err := imagebuild.DefaultRef(chart)
 		if err != nil {
 			return err
 		}
-		ref = DefaultRepository + ":" + v
+		ref = r
 	}
+	// Checked before building, so a bad --ref fails fast.
 	tag, err := name.NewTag(ref, name.StrictValidation)
 	if err != nil {
 		return fmt.Errorf("image reference %q: %w", ref, err)
 	}
-	img, err := Build(opts)
+	img, err := imagebuild.Build(opts)
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
-		return fmt.Errorf("create output dir: %w", err)
-	}
-	// Written next to the output and renamed, so a failed build never
-	// leaves a truncated tarball where `ctr images import` would find it.
-	tmp := out + ".tmp"
-	if err := tarball.WriteToFile(tmp, tag, img); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", out, err)
-	}
-	if err := os.Rename(tmp, out); err != nil {
-		return fmt.Errorf("write %s: %w", out, err)
+	if err := imagebuild.WriteTarball(out, ref, img); err != nil {
+		return err
 	}
 	digest, err := img.Digest()
 	if err != nil {
 		return fmt.Errorf("image digest: %w", err)
 	}
 	fmt.Printf("%s %s %s\n", out, tag, digest)
-	return nil
-}
-
-// AppVersion reads appVersion from a Chart.yaml.
-func AppVersion(chartYAML string) (string, error) {
-	data, err := os.ReadFile(chartYAML)
-	if err != nil {
-		return "", fmt.Errorf("read chart: %w", err)
-	}
-	var c struct {
-		AppVersion string `json:"appVersion"`
-	}
-	if err := yaml.Unmarshal(data, &c); err != nil {
-		return "", fmt.Errorf("decode %s: %w", chartYAML, err)
-	}
-	if c.AppVersion == "" {
-		return "", fmt.Errorf("%s has no appVersion", chartYAML)
-	}
-	return c.AppVersion, nil
-}
-
-// Build assembles the image: a single layer with the binaries and a config
-// with the entrypoint, PATH and platform.
-func Build(opts Options) (v1.Image, error) {
-	if len(opts.Binaries) == 0 {
-		return nil, errors.New("no binaries")
-	}
-	layerTar, err := binariesLayer(opts.BinDir, opts.Binaries)
-	if err != nil {
-		return nil, err
-	}
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
-		return io.NopCloser(bytes.NewReader(layerTar)), nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("build layer: %w", err)
-	}
-	img, err := mutate.Append(empty.Image, mutate.Addendum{
-		Layer:   layer,
-		History: v1.History{Created: v1.Time{Time: epoch}, CreatedBy: "hack/image: " + strings.Join(opts.Binaries, " "), Comment: "static binaries"},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("append layer: %w", err)
-	}
-	cfg, err := img.ConfigFile()
-	if err != nil {
-		return nil, fmt.Errorf("read config: %w", err)
-	}
-	cfg = cfg.DeepCopy()
-	cfg.Architecture = opts.Arch
-	cfg.OS = "linux"
-	cfg.Created = v1.Time{Time: epoch}
-	cfg.Config.Entrypoint = opts.Entrypoint
-	cfg.Config.Env = []string{"PATH=" + BinDir}
-	cfg.Config.Labels = map[string]string{
-		"org.opencontainers.image.source": "https://github.com/meridian-net/meridian",
-		"org.opencontainers.image.title":  "meridian",
-	}
-	img, err = mutate.ConfigFile(img, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("set config: %w", err)
-	}
-	return img, nil
-}
-
-// binariesLayer is an uncompressed tar of usr/local/bin and the binaries in
-// it, root-owned, mode 0755.
-func binariesLayer(dir string, binaries []string) ([]byte, error) {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, d := range []string{"usr/", "usr/local/", "usr/local/bin/"} {
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d, Mode: 0o755, ModTime: epoch, Format: tar.FormatPAX}); err != nil {
-			return nil, fmt.Errorf("layer: %w", err)
-		}
-	}
-	seen := map[string]bool{}
-	for _, b := range binaries {
-		if b == "" || strings.Contains(b, "/") || seen[b] {
-			return nil, fmt.Errorf("binary name %q: want distinct plain file names", b)
-		}
-		seen[b] = true
-		data, err := os.ReadFile(filepath.Join(dir, b))
-		if err != nil {
-			return nil, fmt.Errorf("read binary: %w", err)
-		}
-		if err := checkStatic(b, data); err != nil {
-			return nil, err
-		}
-		hdr := &tar.Header{
-			Typeflag: tar.TypeReg,
-			Name:     strings.TrimPrefix(path.Join(BinDir, b), "/"),
-			Mode:     0o755,
-			Size:     int64(len(data)),
-			ModTime:  epoch,
-			Format:   tar.FormatPAX,
-		}
-		if err := tw.WriteHeader(hdr); err != nil {
-			return nil, fmt.Errorf("layer: %w", err)
-		}
-		if _, err := tw.Write(data); err != nil {
-			return nil, fmt.Errorf("layer: %w", err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		return nil, fmt.Errorf("layer: %w", err)
-	}
-	return buf.Bytes(), nil
-}
-
-// checkStatic refuses an ELF binary that needs a dynamic loader: the image
-// has no libc, so it would fail only when the pod starts, with a confusing
-// "no such file or directory". Files that are not ELF (scripts in tests)
-// pass.
-func checkStatic(name string, data []byte) error {
-	f, err := elf.NewFile(bytes.NewReader(data))
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	for _, p := range f.Progs {
-		if p.Type == elf.PT_INTERP {
-			return fmt.Errorf("%s is dynamically linked; build it with CGO_ENABLED=0", name)
-		}
-	}
 	return nil
 }
