@@ -68,6 +68,10 @@ type Spec struct {
 	NetNS string
 }
 
+// InitCommand is the hidden subcommand of the lab binary whose main calls
+// Init: Start's initArgv is {the binary, InitCommand}.
+const InitCommand = "container-init"
+
 // The fds the init finds its spec on and reports failure through.
 const (
 	specFD   = 3

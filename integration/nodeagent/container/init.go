@@ -342,6 +342,11 @@ func mountProc(rootfs string, privileged bool) error {
 	// why the chart sets ip_forward in a privileged init container.
 	for _, p := range []string{"sys", "sysrq-trigger"} {
 		t := filepath.Join(target, p)
+		// A kernel without CONFIG_MAGIC_SYSRQ has no sysrq-trigger; runc
+		// skips read-only paths that do not exist.
+		if _, err := os.Stat(t); errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
 		if err := unix.Mount(t, t, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 			return fmt.Errorf("bind %s on itself: %w", t, err)
 		}
@@ -476,6 +481,11 @@ func remountReadOnly(target string) error {
 }
 
 func pivotRoot(rootfs string) error {
+	oldRoot, err := unix.Open("/", unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open /: %w", err)
+	}
+	defer unix.Close(oldRoot)
 	if err := os.Chdir(rootfs); err != nil {
 		return fmt.Errorf("chdir %s: %w", rootfs, err)
 	}
@@ -484,7 +494,15 @@ func pivotRoot(rootfs string) error {
 	if err := unix.PivotRoot(".", "."); err != nil {
 		return fmt.Errorf("pivot_root into %s: %w", rootfs, err)
 	}
-	// runc: rslave before unmounting, so the unmount of a shared old root
+	// As runc does: into the old root, so that "." below names it and not
+	// the new root under it (mount(2) does not step onto a mount stacked
+	// on ".", umount2 does). A recursive rslave of "." meant for the old
+	// root would otherwise turn the container's Bidirectional mounts into
+	// slaves.
+	if err := unix.Fchdir(oldRoot); err != nil {
+		return fmt.Errorf("chdir to the old root: %w", err)
+	}
+	// rslave before unmounting, so the unmount of a shared old root
 	// cannot propagate to the host.
 	if err := unix.Mount("", ".", "", unix.MS_SLAVE|unix.MS_REC, ""); err != nil {
 		return fmt.Errorf("set propagation of the old root: %w", err)

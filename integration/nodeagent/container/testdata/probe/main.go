@@ -29,7 +29,7 @@ type report struct {
 	ReadErr      string
 	WriteErr     string // error writing -write, "" on success
 	WriteEROFS   bool
-	MountErr     string // error mounting a tmpfs on -mount, "" on success
+	MountErrs    map[string]string // -mount directory: error mounting a tmpfs there, "" on success
 	Listing      []string
 	ListErr      string
 	SysNetDevs   []string // /sys/class/net: the devices of the container's netns
@@ -41,11 +41,12 @@ func main() {
 	var (
 		read  = flag.String("read", "", "file to read")
 		write = flag.String("write", "", "file to try writing")
-		mnt   = flag.String("mount", "", "directory to mount a tmpfs on")
 		ready = flag.String("ready", "", "file to create when ready")
 		wait  = flag.String("wait", "", "file to wait for before listing")
 		list  = flag.String("list", "", "directory to list after waiting")
 	)
+	var mounts []string
+	flag.Func("mount", "directory to mount a tmpfs on (repeatable)", func(s string) error { mounts = append(mounts, s); return nil })
 	flag.Parse()
 	var r report
 	r.Status = status()
@@ -78,13 +79,15 @@ func main() {
 			r.WriteErr, r.WriteEROFS = err.Error(), errors.Is(err, syscall.EROFS)
 		}
 	}
-	if *mnt != "" {
-		if err := os.MkdirAll(*mnt, 0o755); err != nil {
-			r.MountErr = err.Error()
-		} else if err := syscall.Mount("tmpfs", *mnt, "tmpfs", 0, "size=1m"); err != nil {
-			r.MountErr = err.Error()
-		} else {
-			os.WriteFile(filepath.Join(*mnt, "from-container"), nil, 0o644)
+	r.MountErrs = map[string]string{}
+	for _, m := range mounts {
+		r.MountErrs[m] = ""
+		if err := os.MkdirAll(m, 0o755); err != nil {
+			r.MountErrs[m] = err.Error()
+		} else if err := syscall.Mount("tmpfs", m, "tmpfs", 0, "size=1m"); err != nil {
+			r.MountErrs[m] = err.Error()
+		} else if err := os.WriteFile(filepath.Join(m, "from-container"), nil, 0o644); err != nil {
+			r.MountErrs[m] = err.Error()
 		}
 	}
 	if entries, err := os.ReadDir("/sys/class/net"); err == nil {
