@@ -37,6 +37,7 @@ import (
 
 	"github.com/meridian-net/meridian/integration/lab"
 	"github.com/meridian-net/meridian/integration/nodeagent"
+	"github.com/meridian-net/meridian/integration/nodeagent/container"
 )
 
 const (
@@ -114,6 +115,12 @@ func run(args []string) int {
 			return netnsExec(args[1:])
 		case lab.AgentCommand:
 			return report(agent(args[1:]))
+		case container.InitCommand:
+			// Returns only when the container could not be started;
+			// container.Start reads the same text from its status pipe.
+			err := container.Init()
+			fmt.Fprintf(os.Stderr, "meridian-lab %s: %v\n", container.InitCommand, err)
+			return exitFailure
 		}
 	}
 	g := &globals{stateDir: lab.DefaultStateDir}
