@@ -18,12 +18,13 @@ all: build
 
 build: meridian tools
 
-# Meridian's own binaries, statically linked.
+# Meridian's own binaries, statically linked: the image's four and the lab.
 meridian:
 	@mkdir -p $(BIN)
 	$(GOFLAGS_STATIC) $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ \
 		./daemon/cmd/meridiand ./daemon/cmd/meridianctl \
-		./cni-plugin/cmd/meridian-cni ./integration/cmd/meridian-lab
+		./cni-plugin/cmd/meridian-cni ./hack/image/meridian-install-cni \
+		./integration/cmd/meridian-lab
 
 # Third-party tools built from the Go module proxy (hack/build-tools.sh),
 # each skipped when bin/ already matches its module: the Kubernetes control
@@ -46,7 +47,9 @@ deps:
 		if [ -n "$$bare" ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$bare || exit 1; fi; \
 	fi
 
-lab: deps build
+# The lab installs Meridian with `helm install` of charts/meridian; its
+# nodes run the DaemonSet's pods from bin/meridian-image.tar.
+lab: deps build image
 	$(BIN)/meridian-lab up --nodes $(LAB_NODES)
 	$(BIN)/meridian-lab walkthrough
 
@@ -99,7 +102,6 @@ chart-crds:
 # default image; IMAGE_REF overrides it.
 IMAGE_REF ?=
 image: meridian
-	$(GOFLAGS_STATIC) $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./hack/image/meridian-install-cni
 	$(GO) run ./hack/image --output $(BIN)/meridian-image.tar --bin-dir $(BIN) \
 		--chart charts/meridian/Chart.yaml $(if $(IMAGE_REF),--ref $(IMAGE_REF))
 

@@ -363,8 +363,6 @@ func TestDefaultDaemonSet(t *testing.T) {
 	}{
 		"/var/lib/meridian": {hostPath: "/var/lib/meridian"},
 		"/var/run/meridian": {hostPath: "/var/run/meridian"},
-		"/run/netns":        {hostPath: "/run/netns", readOnly: true, propagation: corev1.MountPropagationHostToContainer},
-		"/lib/modules":      {hostPath: "/lib/modules", readOnly: true},
 	} {
 		m, ok := mounts[path]
 		if !ok {

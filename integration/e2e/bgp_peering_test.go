@@ -30,6 +30,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meridian-net/meridian/api/crd/manifests"
@@ -49,11 +50,12 @@ const (
 	birdBin     = "/usr/sbin/bird"
 	torASN      = 65100
 	birdASN     = 65300
-	e2eRBACName = "meridian-e2e-bgp"
+	e2eRBACName = "meridian-e2e-bgp-secrets"
 )
 
-// bgpAPI installs the BGP CRDs in the lab and lets meridiand read them;
-// everything is removed again when the test ends.
+// bgpAPI makes sure the BGP CRDs are served (the lab installs them; what
+// this test adds it removes again). meridiand reads them under the chart's
+// RBAC.
 func bgpAPI(t *testing.T, l *lab.Lab) dynamic.Interface {
 	t.Helper()
 	ctx := context.Background()
@@ -67,34 +69,6 @@ func bgpAPI(t *testing.T, l *lab.Lab) dynamic.Interface {
 	}
 	dyn, err := dynamic.NewForConfig(cfg)
 	if err != nil {
-		t.Fatal(err)
-	}
-	c := client(t, l)
-
-	// The lab's meridiand role predates the BGP objects: grant what the
-	// routing controller reads and writes here (the chart's role must
-	// carry the same rules).
-	role := &rbacv1.ClusterRole{
-		ObjectMeta: metav1.ObjectMeta{Name: e2eRBACName},
-		Rules: []rbacv1.PolicyRule{
-			{APIGroups: []string{v1alpha1.SchemeGroupVersion.Group}, Resources: []string{"bgppeers", "bgpconfigurations"}, Verbs: []string{"get", "list", "watch"}},
-			{APIGroups: []string{v1alpha1.SchemeGroupVersion.Group}, Resources: []string{"bgppeers/status", "bgpconfigurations/status"}, Verbs: []string{"update", "patch"}},
-			{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"get"}},
-		},
-	}
-	binding := &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: e2eRBACName},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: e2eRBACName},
-		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: lab.MeridiandUser}},
-	}
-	t.Cleanup(func() {
-		_ = c.RbacV1().ClusterRoleBindings().Delete(ctx, e2eRBACName, metav1.DeleteOptions{})
-		_ = c.RbacV1().ClusterRoles().Delete(ctx, e2eRBACName, metav1.DeleteOptions{})
-	})
-	if _, err := c.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatal(err)
-	}
-	if _, err := c.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
 
@@ -547,6 +521,10 @@ func TestBGPPeersWithToRs(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = c.CoreV1().Secrets("kube-system").Delete(ctx, sec.Name, metav1.DeleteOptions{}) })
+		// The chart lets meridiand read only the Secrets it is told of;
+		// for peers made outside the chart an admin grants them, as here
+		// (or with rbac.extraSecrets).
+		grantSecrets(t, c, "kube-system", sec.Name, "e2e-does-not-exist")
 		for _, p := range []struct {
 			name string
 			ip   netip.Addr
@@ -761,4 +739,30 @@ func TestBGPPeersWithToRs(t *testing.T) {
 			})
 		}
 	})
+}
+
+// grantSecrets lets meridiand's service account get the named Secrets of
+// namespace, the way the chart's secret Roles do, until the test ends.
+func grantSecrets(t *testing.T, c kubernetes.Interface, namespace string, names ...string) {
+	t.Helper()
+	ctx := context.Background()
+	role := &rbacv1.Role{
+		ObjectMeta: metav1.ObjectMeta{Name: e2eRBACName, Namespace: namespace},
+		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: names, Verbs: []string{"get"}}},
+	}
+	binding := &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: e2eRBACName, Namespace: namespace},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: e2eRBACName},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: lab.ServiceAccountName, Namespace: lab.ReleaseNamespace}},
+	}
+	t.Cleanup(func() {
+		_ = c.RbacV1().RoleBindings(namespace).Delete(ctx, e2eRBACName, metav1.DeleteOptions{})
+		_ = c.RbacV1().Roles(namespace).Delete(ctx, e2eRBACName, metav1.DeleteOptions{})
+	})
+	if _, err := c.RbacV1().Roles(namespace).Create(ctx, role, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("grant secrets: %v", err)
+	}
+	if _, err := c.RbacV1().RoleBindings(namespace).Create(ctx, binding, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("grant secrets: %v", err)
+	}
 }

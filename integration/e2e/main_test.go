@@ -9,6 +9,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -51,7 +54,7 @@ func run(m *testing.M) int {
 	if binDir == "" {
 		return skip("MERIDIAN_BIN_DIR is not set (make integration-test sets it)")
 	}
-	for _, b := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "meridiand", "meridian-cni", "meridian-lab"} {
+	for _, b := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "helm", "meridiand", "meridianctl", "meridian-cni", "meridian-install-cni", "meridian-lab"} {
 		if _, err := os.Stat(filepath.Join(binDir, b)); err != nil {
 			return skip(fmt.Sprintf("missing %s: run make build", b))
 		}
@@ -63,6 +66,12 @@ func run(m *testing.M) int {
 	}
 	if theLab == nil {
 		return code
+	}
+	// Whatever the tests made meridiand do, the chart's RBAC must have
+	// allowed it.
+	if err := chartRBACRefusals(theLab); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
+		code = 1
 	}
 	if code != 0 {
 		dumpLogs(labStateDir)
@@ -145,4 +154,35 @@ func needLab(t *testing.T) *lab.Lab {
 		}
 	}
 	return theLab
+}
+
+// expectedRefusals are the API requests a test made the chart's RBAC
+// refuse on purpose (TestChartRBACRefusalIsCaught); every other refusal
+// fails the run.
+var expectedRefusals = struct {
+	sync.Mutex
+	match []func(lab.Request) bool
+}{}
+
+// chartRBACRefusals reads the lab's audit log for requests of meridiand's
+// service account that the API server refused (403), which mean the
+// chart's ClusterRole or Roles lack a permission meridiand uses.
+func chartRBACRefusals(l *lab.Lab) error {
+	reqs, err := l.ForbiddenRequests(lab.MeridianUser)
+	if err != nil {
+		return fmt.Errorf("chart RBAC: %w", err)
+	}
+	expectedRefusals.Lock()
+	defer expectedRefusals.Unlock()
+	var bad []string
+	for _, r := range reqs {
+		if !slices.ContainsFunc(expectedRefusals.match, func(f func(lab.Request) bool) bool { return f(r) }) {
+			bad = append(bad, r.String())
+		}
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("the chart's RBAC refused meridiand %d requests (grant them in charts/meridian/templates):\n  %s",
+			len(bad), strings.Join(bad, "\n  "))
+	}
+	return nil
 }

@@ -66,6 +66,9 @@ func racksLab(t *testing.T, tor lab.ToRKind, password string) *lab.Lab {
 		t.Fatalf("racks lab up: %v", err)
 	}
 	t.Cleanup(func() {
+		if err := chartRBACRefusals(l); err != nil {
+			t.Error(err)
+		}
 		if t.Failed() {
 			dumpLogs(stateDir)
 		}

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -394,7 +393,7 @@ func TestNodeRemovedAndAdded(t *testing.T) {
 
 // ipAllocated reads the node's IPAM store as meridian-cni left it.
 func ipAllocated(node string, ip netip.Addr) (bool, error) {
-	allocs, err := ipam.NewStore(filepath.Join(labStateDir, "nodes", node, "state")).List()
+	allocs, err := ipam.NewStore(theLab.NodeStateDir(node)).List()
 	if err != nil {
 		return false, err
 	}

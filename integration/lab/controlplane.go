@@ -11,8 +11,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	rbacv1 "k8s.io/api/rbac/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
@@ -25,10 +23,6 @@ const (
 	procControllerManager = "kube-controller-manager"
 	procScheduler         = "kube-scheduler"
 )
-
-// MeridiandRole is the ClusterRole (and ClusterRoleBinding) that grants
-// MeridiandUser what meridiand needs.
-const MeridiandRole = "meridiand"
 
 // serviceAccountIssuer is the iss claim of service account tokens.
 const serviceAccountIssuer = "https://kubernetes.default.svc.cluster.local"
@@ -84,6 +78,12 @@ func apiServerArgv(binDir string, s layout) []string {
 		"--authorization-mode=Node,RBAC",
 		"--allow-privileged=true",
 		"--profiling=false",
+		// What Meridian's service account asks for and is refused is how
+		// the tests prove the chart's RBAC grants enough (audit.go).
+		"--audit-policy-file=" + s.auditPolicyFile(),
+		"--audit-log-path=" + s.auditLog(),
+		"--audit-log-format=json",
+		"--audit-log-maxsize=100",
 	}
 }
 
@@ -126,9 +126,12 @@ func schedulerArgv(binDir string, s layout) []string {
 }
 
 // startControlPlane starts etcd and the API server, waits for /readyz,
-// grants meridiand its role, then starts the controller manager and the
-// scheduler.
+// installs Meridian's CRDs, then starts the controller manager and the
+// scheduler. meridiand's RBAC is the chart's.
 func (l *Lab) startControlPlane(ctx context.Context) error {
+	if err := writeAuditPolicy(l.layout.auditPolicyFile()); err != nil {
+		return err
+	}
 	if _, err := l.launch.start(procSpec{Name: procEtcd, Netns: CPNetns, Argv: etcdArgv(l.st.EtcdBin, l.layout.path("etcd"))}); err != nil {
 		return err
 	}
@@ -141,9 +144,6 @@ func (l *Lab) startControlPlane(ctx context.Context) error {
 		return err
 	}
 	l.log.Info("api server ready", "url", APIServerURL(), "after", time.Since(t0).Round(time.Millisecond))
-	if err := l.applyMeridiandRBAC(ctx); err != nil {
-		return err
-	}
 	if err := l.applyCRDs(ctx); err != nil {
 		return err
 	}
@@ -196,93 +196,6 @@ func (l *Lab) waitAPIServerReady(ctx context.Context) error {
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
-}
-
-// meridiandRules is what meridiand does with the API: watch Nodes, publish
-// its node's status (conditions), watch what Service NAT and NetworkPolicy
-// are computed from, read its BGP resources (and the Secrets BGPPeers name
-// for TCP MD5 passwords), report on them, and record Events. The chart's
-// ClusterRole grants the same; a verb missing here fails the lab's tests.
-func meridiandRules() []rbacv1.PolicyRule {
-	return []rbacv1.PolicyRule{
-		{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "watch"}},
-		{APIGroups: []string{""}, Resources: []string{"nodes/status"}, Verbs: []string{"patch", "update"}},
-		{APIGroups: []string{""}, Resources: []string{"pods", "namespaces", "services"}, Verbs: []string{"list", "watch"}},
-		{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"list", "watch"}},
-		{APIGroups: []string{"networking.k8s.io"}, Resources: []string{"networkpolicies"}, Verbs: []string{"list", "watch"}},
-		{APIGroups: []string{"meridian.io"}, Resources: []string{"bgpconfigurations", "bgppeers"}, Verbs: []string{"get", "list", "watch"}},
-		{APIGroups: []string{"meridian.io"}, Resources: []string{"bgpconfigurations/status", "bgppeers/status"}, Verbs: []string{"update", "patch"}},
-		{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"get"}},
-		{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
-		{APIGroups: []string{"events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
-	}
-}
-
-// applyMeridiandRBAC creates or updates the ClusterRole and binding for
-// MeridiandUser. It retries: right after /readyz a write can still race the
-// RBAC bootstrap.
-func (l *Lab) applyMeridiandRBAC(ctx context.Context) error {
-	cs, err := l.Client()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, rbacTimeout)
-	defer cancel()
-	role := &rbacv1.ClusterRole{
-		ObjectMeta: metav1.ObjectMeta{Name: MeridiandRole, Labels: map[string]string{"app.kubernetes.io/managed-by": "meridian-lab"}},
-		Rules:      meridiandRules(),
-	}
-	binding := &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: MeridiandRole, Labels: map[string]string{"app.kubernetes.io/managed-by": "meridian-lab"}},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: MeridiandRole},
-		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: MeridiandUser}},
-	}
-	for {
-		err := applyRBAC(ctx, cs, role, binding)
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("apply meridiand rbac: %w", errors.Join(err, ctx.Err()))
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
-}
-
-func applyRBAC(ctx context.Context, cs kubernetes.Interface, role *rbacv1.ClusterRole, binding *rbacv1.ClusterRoleBinding) error {
-	roles := cs.RbacV1().ClusterRoles()
-	cur, err := roles.Get(ctx, role.Name, metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-		_, err = roles.Create(ctx, role, metav1.CreateOptions{})
-	case err == nil:
-		upd := cur.DeepCopy()
-		upd.Rules = role.Rules
-		_, err = roles.Update(ctx, upd, metav1.UpdateOptions{})
-	}
-	if err != nil {
-		return fmt.Errorf("cluster role %s: %w", role.Name, err)
-	}
-	bindings := cs.RbacV1().ClusterRoleBindings()
-	curB, err := bindings.Get(ctx, binding.Name, metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-		_, err = bindings.Create(ctx, binding, metav1.CreateOptions{})
-	case err == nil && curB.RoleRef != binding.RoleRef:
-		// roleRef is immutable: replace the binding.
-		if err = bindings.Delete(ctx, binding.Name, metav1.DeleteOptions{}); err == nil {
-			_, err = bindings.Create(ctx, binding, metav1.CreateOptions{})
-		}
-	case err == nil:
-		upd := curB.DeepCopy()
-		upd.Subjects = binding.Subjects
-		_, err = bindings.Update(ctx, upd, metav1.UpdateOptions{})
-	}
-	if err != nil {
-		return fmt.Errorf("cluster role binding %s: %w", binding.Name, err)
-	}
-	return nil
 }
 
 // clientFor builds a clientset from a kubeconfig file.

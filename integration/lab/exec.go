@@ -2,27 +2,54 @@ package lab
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
+	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // NetnsExecCommand is the hidden meridian-lab subcommand the lab re-executes
 // itself with to start a daemon inside a namespace:
 //
-//	meridian-lab netns-exec NAME -- CMD ARGS...
+//	meridian-lab netns-exec [--bind SRC:DST]... NAME -- CMD ARGS...
 const NetnsExecCommand = "netns-exec"
+
+// Bind is a directory of the host bound over another in a node's own view
+// of the file system (see NetnsExec).
+type Bind struct{ Source, Target string }
+
+// ParseBind reads SRC:DST.
+func ParseBind(s string) (Bind, error) {
+	src, dst, ok := strings.Cut(s, ":")
+	if !ok || !filepath.IsAbs(src) || !filepath.IsAbs(dst) {
+		return Bind{}, fmt.Errorf("bind %q: want SRC:DST, both absolute", s)
+	}
+	return Bind{Source: filepath.Clean(src), Target: filepath.Clean(dst)}, nil
+}
+
+func (b Bind) String() string { return b.Source + ":" + b.Target }
 
 // NetnsExec switches the calling thread into the named network namespace
 // and replaces the process with argv. It returns only on error. execve keeps
 // the calling thread's namespaces, so argv runs in the namespace from its
-// first instruction; the mount namespace stays the host's, so named
-// namespaces a daemon creates (pod netns) are visible to everyone.
-func NetnsExec(name string, argv []string) error {
+// first instruction.
+//
+// Without binds the mount namespace stays the host's. With binds argv gets a
+// mount namespace of its own, the node's view of the disk: every bind's
+// source is mounted over its target there and nowhere else, which is how
+// lab nodes sharing one host each get their own /var/lib/meridian, CNI
+// directories and API socket (the chart's hostPath volumes). Only
+// /run/netns stays shared with the host, both ways, so the pod netns a node
+// agent mounts are everyone's, as they are with one mount namespace.
+func NetnsExec(name string, binds []Bind, argv []string) error {
 	if len(argv) == 0 {
 		return fmt.Errorf("netns-exec %s: no command", name)
 	}
@@ -40,10 +67,82 @@ func NetnsExec(name string, argv []string) error {
 		return fmt.Errorf("netns-exec: enter netns %s: %w", name, err)
 	}
 	h.Close()
+	if len(binds) > 0 {
+		if err := enterNodeMountNS(binds); err != nil {
+			return fmt.Errorf("netns-exec %s: %w", name, err)
+		}
+	}
 	if err := syscall.Exec(path, argv, os.Environ()); err != nil {
 		return fmt.Errorf("netns-exec %s: exec %s: %w", name, path, err)
 	}
 	return nil
+}
+
+// enterNodeMountNS gives the calling (locked) thread a mount namespace of
+// its own with binds applied. Mounts are copied from the host's with their
+// propagation: every one but /run/netns and what lies under it is made
+// private first, so the binds never reach the host, while pod netns mounts
+// under /run/netns travel both ways.
+func enterNodeMountNS(binds []Bind) error {
+	if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+		return fmt.Errorf("unshare mount namespace: %w", err)
+	}
+	mounts, err := os.ReadFile("/proc/thread-self/mountinfo")
+	if err != nil {
+		return fmt.Errorf("read mountinfo: %w", err)
+	}
+	for _, mp := range mountPoints(string(mounts)) {
+		if mp == netnsRunDir || strings.HasPrefix(mp, netnsRunDir+"/") {
+			continue
+		}
+		// Shadowed mount points cannot be addressed by path; EINVAL and
+		// ENOENT for those are harmless, since the binds below land on
+		// mounts that can.
+		if err := unix.Mount("", mp, "", unix.MS_PRIVATE, ""); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("make %s private: %w", mp, err)
+		}
+	}
+	for _, b := range binds {
+		if err := unix.Mount(b.Source, b.Target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("bind %s over %s: %w", b.Source, b.Target, err)
+		}
+	}
+	return nil
+}
+
+// netnsRunDir is where named network namespaces are mounted.
+const netnsRunDir = "/run/netns"
+
+// mountPoints lists the mount points (field 5) of a mountinfo, unescaping
+// the octal escapes the kernel writes for spaces and the like.
+func mountPoints(mountinfo string) []string {
+	var out []string
+	for _, line := range strings.Split(mountinfo, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		out = append(out, unescapeMountinfo(f[4]))
+	}
+	return out
+}
+
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, "\\") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
 
 // IPNetnsExecArgv is the command line that runs argv in a named namespace the

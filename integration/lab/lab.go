@@ -21,14 +21,18 @@ type Options struct {
 	// Nodes is the number of nodes; 0 means 2.
 	Nodes int
 	// BinDir holds kube-apiserver, kube-controller-manager, kube-scheduler,
-	// and, unless NoDaemon, meridiand and meridian-cni; coredns, which the
+	// and, unless NoDaemon, helm and Meridian's binaries (meridiand,
+	// meridianctl, meridian-cni, meridian-install-cni) or the image `make
+	// image` built from them (meridian-image.tar); coredns, which the
 	// node agents run for the cluster DNS's pods, is looked for here too.
 	// Default: the directory of the running executable.
 	BinDir string
 	// StateDir holds certificates, kubeconfigs, etcd data, logs and pid
 	// files. Default: DefaultStateDir.
 	StateDir string
-	// NoDaemon starts the node agents but not meridiand.
+	// NoDaemon starts the node agents but does not install Meridian
+	// (helm install of charts/meridian); the nodes get the lab's own
+	// conflist and BinDir's meridian-cni.
 	NoDaemon bool
 	// LabBin is the meridian-lab executable, re-executed to start daemons
 	// in namespaces and to run node agents. Default: the running executable
@@ -139,8 +143,14 @@ func requiredBinaries(o Options) []string {
 		binPath(o.BinDir, "kube-controller-manager"),
 		binPath(o.BinDir, "kube-scheduler"),
 	}
-	if !o.NoDaemon {
-		bins = append(bins, binPath(o.BinDir, "meridiand"), binPath(o.BinDir, "meridian-cni"))
+	if o.NoDaemon {
+		bins = append(bins, binPath(o.BinDir, "meridian-cni"))
+	} else {
+		// The image is built from these unless BinDir has a fresh one.
+		for _, b := range imageBinaries {
+			bins = append(bins, binPath(o.BinDir, b))
+		}
+		bins = append(bins, binPath(o.BinDir, "helm"))
 	}
 	switch o.ToR {
 	case ToRFRR:
@@ -175,7 +185,6 @@ const (
 	adminKubeconfig             = "kubeconfig"
 	controllerManagerKubeconfig = "controller-manager.kubeconfig"
 	schedulerKubeconfig         = "scheduler.kubeconfig"
-	meridiandKubeconfig         = "meridiand.kubeconfig"
 )
 
 func (s layout) path(elem ...string) string {
@@ -197,7 +206,9 @@ type labState struct {
 	LabBin   string `json:"labBin"`
 	EtcdBin  string `json:"etcdBin"`
 	NoDaemon bool   `json:"noDaemon"`
-	Nodes    []Node `json:"nodes"`
+	// ImageArchive is the image the nodes run the chart's pods from.
+	ImageArchive string `json:"imageArchive,omitempty"`
+	Nodes        []Node `json:"nodes"`
 	// Topology, ToR, ToRPassword and Routers describe a racks lab; a lab
 	// state without them is flat.
 	Topology    Topology `json:"topology,omitempty"`
@@ -311,6 +322,22 @@ func up(ctx context.Context, o Options) (*Lab, error) {
 	if err := l.writeCredentials(time.Now()); err != nil {
 		return nil, err
 	}
+	if !o.NoDaemon {
+		if err := l.writeChart(); err != nil {
+			return nil, err
+		}
+		archive, err := l.ensureImage()
+		if err != nil {
+			return nil, err
+		}
+		l.st.ImageArchive = archive
+		if err := l.save(); err != nil {
+			return nil, err
+		}
+	}
+	if err := os.MkdirAll(l.layout.nodeRootMount(), 0o755); err != nil {
+		return nil, fmt.Errorf("create node root mount point: %w", err)
+	}
 	t0 := time.Now()
 	if err := createFabric(); err != nil {
 		return nil, err
@@ -350,6 +377,11 @@ func up(ctx context.Context, o Options) (*Lab, error) {
 	if err := l.checkAlive(); err != nil {
 		return nil, err
 	}
+	if !o.NoDaemon {
+		if err := l.installMeridian(ctx); err != nil {
+			return nil, errors.Join(err, l.checkAlive())
+		}
+	}
 	// Cluster DNS last: its pods start once nodes run them; Up does not
 	// wait for them (WaitDNSReady does).
 	cs, err := l.Client()
@@ -381,7 +413,6 @@ func (l *Lab) writeCredentials(now time.Time) error {
 		{adminKubeconfig, APIServerURL(), p.Admin},
 		{controllerManagerKubeconfig, APIServerURL(), p.ControllerManager},
 		{schedulerKubeconfig, APIServerURL(), p.Scheduler},
-		{meridiandKubeconfig, APIServerURL(), p.Meridiand},
 	} {
 		if err := writeKubeconfig(l.layout.path(kc.file), kc.server, p.CA.CertPEM, kc.client); err != nil {
 			return err

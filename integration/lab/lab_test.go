@@ -231,20 +231,6 @@ func TestLabUpDown(t *testing.T) {
 		t.Fatalf("server version: %v", err)
 	}
 	t.Logf("API server %s", v.GitVersion)
-	if _, err := cs.RbacV1().ClusterRoleBindings().Get(ctx, MeridiandRole, metav1.GetOptions{}); err != nil {
-		t.Errorf("meridiand binding: %v", err)
-	}
-	if kubectl := filepath.Join(binDir, "kubectl"); isExecutable(kubectl) {
-		// meridiand may publish node status but not delete nodes.
-		for verb, want := range map[string]string{"patch": "yes", "delete": "no"} {
-			out, _ := exec.Command(kubectl, "--kubeconfig", l.Kubeconfig(), "auth", "can-i", verb, "nodes",
-				"--subresource=status", "--as", MeridiandUser).Output()
-			if got := strings.TrimSpace(string(out)); got != want {
-				t.Errorf("kubectl auth can-i %s nodes/status as %s: %q, want %q", verb, MeridiandUser, got, want)
-			}
-		}
-	}
-
 	// The controller manager gives each node its own /24 of the cluster CIDR.
 	cidrs := waitPodCIDRs(t, ctx, l, "node-1", "node-2")
 	if cidrs["node-1"] == cidrs["node-2"] {
@@ -332,14 +318,15 @@ func TestLabUpDown(t *testing.T) {
 	}
 }
 
-// daemonBinDir returns a bin dir with the Kubernetes binaries from kube
-// linked in and meridiand and meridian-cni built from this tree. When they
-// do not build, the test skips (fails with MERIDIAN_REQUIRE_LAB=1).
+// daemonBinDir returns a bin dir with the Kubernetes binaries and helm from
+// kube linked in and Meridian's image binaries built from this tree (Up
+// builds the image from them). When they do not build, the test skips
+// (fails with MERIDIAN_REQUIRE_LAB=1).
 func daemonBinDir(t *testing.T, kube string) string {
 	t.Helper()
 	dir := t.TempDir()
-	for _, b := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "coredns"} {
-		if b == "coredns" && !isExecutable(filepath.Join(kube, b)) {
+	for _, b := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "helm", "kubectl", "coredns"} {
+		if (b == "coredns" || b == "kubectl") && !isExecutable(filepath.Join(kube, b)) {
 			continue // only the DNS test needs it, and says so
 		}
 		if err := os.Symlink(filepath.Join(kube, b), filepath.Join(dir, b)); err != nil {
@@ -347,10 +334,11 @@ func daemonBinDir(t *testing.T, kube string) string {
 		}
 	}
 	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	cmd := exec.Command(goBin, "build", "-o", dir+"/", "../../daemon/cmd/meridiand", "../../cni-plugin/cmd/meridian-cni")
+	cmd := exec.Command(goBin, "build", "-trimpath", "-o", dir+"/", "../../daemon/cmd/meridiand", "../../daemon/cmd/meridianctl",
+		"../../cni-plugin/cmd/meridian-cni", "../../hack/image/meridian-install-cni")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		msg := fmt.Sprintf("build meridiand and meridian-cni: %v\n%s", err, out)
+		msg := fmt.Sprintf("build meridian binaries: %v\n%s", err, out)
 		if os.Getenv("MERIDIAN_REQUIRE_LAB") == "1" {
 			t.Fatal(msg)
 		}

@@ -88,40 +88,51 @@ func cniConflist(stateDir string) ([]byte, error) {
 }
 
 func (l *Lab) agentArgv(n Node) []string {
-	return []string{
+	paths := l.layout.nodePaths()
+	argv := []string{
 		l.st.LabBin, AgentCommand,
 		"--node", n.Name,
 		"--node-ip", n.IP.String(),
 		"--kubeconfig", l.Kubeconfig(),
-		"--cni-conf-dir", l.layout.nodeCNIConfDir(n.Name),
-		"--cni-bin-dir", l.st.BinDir,
+		// The node's own CNI directories, where the chart's init
+		// container installs meridian-cni and its conflist.
+		"--cni-conf-dir", paths.CNIConfDir,
+		"--cni-bin-dir", paths.CNIBinDir,
+		"--coredns-bin", binPath(l.st.BinDir, "coredns"),
 		"--state-dir", l.layout.nodeDir(n.Name),
+		"--log-dir", l.launch.logDir,
+		"--pid-dir", l.launch.pidDir,
 	}
+	if l.st.NoDaemon {
+		// No chart: the lab's conflist, and meridian-cni from the bin dir.
+		return append(argv, "--cni-bin-dir", l.st.BinDir)
+	}
+	return append(argv,
+		"--image-archive", l.st.ImageArchive,
+		"--image-cache-dir", l.layout.imageCacheDir(),
+		"--container-init", l.st.LabBin+","+ContainerInitCommand)
 }
 
-func (l *Lab) daemonSpec(n Node) procSpec {
+// agentSpec runs the node's agent in the node's network namespace and its
+// own view of the disk: nodes/<node>/root over NodeRootMount.
+func (l *Lab) agentSpec(n Node) procSpec {
 	return procSpec{
-		Name:  daemonProc(n.Name),
+		Name:  agentProc(n.Name),
 		Netns: n.Netns,
-		Argv: []string{
-			binPath(l.st.BinDir, "meridiand"),
-			"--node-name", n.Name,
-			"--kubeconfig", l.layout.path(meridiandKubeconfig),
-			"--state-dir", l.layout.nodeStateDir(n.Name),
-			// Nodes share the host's file system: one socket per node.
-			"--api-socket", l.APISocket(n.Name),
-			// and on TCP with mutual TLS, for meridianctl --node.
-			"--api-listen", fmt.Sprintf(":%d", APIPort),
-			"--api-tls-secret", l.layout.apiTLSDir(),
-		},
-		Env: []string{"NODE_NAME=" + n.Name},
+		Argv:  l.agentArgv(n),
+		Binds: []Bind{{Source: l.layout.nodeRoot(n.Name), Target: l.layout.nodeRootMount()}},
 	}
 }
 
 // APISocket is the path of the node's meridiand gRPC socket, for
 // `meridianctl --socket`.
 func (l *Lab) APISocket(node string) string {
-	return filepath.Join(l.layout.nodeDir(node), "meridian.sock")
+	return l.layout.onHost(node, l.layout.nodePaths().APISocket)
+}
+
+// NodeStateDir is meridiand's --state-dir of node, seen from the host.
+func (l *Lab) NodeStateDir(node string) string {
+	return l.layout.onHost(node, l.layout.nodePaths().StateDir)
 }
 
 // addNode makes node i: its namespace on the fabric, its CNI configuration,
@@ -151,25 +162,23 @@ func (l *Lab) addNode(ctx context.Context, i int) (Node, error) {
 	} else if err := createEndpointNetns(n.Netns, n.Name, n.IP); err != nil {
 		return n, err
 	}
-	for _, d := range []string{l.layout.nodeCNIConfDir(n.Name), l.layout.nodeStateDir(n.Name)} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
+	paths := l.layout.nodePaths()
+	for _, d := range []string{paths.StateDir, paths.CNIConfDir, paths.CNIBinDir, filepath.Dir(paths.APISocket)} {
+		if err := os.MkdirAll(l.layout.onHost(n.Name, d), 0o755); err != nil {
 			return n, fmt.Errorf("node %s: %w", n.Name, err)
 		}
 	}
-	conf, err := cniConflist(l.layout.nodeStateDir(n.Name))
-	if err != nil {
-		return n, err
-	}
-	if err := os.WriteFile(filepath.Join(l.layout.nodeCNIConfDir(n.Name), CNIConfFile), conf, 0o644); err != nil {
-		return n, fmt.Errorf("node %s: write cni config: %w", n.Name, err)
-	}
-	if _, err := l.launch.start(procSpec{Name: agentProc(n.Name), Netns: n.Netns, Argv: l.agentArgv(n)}); err != nil {
-		return n, err
-	}
-	if !l.st.NoDaemon {
-		if _, err := l.launch.start(l.daemonSpec(n)); err != nil {
+	if l.st.NoDaemon {
+		conf, err := cniConflist(paths.StateDir)
+		if err != nil {
 			return n, err
 		}
+		if err := os.WriteFile(filepath.Join(l.layout.onHost(n.Name, paths.CNIConfDir), CNIConfFile), conf, 0o644); err != nil {
+			return n, fmt.Errorf("node %s: write cni config: %w", n.Name, err)
+		}
+	}
+	if _, err := l.launch.start(l.agentSpec(n)); err != nil {
+		return n, err
 	}
 	l.log.Info("node started", "node", n.Name, "ip", n.IP, "netns", n.Netns, "took", time.Since(t0).Round(time.Millisecond))
 	return n, ctx.Err()
@@ -221,8 +230,11 @@ func (l *Lab) RemoveNode(ctx context.Context, name string) error {
 			errs = append(errs, fmt.Errorf("delete node object %s: %w", name, err))
 		}
 	}
-	if err := l.launch.stop(ctx, daemonStopGrace, daemonProc(name), agentProc(name)); err != nil {
-		errs = append(errs, err)
+	// The agent first, so that it does not restart meridiand meanwhile.
+	for _, proc := range []string{agentProc(name), daemonProc(name)} {
+		if err := l.launch.stop(ctx, daemonStopGrace, proc); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	nss := append(podNetns, n.Netns)
 	if err := killInNetns(ctx, nss); err != nil {
@@ -287,20 +299,33 @@ func slicesDeleteNode(nodes []Node, name string) []Node {
 	return out
 }
 
-// StopDaemon sends sig to the node's meridiand. For signals that end a
-// process (TERM, KILL, INT, QUIT) it waits until the daemon has exited.
+// StopDaemon sends sig to the node's meridiand, the container the node
+// agent runs from the chart's DaemonSet. The agent holds the container
+// first (nodes/<node>/hold/meridiand), so that it stays down until
+// StartDaemon instead of being restarted as a crashed container would be.
+// For signals that end a process (TERM, KILL, INT, QUIT) it waits until the
+// daemon has exited.
 func (l *Lab) StopDaemon(node string, sig syscall.Signal) error {
 	if _, err := l.Node(node); err != nil {
 		return err
 	}
 	name := daemonProc(node)
-	info, err := l.launch.signal(name, sig)
-	if err != nil {
-		return err
+	info, err := l.launch.read(name)
+	if err != nil || !info.Alive {
+		return fmt.Errorf("%s is not running", name)
 	}
+	end := false
 	switch sig {
 	case syscall.SIGTERM, syscall.SIGKILL, syscall.SIGINT, syscall.SIGQUIT:
-	default:
+		end = true
+		if err := l.holdDaemon(node, true); err != nil {
+			return err
+		}
+	}
+	if _, err := l.launch.signal(name, sig); err != nil {
+		return err
+	}
+	if !end {
 		return nil
 	}
 	if !waitGone(context.Background(), daemonStopGrace, []procInfo{info}) {
@@ -309,14 +334,49 @@ func (l *Lab) StopDaemon(node string, sig syscall.Signal) error {
 	return nil
 }
 
-// StartDaemon starts the node's meridiand (again).
+// StartDaemon lets the node agent start meridiand again after StopDaemon
+// and waits until it runs.
 func (l *Lab) StartDaemon(node string) error {
-	n, err := l.Node(node)
-	if err != nil {
+	if _, err := l.Node(node); err != nil {
 		return err
 	}
-	_, err = l.launch.start(l.daemonSpec(n))
-	return err
+	name := daemonProc(node)
+	before, err := l.launch.read(name)
+	if err == nil && before.Alive {
+		return fmt.Errorf("%s already runs as pid %d", name, before.PID)
+	}
+	if err := l.holdDaemon(node, false); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(daemonStartTimeout)
+	for time.Now().Before(deadline) {
+		if cur, err := l.launch.read(name); err == nil && cur.Alive && cur.PID != before.PID {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("node agent of %s did not start meridiand within %s (see %s)", node, daemonStartTimeout, l.LogPath(agentProc(node)))
+}
+
+// daemonStartTimeout bounds StartDaemon: the agent polls its hold file
+// and starts the container within a second.
+const daemonStartTimeout = 30 * time.Second
+
+func (l *Lab) holdDaemon(node string, hold bool) error {
+	p := filepath.Join(l.layout.nodeDir(node), "hold", "meridiand")
+	if !hold {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("release meridiand on %s: %w", node, err)
+		}
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return fmt.Errorf("hold meridiand on %s: %w", node, err)
+	}
+	if err := os.WriteFile(p, nil, 0o644); err != nil {
+		return fmt.Errorf("hold meridiand on %s: %w", node, err)
+	}
+	return nil
 }
 
 // WaitNodesReady waits until every lab node is registered and Ready.

@@ -22,9 +22,6 @@ const (
 	mastersGroup          = "system:masters"
 	controllerManagerUser = "system:kube-controller-manager"
 	schedulerUser         = "system:kube-scheduler"
-	// MeridiandUser is the identity meridiand authenticates as; the lab
-	// binds it to the ClusterRole MeridiandRole.
-	MeridiandUser = "system:meridiand"
 )
 
 // certValidity is long enough for any lab session; NotBefore is backdated so
@@ -62,7 +59,6 @@ type pki struct {
 	Admin             keyPair
 	ControllerManager keyPair
 	Scheduler         keyPair
-	Meridiand         keyPair
 	// ServiceAccount signs and verifies service account tokens.
 	ServiceAccount *ecdsa.PrivateKey
 }
@@ -100,7 +96,6 @@ func generatePKI(now time.Time) (*pki, error) {
 		{&p.Admin, certSpec{CommonName: adminUser, Organization: []string{mastersGroup}, Client: true}},
 		{&p.ControllerManager, certSpec{CommonName: controllerManagerUser, Client: true}},
 		{&p.Scheduler, certSpec{CommonName: schedulerUser, Client: true}},
-		{&p.Meridiand, certSpec{CommonName: MeridiandUser, Client: true}},
 	}
 	for _, is := range issue {
 		kp, err := ca.issue(is.spec, now)

@@ -66,7 +66,6 @@ func TestClientCertificatesCarryIdentities(t *testing.T) {
 		{p.Admin, "admin", []string{"system:masters"}},
 		{p.ControllerManager, "system:kube-controller-manager", nil},
 		{p.Scheduler, "system:kube-scheduler", nil},
-		{p.Meridiand, "system:meridiand", nil},
 	} {
 		if got := tc.kp.Cert.Subject.CommonName; got != tc.cn {
 			t.Errorf("CN = %q, want %q", got, tc.cn)
@@ -173,7 +172,7 @@ func TestKubeconfigAuthenticatesOverMutualTLS(t *testing.T) {
 		want string
 	}{
 		{p.Admin, "admin system:masters"},
-		{p.Meridiand, "system:meridiand "},
+		{p.Scheduler, "system:kube-scheduler "},
 	} {
 		path := filepath.Join(t.TempDir(), "kubeconfig")
 		if err := writeKubeconfig(path, srv.URL, p.CA.CertPEM, tc.kp); err != nil {

@@ -22,6 +22,8 @@ type procSpec struct {
 	Netns string
 	Argv  []string
 	Env   []string
+	// Binds give the process the node's view of the disk (see NetnsExec).
+	Binds []Bind
 }
 
 // procInfo is a daemon as recorded in its pid file. Start is the kernel's
@@ -109,7 +111,11 @@ func (l launcher) start(p procSpec) (procInfo, error) {
 		return procInfo{}, fmt.Errorf("open log for %s: %w", p.Name, err)
 	}
 	defer logf.Close()
-	argv := append([]string{NetnsExecCommand, p.Netns, "--"}, p.Argv...)
+	argv := []string{NetnsExecCommand}
+	for _, b := range p.Binds {
+		argv = append(argv, "--bind", b.String())
+	}
+	argv = append(append(argv, p.Netns, "--"), p.Argv...)
 	cmd := exec.Command(l.labBin, argv...)
 	cmd.Stdout = logf
 	cmd.Stderr = logf

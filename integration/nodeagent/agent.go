@@ -49,6 +49,18 @@ type Config struct {
 	// container image is CoreDNS. Default: coredns in one of CNIBinDirs
 	// (the lab's bin directory holds both).
 	CoreDNSBin string
+	// ImageArchive is the node's image store, a docker-archive: host-network
+	// pods whose images are all in it run for real (workload.go), from
+	// images unpacked into ImageCacheDir by ContainerInit (the argv of
+	// meridian-lab container-init). Empty: every pod is a stand-in.
+	ImageArchive  string
+	ImageCacheDir string
+	ContainerInit []string
+	// LogDir and PidDir receive the log and pid record of every container
+	// run for real, as <container>-<node>.log and .pid: the lab's process
+	// conventions. Default: StateDir/logs and StateDir/pids.
+	LogDir string
+	PidDir string
 }
 
 func (c Config) withDefaults() Config {
@@ -66,6 +78,15 @@ func (c Config) withDefaults() Config {
 				break
 			}
 		}
+	}
+	if c.LogDir == "" {
+		c.LogDir = filepath.Join(c.StateDir, "logs")
+	}
+	if c.PidDir == "" {
+		c.PidDir = filepath.Join(c.StateDir, "pids")
+	}
+	if c.ImageCacheDir == "" {
+		c.ImageCacheDir = filepath.Join(c.StateDir, "images")
 	}
 	return c
 }
@@ -89,6 +110,9 @@ func (c Config) validate() error {
 	}
 	if c.StateDir == "" {
 		errs = append(errs, errors.New("state dir is empty"))
+	}
+	if c.ImageArchive != "" && len(c.ContainerInit) == 0 {
+		errs = append(errs, errors.New("an image archive needs the container-init command"))
 	}
 	return errors.Join(errs...)
 }
@@ -144,6 +168,7 @@ type agent struct {
 	log    *slog.Logger
 	cni    *cniRunner
 	states stateStore
+	images *imageStore
 	now    func() time.Time
 	// api is where CoreDNS pods reach the API server.
 	api apiEndpoint
@@ -169,7 +194,12 @@ type podRecord struct {
 	sandboxErr   string
 	servers      *servers
 	// coredns runs the real CoreDNS for a CoreDNS pod.
-	coredns   *coreDNSRun
+	coredns *coreDNSRun
+	// workload runs the containers of a pod that runs for real.
+	workload *workload
+	// grace is how long its containers get between SIGTERM and SIGKILL
+	// when the pod goes.
+	grace     time.Duration
 	startedAt time.Time
 }
 
@@ -181,6 +211,7 @@ func newAgent(cfg Config, client kubernetes.Interface, log *slog.Logger) *agent 
 		log:     log,
 		cni:     newCNIRunner(cfg.CNIConfDir, cfg.CNIBinDirs, filepath.Join(cfg.StateDir, "cni-cache")),
 		states:  stateStore{dir: filepath.Join(cfg.StateDir, "pods")},
+		images:  newImageStore(cfg.ImageArchive, cfg.ImageCacheDir),
 		now:     time.Now,
 		records: map[string]*podRecord{},
 	}
@@ -307,16 +338,31 @@ func kernelVersion() string {
 	return strings.TrimSpace(string(b))
 }
 
-// warnIfPrivateMountNS says so when the agent runs in a mount namespace of
-// its own (as under `ip netns exec`): pod netns mounted there do not
-// propagate back to the host, so nothing outside the agent sees them.
+// warnIfPrivateMountNS says so when /run/netns is not shared with the
+// host's: pod netns the agent mounts would then be visible only to it (as
+// under `ip netns exec`). The lab gives agents a mount namespace of their
+// own, the node's view of the disk, but keeps /run/netns shared.
 func (a *agent) warnIfPrivateMountNS() {
 	self, err1 := os.Readlink("/proc/self/ns/mnt")
 	init, err2 := os.Readlink("/proc/1/ns/mnt")
-	if err1 == nil && err2 == nil && self != init {
-		a.log.Warn("agent runs in its own mount namespace; pod netns will be visible only inside it",
-			"self", self, "init", init)
+	if err1 != nil || err2 != nil || self == init {
+		return
 	}
+	info, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(string(info), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 6 && (f[4] == "/run/netns" || f[4] == netnsDir) {
+			if strings.Contains(line, " shared:") {
+				return
+			}
+			break
+		}
+	}
+	a.log.Warn("agent runs in a mount namespace of its own where /run/netns is not shared; pod netns will be visible only inside it",
+		"self", self, "init", init)
 }
 
 // loadRecords recovers the sandboxes of a previous run: the state files,
@@ -427,6 +473,7 @@ func (a *agent) syncPod(ctx context.Context, key string) error {
 	}
 	if pod.DeletionTimestamp != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 		if rec != nil {
+			rec.grace = terminationGrace(pod)
 			if err := a.teardown(ctx, log, rec); err != nil {
 				return err
 			}
@@ -447,6 +494,14 @@ func (a *agent) syncPod(ctx context.Context, key string) error {
 		rec.state.Netns = PodNetnsName(pod.UID)
 	}
 	sandboxErr := a.ensureSandbox(ctx, log, pod, rec)
+	if sandboxErr == nil && a.images.runsForReal(pod.Spec.HostNetwork, podImages(pod)) {
+		if rec.workload == nil {
+			log.Info("running the pod's containers from its images")
+			rec.workload = a.startWorkload(key, pod)
+		}
+		rec.grace = terminationGrace(pod)
+		return a.syncStatus(ctx, pod, rec)
+	}
 	var serveErr, dnsErr error
 	if sandboxErr == nil {
 		serveErr = a.ensureServers(log, pod, rec)
@@ -581,6 +636,13 @@ func (a *agent) syncStatus(ctx context.Context, pod *corev1.Pod, rec *podRecord)
 	if rec.sandboxReady {
 		obs.PodIPs = rec.state.IPs
 	}
+	if rec.workload != nil {
+		snap := rec.workload.snapshot()
+		obs.Workload = &snap
+		if snap.VolumeError != "" {
+			obs.SandboxError = snap.VolumeError
+		}
+	}
 	pods := a.client.CoreV1().Pods(pod.Namespace)
 	cur := pod
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
@@ -622,6 +684,14 @@ func (a *agent) teardown(ctx context.Context, log *slog.Logger, rec *podRecord) 
 	rec.coredns.Stop()
 	rec.coredns = nil
 	rec.sandboxReady = false
+	if w := rec.workload; w != nil {
+		w.stop(rec.grace)
+		rec.workload = nil
+		if err := w.cleanup(); err != nil {
+			return fmt.Errorf("tear down pod: %w", err)
+		}
+		log.Info("pod containers stopped")
+	}
 	if rec.hostNetwork || rec.state.Netns == "" {
 		return nil
 	}
@@ -674,5 +744,34 @@ func (a *agent) stopAllServers() {
 		r.servers = nil
 		r.coredns.Stop()
 		r.coredns = nil
+		// Real containers outlive the agent, as they outlive a kubelet.
+		if r.workload != nil {
+			r.workload.detach()
+			r.workload = nil
+		}
 	}
+}
+
+// podImages are the images of every container of pod.
+func podImages(pod *corev1.Pod) []string {
+	var out []string
+	for _, c := range pod.Spec.InitContainers {
+		out = append(out, c.Image)
+	}
+	for _, c := range pod.Spec.Containers {
+		out = append(out, c.Image)
+	}
+	return out
+}
+
+// terminationGrace is the time a going pod's containers get: the deletion's
+// grace period, else the pod's.
+func terminationGrace(pod *corev1.Pod) time.Duration {
+	if g := pod.DeletionGracePeriodSeconds; g != nil {
+		return time.Duration(*g) * time.Second
+	}
+	if g := pod.Spec.TerminationGracePeriodSeconds; g != nil {
+		return time.Duration(*g) * time.Second
+	}
+	return 30 * time.Second
 }

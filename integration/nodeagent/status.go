@@ -54,6 +54,10 @@ type podObservation struct {
 	StartedAt time.Time
 	// Now stamps transitions that happen in this computation.
 	Now time.Time
+	// Workload, for a pod whose containers run for real (workload.go),
+	// replaces Running, ReadinessFailing and StartedAt with what each
+	// container does.
+	Workload *workloadSnapshot
 }
 
 // podIPsFromResult picks the pod's IPs from a CNI result the way the
@@ -118,9 +122,16 @@ func computePodStatus(pod *corev1.Pod, obs podObservation) corev1.PodStatus {
 	if obs.StartedAt.IsZero() {
 		started = now
 	}
+	initialized := obs.SandboxReady
 
-	st.InitContainerStatuses = initContainerStatuses(pod, st.InitContainerStatuses, obs.SandboxReady, running, ready, started)
-	st.ContainerStatuses = containerStatuses(pod, pod.Spec.Containers, st.ContainerStatuses, running, ready, started)
+	if w := obs.Workload; w != nil {
+		running, ready, initialized = workloadStatuses(pod, &st, *w)
+		running = running && obs.SandboxReady
+		ready = ready && running
+	} else {
+		st.InitContainerStatuses = initContainerStatuses(pod, st.InitContainerStatuses, obs.SandboxReady, running, ready, started)
+		st.ContainerStatuses = containerStatuses(pod, pod.Spec.Containers, st.ContainerStatuses, running, ready, started)
+	}
 
 	if running {
 		st.Phase = corev1.PodRunning
@@ -134,7 +145,7 @@ func computePodStatus(pod *corev1.Pod, obs podObservation) corev1.PodStatus {
 		sandbox.Message = truncate(obs.SandboxError, maxConditionMessage)
 	}
 	setCondition(&st, sandbox, now)
-	setCondition(&st, condition(corev1.PodInitialized, obs.SandboxReady, "", ""), now)
+	setCondition(&st, condition(corev1.PodInitialized, initialized, "", ""), now)
 
 	containersReady := condition(corev1.ContainersReady, ready, "", "")
 	if !ready {
@@ -303,4 +314,50 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n]
+}
+
+// workloadStatuses writes the container statuses of a pod that runs for
+// real and reports whether all its containers run, all are ready, and its
+// init containers are done.
+func workloadStatuses(pod *corev1.Pod, st *corev1.PodStatus, w workloadSnapshot) (running, ready, initialized bool) {
+	st.InitContainerStatuses = nil
+	for _, c := range pod.Spec.InitContainers {
+		st.InitContainerStatuses = append(st.InitContainerStatuses, workloadContainerStatus(pod.UID, c, w.Containers[c.Name], w.VolumeError))
+	}
+	st.ContainerStatuses = nil
+	running, ready = len(pod.Spec.Containers) > 0, len(pod.Spec.Containers) > 0
+	for _, c := range pod.Spec.Containers {
+		cs := w.Containers[c.Name]
+		st.ContainerStatuses = append(st.ContainerStatuses, workloadContainerStatus(pod.UID, c, cs, w.VolumeError))
+		running = running && cs.Running
+		ready = ready && cs.Running && cs.Ready
+	}
+	return running, ready, w.InitDone
+}
+
+// volumeErr, while the pod's volumes cannot be set up, explains why a
+// container waits (the kubelet says it in a FailedMount event).
+func workloadContainerStatus(uid types.UID, c corev1.Container, cs ctrState, volumeErr string) corev1.ContainerStatus {
+	s := corev1.ContainerStatus{Name: c.Name, Image: c.Image, ImageID: imageID(c.Image), RestartCount: cs.Restarts,
+		Started: new(cs.Running), Ready: cs.Running && cs.Ready, LastTerminationState: corev1.ContainerState{Terminated: cs.LastTerm}}
+	switch {
+	case cs.Running:
+		s.ContainerID = fmt.Sprintf("%s%s-%s-%d", containerRuntimeScheme, uid, c.Name, cs.Instance)
+		s.State.Running = &corev1.ContainerStateRunning{StartedAt: metav1.NewTime(cs.StartedAt)}
+	case cs.Term != nil:
+		s.ContainerID = cs.Term.ContainerID
+		s.State.Terminated = cs.Term
+		s.Ready = cs.Init && cs.Term.ExitCode == 0
+	default:
+		reason := cs.Waiting
+		if reason == "" {
+			reason = reasonContainerCreating
+		}
+		msg := cs.Message
+		if msg == "" && volumeErr != "" {
+			msg = "volumes: " + volumeErr
+		}
+		s.State.Waiting = &corev1.ContainerStateWaiting{Reason: reason, Message: truncate(msg, maxConditionMessage)}
+	}
+	return s
 }

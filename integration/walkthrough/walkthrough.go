@@ -49,6 +49,12 @@ func Run(ctx context.Context, l *lab.Lab, opts Options) error {
 	if err != nil {
 		return err
 	}
+	// The seed's first check: is the cluster's CNI running? One Meridian
+	// pod per node, Ready, installed by helm from charts/meridian.
+	fmt.Fprintf(out, "\n# the network: Meridian's DaemonSet (helm install of charts/meridian), one pod per node\n")
+	if err := kubectl("get", "pods", "-n", "kube-system", "-l", "app.kubernetes.io/name=meridian", "-o", "wide"); err != nil {
+		return err
+	}
 	if _, err := client.AppsV1().Deployments("default").Get(ctx, "web", metav1.GetOptions{}); err != nil {
 		if err := kubectl("create", "deployment", "web", "--image=nginx", fmt.Sprintf("--replicas=%d", opts.Replicas)); err != nil {
 			return fmt.Errorf("create deployment web: %w", err)

@@ -440,14 +440,25 @@ func execCmd(ctx context.Context, g *globals, args []string) error {
 	return fmt.Errorf("exec %s: %w", path, syscall.Exec(path, full, os.Environ()))
 }
 
-// netnsExec is the hidden `netns-exec NAME -- CMD...`: it only returns on
-// failure, with 127 as a shell does for a command it cannot run.
+// netnsExec is the hidden `netns-exec [--bind SRC:DST]... NAME -- CMD...`:
+// it only returns on failure, with 127 as a shell does for a command it
+// cannot run.
 func netnsExec(args []string) int {
+	var binds []lab.Bind
+	for len(args) >= 2 && args[0] == "--bind" {
+		b, err := lab.ParseBind(args[1])
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "meridian-lab %s: %v\n", lab.NetnsExecCommand, err)
+			return exitUsage
+		}
+		binds = append(binds, b)
+		args = args[2:]
+	}
 	if len(args) < 3 || args[1] != "--" {
-		fmt.Fprintf(os.Stderr, "meridian-lab %s: usage: %s NAME -- CMD [ARGS...]\n", lab.NetnsExecCommand, lab.NetnsExecCommand)
+		fmt.Fprintf(os.Stderr, "meridian-lab %s: usage: %s [--bind SRC:DST]... NAME -- CMD [ARGS...]\n", lab.NetnsExecCommand, lab.NetnsExecCommand)
 		return exitUsage
 	}
-	err := lab.NetnsExec(args[0], args[2:])
+	err := lab.NetnsExec(args[0], binds, args[2:])
 	fmt.Fprintf(os.Stderr, "meridian-lab: %v\n", err)
 	return 127
 }
@@ -466,6 +477,13 @@ func agent(args []string) error {
 	fs.StringVar(&cfg.CNIConfDir, "cni-conf-dir", "", "CNI configuration directory")
 	fs.Var(&binDirs, "cni-bin-dir", "CNI plugin directory (repeatable, or comma-separated)")
 	fs.StringVar(&cfg.StateDir, "state-dir", "", "the node's state directory")
+	fs.StringVar(&cfg.CoreDNSBin, "coredns-bin", "", "CoreDNS executable for CoreDNS pods (default: coredns in a CNI bin dir)")
+	fs.StringVar(&cfg.ImageArchive, "image-archive", "", "docker-archive of the images host-network pods run from")
+	fs.StringVar(&cfg.ImageCacheDir, "image-cache-dir", "", "where images are unpacked (default STATE/images)")
+	var containerInit multiFlag
+	fs.Var(&containerInit, "container-init", "argv that starts a container, comma-separated (meridian-lab,container-init)")
+	fs.StringVar(&cfg.LogDir, "log-dir", "", "container logs (default STATE/logs)")
+	fs.StringVar(&cfg.PidDir, "pid-dir", "", "container pid records (default STATE/pids)")
 	verbose := fs.Bool("v", false, "debug logging")
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%w: agent: %w", errUsage, err)
@@ -479,6 +497,7 @@ func agent(args []string) error {
 	}
 	cfg.NodeIP = ip
 	cfg.CNIBinDirs = binDirs
+	cfg.ContainerInit = containerInit
 	level := slog.LevelInfo
 	if *verbose {
 		level = slog.LevelDebug
