@@ -415,8 +415,8 @@ func TestVolumeManagerTokenDefaults(t *testing.T) {
 
 func TestVolumeManagerProjectedErrors(t *testing.T) {
 	for name, src := range map[string]corev1.VolumeProjection{
-		"missing configmap": {ConfigMap: &corev1.ConfigMapProjection{LocalObjectReference: corev1.LocalObjectReference{Name: "absent"}}},
-		"missing secret":    {Secret: &corev1.SecretProjection{LocalObjectReference: corev1.LocalObjectReference{Name: "absent"}}},
+		"missing configmap":  {ConfigMap: &corev1.ConfigMapProjection{LocalObjectReference: corev1.LocalObjectReference{Name: "absent"}}},
+		"missing secret":     {Secret: &corev1.SecretProjection{LocalObjectReference: corev1.LocalObjectReference{Name: "absent"}}},
 		"clusterTrustBundle": {ClusterTrustBundle: &corev1.ClusterTrustBundleProjection{Path: "b"}},
 		"bad downward field": {DownwardAPI: &corev1.DownwardAPIProjection{Items: []corev1.DownwardAPIVolumeFile{{Path: "x", FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.bogus"}}}}},
 	} {

@@ -184,7 +184,7 @@ func TestContainerEnvErrors(t *testing.T) {
 func TestServiceEnv(t *testing.T) {
 	kubernetes := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "kubernetes", Namespace: "default"},
-		Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.1", Ports: []corev1.ServicePort{{Name: "https", Port: 443, Protocol: corev1.ProtocolTCP}}},
+		Spec:       corev1.ServiceSpec{ClusterIP: "10.96.0.1", Ports: []corev1.ServicePort{{Name: "https", Port: 443, Protocol: corev1.ProtocolTCP}}},
 	}
 	got := serviceEnv([]*corev1.Service{kubernetes})
 	// Exactly what the kubelet's envvars.FromServices gives every pod.
