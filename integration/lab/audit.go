@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	audit "k8s.io/apiserver/pkg/apis/audit/v1"
 )
@@ -54,6 +55,7 @@ type Request struct {
 	Code       int32
 	Message    string
 	RequestURI string
+	Time       time.Time
 }
 
 func (r Request) String() string {
@@ -104,7 +106,7 @@ func (l *Lab) AuditedRequests() ([]Request, error) {
 		if ev.Stage != audit.StageResponseComplete && ev.Stage != audit.StagePanic {
 			continue
 		}
-		r := Request{User: ev.User.Username, Verb: ev.Verb, RequestURI: ev.RequestURI}
+		r := Request{User: ev.User.Username, Verb: ev.Verb, RequestURI: ev.RequestURI, Time: ev.StageTimestamp.Time}
 		if o := ev.ObjectRef; o != nil {
 			res := o.Resource
 			if o.Subresource != "" {

@@ -135,6 +135,16 @@ func (l *Lab) NodeStateDir(node string) string {
 	return l.layout.onHost(node, l.layout.nodePaths().StateDir)
 }
 
+// NodeCNIConfDir and NodeCNIBinDir are the node's CNI directories (where
+// the chart's install-cni writes), seen from the host.
+func (l *Lab) NodeCNIConfDir(node string) string {
+	return l.layout.onHost(node, l.layout.nodePaths().CNIConfDir)
+}
+
+func (l *Lab) NodeCNIBinDir(node string) string {
+	return l.layout.onHost(node, l.layout.nodePaths().CNIBinDir)
+}
+
 // addNode makes node i: its namespace on the fabric, its CNI configuration,
 // its agent and (unless NoDaemon) meridiand, and records it.
 func (l *Lab) addNode(ctx context.Context, i int) (Node, error) {
