@@ -435,6 +435,8 @@ func meridiandSecurityContext() *corev1.SecurityContext {
 		ReadOnlyRootFilesystem:   new(true),
 		AllowPrivilegeEscalation: new(false),
 		RunAsUser:                new(int64(0)),
+		RunAsNonRoot:             new(false),
+		Privileged:               new(false),
 	}
 }
 
@@ -577,5 +579,64 @@ func TestContainerSpec(t *testing.T) {
 		if _, err := containerSpec(pod, bad, img, src, map[string]string{"run": "/run/meridian"}, "", ""); err == nil || !strings.Contains(err.Error(), "container meridiand") {
 			t.Errorf("%s: err %v", name, err)
 		}
+	}
+}
+
+// The kubelet expands $(VAR) in env values, command and args against the
+// container's own variables and the Service links only
+// (expansion.MappingFuncFor(tmpEnv, serviceEnv)): it never sees the
+// image's environment, which the runtime merges afterwards. A reference to
+// an image variable stays as written on a real node.
+func TestContainerEnvImageEnvNotExpanded(t *testing.T) {
+	c := corev1.Container{Name: "app", Env: []corev1.EnvVar{
+		{Name: "EXTRA_PATH", Value: "$(PATH):/opt/bin"},
+		{Name: "API", Value: "https://$(KUBERNETES_SERVICE_HOST)"},
+	}}
+	src := envSources{Pod: specPod(), ServiceEnv: []string{"KUBERNETES_SERVICE_HOST=10.96.0.1"}}
+	got, err := containerEnv([]string{"PATH=/usr/bin:/bin"}, c, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []string{"EXTRA_PATH=$(PATH):/opt/bin", "API=https://10.96.0.1"} {
+		if !slices.Contains(got, w) {
+			t.Errorf("missing %q in %q", w, got)
+		}
+	}
+	argv, err := containerArgv(corev1.Container{Name: "app", Command: []string{"echo", "$(PATH)"}}, nil, nil, got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(argv, []string{"echo", "$(PATH)"}) {
+		t.Errorf("argv %q: an image variable expanded", argv)
+	}
+}
+
+// The kubelet refuses to start a container that must not run as root when
+// it would (verifyRunAsNonRoot); the lab runs every container as root, so
+// runAsNonRoot must be refused like another runAsUser, not ignored.
+func TestSecuritySettingsRunAsNonRoot(t *testing.T) {
+	for name, set := range map[string]func(*corev1.Pod, *corev1.Container){
+		"pod": func(p *corev1.Pod, _ *corev1.Container) {
+			p.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsNonRoot: new(true)}
+		},
+		"container": func(_ *corev1.Pod, c *corev1.Container) {
+			c.SecurityContext = &corev1.SecurityContext{RunAsNonRoot: new(true)}
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			pod, c := specPod(), corev1.Container{Name: "app"}
+			set(pod, &c)
+			var spec container.Spec
+			if err := securitySettings(pod, c, &spec); err == nil {
+				t.Errorf("runAsNonRoot container set up to run as root: %+v", spec)
+			}
+		})
+	}
+	// runAsNonRoot false is no constraint.
+	pod := specPod()
+	pod.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsNonRoot: new(false)}
+	var spec container.Spec
+	if err := securitySettings(pod, corev1.Container{Name: "app"}, &spec); err != nil {
+		t.Errorf("runAsNonRoot false: %v", err)
 	}
 }
