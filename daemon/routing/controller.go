@@ -298,7 +298,15 @@ func (c *Controller) Run(ctx context.Context) error {
 			sp = nil
 		}
 
+		if ctx.Err() != nil {
+			// Chosen at random over a ready trigger: never sync while
+			// stopping.
+			return nil
+		}
 		err := c.sync(ctx, lister, &sp, restarting, &lastState, &conditionSet, problem)
+		if err != nil && ctx.Err() != nil {
+			return nil
+		}
 		if err != nil {
 			problem("sync routing", "node", c.cfg.NodeName, "err", err)
 			retry.Reset(backoff)
@@ -488,6 +496,13 @@ func (c *Controller) sync(ctx context.Context, lister corelisters.NodeLister, sp
 		default:
 			c.tunnelErr = ""
 		}
+	}
+	// A stopping meridiand computes from state its own shutdown is taking
+	// apart (a sync that began as ctx ended once pruned every learned
+	// route during a rolling upgrade): what the kernel holds is the next
+	// meridiand's to adopt, so nothing is applied once ctx is done.
+	if err := ctx.Err(); err != nil {
+		return err
 	}
 	res, err := c.applier.Apply(desired, converged)
 	if err != nil {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apiextensionsclient "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
@@ -524,7 +525,7 @@ func TestBGPPeersWithToRs(t *testing.T) {
 		// The chart lets meridiand read only the Secrets it is told of;
 		// for peers made outside the chart an admin grants them, as here
 		// (or with rbac.extraSecrets).
-		grantSecrets(t, c, "kube-system", sec.Name, "e2e-does-not-exist")
+		grantSecrets(t, c, "kube-system", sec.Name)
 		for _, p := range []struct {
 			name string
 			ip   netip.Addr
@@ -575,6 +576,9 @@ func TestBGPPeersWithToRs(t *testing.T) {
 		})
 		bad := bgpPeer("e2e-bad-secret", netip.MustParseAddr("198.18.0.206"), torASN)
 		bad.Spec.Password = &v1alpha1.SecretKeySelector{Namespace: "kube-system", Name: "e2e-does-not-exist", Key: "password"}
+		// Granted, so that meridiand learns the Secret is missing (not
+		// that it may not look).
+		grantSecrets(t, c, "kube-system", "e2e-does-not-exist")
 		createObject(t, dyn, bad)
 		eventually(t, 60*time.Second, "bad BGPPeer refused in its status", func() error {
 			cond, err := acceptedOf(dyn, bad.Name)
@@ -742,27 +746,57 @@ func TestBGPPeersWithToRs(t *testing.T) {
 }
 
 // grantSecrets lets meridiand's service account get the named Secrets of
-// namespace, the way the chart's secret Roles do, until the test ends.
+// namespace, the way the chart's secret Roles do, until the test ends. It
+// returns once the API server's authorizer allows it. Refusals after the
+// grant is taken back (meridiand may resync a peer being deleted) are
+// expected by the run's RBAC check.
 func grantSecrets(t *testing.T, c kubernetes.Interface, namespace string, names ...string) {
 	t.Helper()
 	ctx := context.Background()
+	name := e2eRBACName + "-" + names[0]
 	role := &rbacv1.Role{
-		ObjectMeta: metav1.ObjectMeta{Name: e2eRBACName, Namespace: namespace},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace},
 		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: names, Verbs: []string{"get"}}},
 	}
 	binding := &rbacv1.RoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: e2eRBACName, Namespace: namespace},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: e2eRBACName},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: name},
 		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: lab.ServiceAccountName, Namespace: lab.ReleaseNamespace}},
 	}
 	t.Cleanup(func() {
-		_ = c.RbacV1().RoleBindings(namespace).Delete(ctx, e2eRBACName, metav1.DeleteOptions{})
-		_ = c.RbacV1().Roles(namespace).Delete(ctx, e2eRBACName, metav1.DeleteOptions{})
+		revoked := time.Now()
+		expectedRefusals.Lock()
+		expectedRefusals.match = append(expectedRefusals.match, func(r lab.Request) bool {
+			return r.Resource == "secrets" && r.Namespace == namespace && slices.Contains(names, r.Name) && !r.Time.Before(revoked)
+		})
+		expectedRefusals.Unlock()
+		_ = c.RbacV1().RoleBindings(namespace).Delete(ctx, name, metav1.DeleteOptions{})
+		_ = c.RbacV1().Roles(namespace).Delete(ctx, name, metav1.DeleteOptions{})
 	})
 	if _, err := c.RbacV1().Roles(namespace).Create(ctx, role, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("grant secrets: %v", err)
 	}
 	if _, err := c.RbacV1().RoleBindings(namespace).Create(ctx, binding, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("grant secrets: %v", err)
+	}
+	for _, n := range names {
+		eventually(t, 30*time.Second, "meridiand may get secret "+n, func() error {
+			sar, err := c.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{
+				Spec: authorizationv1.SubjectAccessReviewSpec{
+					User:   lab.MeridianUser,
+					Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + lab.ReleaseNamespace, "system:authenticated"},
+					ResourceAttributes: &authorizationv1.ResourceAttributes{
+						Namespace: namespace, Verb: "get", Resource: "secrets", Name: n,
+					},
+				},
+			}, metav1.CreateOptions{})
+			if err != nil {
+				return err
+			}
+			if !sar.Status.Allowed {
+				return fmt.Errorf("not allowed yet: %s", sar.Status.Reason)
+			}
+			return nil
+		})
 	}
 }

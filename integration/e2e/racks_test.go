@@ -20,7 +20,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/meridian-net/meridian/api/crd/v1alpha1"
 	"github.com/meridian-net/meridian/daemon/encap"
 	"github.com/meridian-net/meridian/integration/lab"
 )
@@ -622,12 +621,8 @@ func TestRacksNoneVXLAN(t *testing.T) {
 	c := client(t, l)
 	nodes := l.Nodes()
 	cidrs := cidrsOf(t, c, nodes)
-	dyn := bgpAPI(t, l)
-	createObject(t, dyn, &v1alpha1.BGPConfiguration{
-		TypeMeta:   metav1.TypeMeta{APIVersion: v1alpha1.SchemeGroupVersion.String(), Kind: "BGPConfiguration"},
-		ObjectMeta: metav1.ObjectMeta{Name: v1alpha1.BGPConfigurationName},
-		Spec:       v1alpha1.BGPConfigurationSpec{EncapsulationType: v1alpha1.EncapsulationVXLAN},
-	})
+	// The lab installs a --tor none lab with encapsulationType=VXLAN in
+	// the chart's values, so meridiand runs with --encapsulation-type=VXLAN.
 	for _, r := range l.Routers() {
 		for _, cidr := range cidrs {
 			if _, ok := routerKernelRoutes(t, r.Name)[cidr]; ok {

@@ -92,7 +92,7 @@ func (s layout) imageCacheDir() string { return s.path("images") }
 
 // labValues are the lab's values for the chart; everything else is the
 // chart's default, image included.
-func labValues(paths nodePaths, torPassword string) map[string]any {
+func labValues(paths nodePaths, st labState) map[string]any {
 	v := map[string]any{
 		"stateDir": paths.StateDir,
 		"api": map[string]any{
@@ -115,7 +115,13 @@ func labValues(paths nodePaths, torPassword string) map[string]any {
 		// writes its own), so the chart leaves it alone.
 		"bgp": map[string]any{"configuration": map[string]any{"create": false}},
 	}
-	if torPassword != "" {
+	if st.Topology == TopologyRacks && st.ToR == ToRNone {
+		// Routers that know no pod CIDR: racks reach each other through
+		// tunnels, and VXLAN is the one every kernel has (this host has no
+		// ipip module).
+		v["encapsulationType"] = "VXLAN"
+	}
+	if st.ToRPassword != "" {
 		v["rbac"] = map[string]any{"extraSecrets": []any{
 			map[string]any{"namespace": metav1.NamespaceSystem, "name": ToRPasswordSecret},
 		}}
@@ -146,7 +152,7 @@ func (l *Lab) writeChart() error {
 	if err != nil {
 		return fmt.Errorf("write chart: %w", err)
 	}
-	b, err := yaml.Marshal(labValues(l.layout.nodePaths(), l.st.ToRPassword))
+	b, err := yaml.Marshal(labValues(l.layout.nodePaths(), l.st))
 	if err != nil {
 		return fmt.Errorf("encode lab values: %w", err)
 	}

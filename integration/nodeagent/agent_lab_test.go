@@ -277,7 +277,7 @@ func TestAgentInLab(t *testing.T) {
 		return nil
 	})
 
-	writeNodeState(t, l.StateDir(), podCIDR)
+	writeNodeState(t, l.NodeStateDir(node), podCIDR)
 	var podIP netip.Addr
 	eventually(t, ctx, 90*time.Second, "web running", func() error {
 		p, err := pods.Get(ctx, "web", metav1.GetOptions{})
@@ -613,7 +613,7 @@ func hostLinkTo(t *testing.T, netnsName string, ip netip.Addr) string {
 func writeNodeState(t *testing.T, stateDir string, podCIDR netip.Prefix) {
 	t.Helper()
 	b, _ := json.Marshal(map[string]any{"nodeName": node, "podCIDRs": []string{podCIDR.String()}})
-	p := filepath.Join(stateDir, "nodes", node, "state", "node.json")
+	p := filepath.Join(stateDir, "node.json")
 	if err := os.WriteFile(p, b, 0o644); err != nil {
 		t.Fatal(err)
 	}

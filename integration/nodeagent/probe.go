@@ -35,7 +35,14 @@ func newProber(p *corev1.Probe, c corev1.Container, podIP string) *prober {
 			// The kubelet does not verify probe certificates either.
 			TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // as the kubelet
 		},
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		// The kubelet follows redirects on the same host (up to 10) and
+		// counts one to another host as a pass without following it.
+		CheckRedirect: func(req *http.Request, via []*http.Request) error {
+			if len(via) >= 10 || req.URL.Hostname() != via[0].URL.Hostname() {
+				return http.ErrUseLastResponse
+			}
+			return nil
+		},
 	}}
 }
 
@@ -79,9 +86,18 @@ func (p *prober) once(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		req.Header.Set("User-Agent", "kube-probe/meridian-lab")
 		for _, hd := range g.HTTPHeaders {
+			if strings.EqualFold(hd.Name, "Host") {
+				req.Host = hd.Value
+				continue
+			}
 			req.Header.Add(hd.Name, hd.Value)
+		}
+		if req.Header.Get("User-Agent") == "" {
+			req.Header.Set("User-Agent", "kube-probe/meridian-lab")
+		}
+		if req.Header.Get("Accept") == "" {
+			req.Header.Set("Accept", "*/*")
 		}
 		resp, err := p.client.Do(req)
 		if err != nil {

@@ -124,16 +124,18 @@ func computePodStatus(pod *corev1.Pod, obs podObservation) corev1.PodStatus {
 	}
 	initialized := obs.SandboxReady
 
+	phaseRunning := running
 	if w := obs.Workload; w != nil {
 		running, ready, initialized = workloadStatuses(pod, &st, *w)
 		running = running && obs.SandboxReady
 		ready = ready && running
+		phaseRunning = obs.SandboxReady && workloadPhaseRunning(st.ContainerStatuses, initialized)
 	} else {
 		st.InitContainerStatuses = initContainerStatuses(pod, st.InitContainerStatuses, obs.SandboxReady, running, ready, started)
 		st.ContainerStatuses = containerStatuses(pod, pod.Spec.Containers, st.ContainerStatuses, running, ready, started)
 	}
 
-	if running {
+	if phaseRunning {
 		st.Phase = corev1.PodRunning
 	} else {
 		st.Phase = corev1.PodPending
@@ -360,4 +362,20 @@ func workloadContainerStatus(uid types.UID, c corev1.Container, cs ctrState, vol
 		s.State.Waiting = &corev1.ContainerStateWaiting{Reason: reason, Message: truncate(msg, maxConditionMessage)}
 	}
 	return s
+}
+
+// workloadPhaseRunning is the kubelet's getPhase for restartPolicy Always:
+// Pending until the init containers are done or while a container waits
+// to start for the first time; Running once every container has run, even
+// one restarting after a crash (CrashLoopBackOff shows as Running).
+func workloadPhaseRunning(cs []corev1.ContainerStatus, initialized bool) bool {
+	if !initialized || len(cs) == 0 {
+		return false
+	}
+	for _, c := range cs {
+		if c.State.Waiting != nil && c.LastTerminationState.Terminated == nil {
+			return false
+		}
+	}
+	return true
 }

@@ -169,7 +169,7 @@ func (m *volumeManager) configMapFiles(ctx context.Context, ns, name string, ite
 	for k, v := range cm.BinaryData {
 		data[k] = v
 	}
-	return keyFiles(data, items, defMode, "configmap "+name)
+	return keyFiles(data, items, optional != nil && *optional, defMode, "configmap "+name)
 }
 
 func (m *volumeManager) secretFiles(ctx context.Context, ns, name string, items []corev1.KeyToPath, optional *bool, defMode os.FileMode) (map[string]volumeFile, error) {
@@ -180,12 +180,13 @@ func (m *volumeManager) secretFiles(ctx context.Context, ns, name string, items 
 	if err != nil {
 		return nil, fmt.Errorf("get secret %s/%s: %w", ns, name, err)
 	}
-	return keyFiles(s.Data, items, defMode, "secret "+name)
+	return keyFiles(s.Data, items, optional != nil && *optional, defMode, "secret "+name)
 }
 
 // keyFiles maps a ConfigMap's or Secret's keys to files: every key, or
-// only the items, each at its path with its mode.
-func keyFiles(data map[string][]byte, items []corev1.KeyToPath, defMode os.FileMode, what string) (map[string]volumeFile, error) {
+// only the items, each at its path with its mode; an item whose key is
+// missing is skipped when the source is optional, as the kubelet does.
+func keyFiles(data map[string][]byte, items []corev1.KeyToPath, optional bool, defMode os.FileMode, what string) (map[string]volumeFile, error) {
 	out := map[string]volumeFile{}
 	if len(items) == 0 {
 		for k, v := range data {
@@ -195,6 +196,9 @@ func keyFiles(data map[string][]byte, items []corev1.KeyToPath, defMode os.FileM
 	}
 	for _, it := range items {
 		v, ok := data[it.Key]
+		if !ok && optional {
+			continue
+		}
 		if !ok {
 			return nil, fmt.Errorf("%s has no key %q", what, it.Key)
 		}

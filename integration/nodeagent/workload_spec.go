@@ -3,6 +3,7 @@ package nodeagent
 import (
 	"errors"
 	"fmt"
+	"net"
 	"path"
 	"path/filepath"
 	"slices"
@@ -34,11 +35,14 @@ type envSources struct {
 	Secrets    map[string]*corev1.Secret
 }
 
-// containerEnv is the container's environment in the kubelet's order: the
-// image's, then the Service links, then the container's envFrom and env,
+// containerEnv is the container's environment. The kubelet's part comes
+// in its order: the Service links, then the container's envFrom and env,
 // later ones replacing earlier ones of the same name, each value expanded
-// against what comes before it.
-func containerEnv(imageEnv []string, c corev1.Container, src envSources) ([]string, error) {
+// against the kubelet's variables before it (never the image's, which the
+// kubelet does not see). The runtime then lays that over the image's
+// environment. It returns both: env for the process, and kubeletEnv, what
+// $(VAR) in command and args may refer to.
+func containerEnv(imageEnv []string, c corev1.Container, src envSources) (env, kubeletEnv []string, err error) {
 	var names []string
 	vals := map[string]string{}
 	set := func(k, v string) {
@@ -47,7 +51,7 @@ func containerEnv(imageEnv []string, c corev1.Container, src envSources) ([]stri
 		}
 		vals[k] = v
 	}
-	for _, kv := range append(slices.Clone(imageEnv), src.ServiceEnv...) {
+	for _, kv := range src.ServiceEnv {
 		k, v, _ := strings.Cut(kv, "=")
 		set(k, v)
 	}
@@ -82,13 +86,27 @@ func containerEnv(imageEnv []string, c corev1.Container, src envSources) ([]stri
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	out := make([]string, 0, len(names))
 	for _, k := range names {
-		out = append(out, k+"="+vals[k])
+		kubeletEnv = append(kubeletEnv, k+"="+vals[k])
 	}
-	return out, nil
+	// The runtime's merge: the image's variables in their order, each
+	// replaced by the kubelet's of the same name, then the kubelet's new ones.
+	for _, kv := range imageEnv {
+		k, v, _ := strings.Cut(kv, "=")
+		if kv2, ok := vals[k]; ok {
+			v = kv2
+			delete(vals, k)
+		}
+		env = append(env, k+"="+v)
+	}
+	for _, k := range names {
+		if v, ok := vals[k]; ok {
+			env = append(env, k+"="+v)
+		}
+	}
+	return env, kubeletEnv, nil
 }
 
 func envFromData(from corev1.EnvFromSource, src envSources) (map[string]string, error) {
@@ -252,7 +270,7 @@ func serviceEnv(svcs []*corev1.Service) []string {
 		if proto == "" {
 			proto = "tcp"
 		}
-		out = append(out, fmt.Sprintf("%s_PORT=%s://%s:%d", name, proto, ip, first.Port))
+		out = append(out, fmt.Sprintf("%s_PORT=%s://%s", name, proto, net.JoinHostPort(ip, strconv.Itoa(int(first.Port)))))
 		for _, p := range s.Spec.Ports {
 			pr := p.Protocol
 			if pr == "" {
@@ -260,7 +278,7 @@ func serviceEnv(svcs []*corev1.Service) []string {
 			}
 			pre := fmt.Sprintf("%s_PORT_%d_%s", name, p.Port, strings.ToUpper(string(pr)))
 			out = append(out,
-				fmt.Sprintf("%s=%s://%s:%d", pre, strings.ToLower(string(pr)), ip, p.Port),
+				fmt.Sprintf("%s=%s://%s", pre, strings.ToLower(string(pr)), net.JoinHostPort(ip, strconv.Itoa(int(p.Port)))),
 				pre+"_PROTO="+strings.ToLower(string(pr)),
 				fmt.Sprintf("%s_PORT=%d", pre, p.Port),
 				pre+"_ADDR="+ip)
@@ -272,7 +290,7 @@ func serviceEnv(svcs []*corev1.Service) []string {
 // containerArgv is the process the runtime starts: command replaces the
 // image's entrypoint, and args its cmd (an entrypoint without command
 // keeps the image's cmd only when args are not given either), expanded
-// against env.
+// against env, the kubelet's variables (containerEnv's kubeletEnv).
 func containerArgv(c corev1.Container, entrypoint, cmd, env []string) ([]string, error) {
 	var argv []string
 	switch {
@@ -359,6 +377,17 @@ func securitySettings(pod *corev1.Pod, c corev1.Container, spec *container.Spec)
 	if uid != 0 {
 		return fmt.Errorf("container %s: runAsUser %d: the lab runtime runs containers as root only", c.Name, uid)
 	}
+	nonRoot := false
+	if psc := pod.Spec.SecurityContext; psc != nil && psc.RunAsNonRoot != nil {
+		nonRoot = *psc.RunAsNonRoot
+	}
+	if sc != nil && sc.RunAsNonRoot != nil {
+		nonRoot = *sc.RunAsNonRoot
+	}
+	if nonRoot {
+		// The kubelet's verifyRunAsNonRoot: the container would run as root.
+		return fmt.Errorf("container %s: container has runAsNonRoot and would run as root", c.Name)
+	}
 	spec.Privileged = privileged(c)
 	var add, drop []string
 	if sc != nil && sc.Capabilities != nil {
@@ -381,11 +410,11 @@ func securitySettings(pod *corev1.Pod, c corev1.Container, spec *container.Spec)
 
 // containerSpec assembles the runtime's Spec for c.
 func containerSpec(pod *corev1.Pod, c corev1.Container, img container.Image, src envSources, volumeDirs map[string]string, resolvConf, hostsFile string) (container.Spec, error) {
-	env, err := containerEnv(img.Config.Env, c, src)
+	env, kubeletEnv, err := containerEnv(img.Config.Env, c, src)
 	if err != nil {
 		return container.Spec{}, fmt.Errorf("container %s: %w", c.Name, err)
 	}
-	argv, err := containerArgv(c, img.Config.Entrypoint, img.Config.Cmd, env)
+	argv, err := containerArgv(c, img.Config.Entrypoint, img.Config.Cmd, kubeletEnv)
 	if err != nil {
 		return container.Spec{}, err
 	}

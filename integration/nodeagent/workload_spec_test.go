@@ -115,7 +115,7 @@ func TestContainerEnv(t *testing.T) {
 			{Name: "KUBERNETES_SERVICE_HOST", Value: "198.18.0.1"},
 		},
 	}
-	got, err := containerEnv([]string{"PATH=/usr/bin:/bin", "HOME=/root"}, c, src)
+	got, _, err := containerEnv([]string{"PATH=/usr/bin:/bin", "HOME=/root"}, c, src)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +168,7 @@ func TestContainerEnvErrors(t *testing.T) {
 		{"all errors", corev1.Container{Env: []corev1.EnvVar{{Name: "X", ValueFrom: cmKey("absent", "a")}, {Name: "Y", ValueFrom: secretKey("absent", "a")}}}, []string{"env X", "env Y"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			env, err := containerEnv(nil, tc.c, src)
+			env, _, err := containerEnv(nil, tc.c, src)
 			if err == nil {
 				t.Fatalf("no error, env %q", env)
 			}
@@ -593,7 +593,7 @@ func TestContainerEnvImageEnvNotExpanded(t *testing.T) {
 		{Name: "API", Value: "https://$(KUBERNETES_SERVICE_HOST)"},
 	}}
 	src := envSources{Pod: specPod(), ServiceEnv: []string{"KUBERNETES_SERVICE_HOST=10.96.0.1"}}
-	got, err := containerEnv([]string{"PATH=/usr/bin:/bin"}, c, src)
+	got, kubeletEnv, err := containerEnv([]string{"PATH=/usr/bin:/bin"}, c, src)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -602,7 +602,7 @@ func TestContainerEnvImageEnvNotExpanded(t *testing.T) {
 			t.Errorf("missing %q in %q", w, got)
 		}
 	}
-	argv, err := containerArgv(corev1.Container{Name: "app", Command: []string{"echo", "$(PATH)"}}, nil, nil, got)
+	argv, err := containerArgv(corev1.Container{Name: "app", Command: []string{"echo", "$(PATH)"}}, nil, nil, kubeletEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
