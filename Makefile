@@ -56,7 +56,9 @@ lab: deps build image
 lab-down:
 	$(BIN)/meridian-lab down
 
-test: deps build unit-test integration-test chart-test
+# image first: the labs run the chart's pods from bin/meridian-image.tar
+# (without it each lab would build its own from bin/).
+test: deps build image unit-test integration-test chart-test
 
 # Every package outside integration/, with the race detector; kernel tests
 # in throw-away namespaces run when root and skip otherwise. Packages that

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -299,35 +301,12 @@ func TestHelmUpgradeKeepsRoutes(t *testing.T) {
 	}
 
 	var deleted sync.Map // node -> []string
+	stopWatch := watchRouteDeletions(t, nodes, func(node string, r netlink.Route) {
+		prev, _ := deleted.LoadOrStore(node, []string{})
+		deleted.Store(node, append(prev.([]string), r.String()))
+	})
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	for _, n := range nodes {
-		ns, err := netns.GetFromName(n.Netns)
-		if err != nil {
-			t.Fatal(err)
-		}
-		updates := make(chan netlink.RouteUpdate, 256)
-		done := make(chan struct{})
-		if err := netlink.RouteSubscribeWithOptions(updates, done, netlink.RouteSubscribeOptions{Namespace: &ns}); err != nil {
-			ns.Close()
-			t.Fatal(err)
-		}
-		ns.Close()
-		wg.Go(func() {
-			defer close(done)
-			for {
-				select {
-				case <-stop:
-					return
-				case u := <-updates:
-					if u.Type == syscall.RTM_DELROUTE && u.Protocol == routes.Protocol {
-						prev, _ := deleted.LoadOrStore(n.Name, []string{})
-						deleted.Store(n.Name, append(prev.([]string), u.Route.String()))
-					}
-				}
-			}
-		})
-	}
 	var sent, failed atomic.Int64
 	var firstErr atomic.Value
 	wg.Go(func() {
@@ -349,6 +328,7 @@ func TestHelmUpgradeKeepsRoutes(t *testing.T) {
 		if !stopped {
 			close(stop)
 			wg.Wait()
+			stopWatch()
 			stopped = true
 		}
 	}
@@ -402,4 +382,131 @@ func podUIDs(t *testing.T, l *lab.Lab) map[string]types.UID {
 		out[p.Spec.NodeName] = p.UID
 	}
 	return out
+}
+
+// TestHelmUninstallLeavesNodesWorking uninstalls the release and checks
+// what docs/install.md promises: the pods and meridiand go, while every
+// node keeps its routes, its nftables table, meridian-cni and the conflist,
+// so running pods keep talking; installing again adopts all of it without
+// removing a route.
+func TestHelmUninstallLeavesNodesWorking(t *testing.T) {
+	l := needLab(t)
+	c := client(t, l)
+	ctx := context.Background()
+	nodes := l.Nodes()
+	if len(nodes) < 2 {
+		t.Skip("needs two nodes")
+	}
+	src := runPod(t, c, "uninstall-src", nodes[0].Name)
+	dst := runPod(t, c, "uninstall-dst", nodes[1].Name)
+	dstAddr := fmt.Sprintf("%s:%d", dst.Status.PodIP, tcpPort)
+	before := map[string]map[netip.Prefix][]netip.Addr{}
+	for _, n := range nodes {
+		before[n.Name] = meridianRoutes(t, n)
+	}
+	reinstalled := false
+	t.Cleanup(func() {
+		if !reinstalled {
+			if err := l.InstallMeridian(context.Background()); err != nil {
+				t.Errorf("install again: %v", err)
+			}
+		}
+	})
+	if err := l.UninstallMeridian(ctx); err != nil {
+		t.Fatalf("helm uninstall: %v", err)
+	}
+	if _, err := c.AppsV1().DaemonSets(lab.ReleaseNamespace).Get(ctx, lab.DaemonSetName, metav1.GetOptions{}); err == nil {
+		t.Errorf("the DaemonSet outlives helm uninstall")
+	}
+	eventually(t, 60*time.Second, "meridian pods and meridiand gone", func() error {
+		pods, err := l.MeridianPods(ctx)
+		if err != nil {
+			return err
+		}
+		if len(pods) > 0 {
+			return fmt.Errorf("%d meridian pods left", len(pods))
+		}
+		procs, err := l.Processes()
+		if err != nil {
+			return err
+		}
+		for _, p := range procs {
+			if strings.HasPrefix(p.Name, "meridiand-") && p.Alive {
+				return fmt.Errorf("%s still runs (pid %d)", p.Name, p.PID)
+			}
+		}
+		return nil
+	})
+	for _, n := range nodes {
+		if got := meridianRoutes(t, n); !maps.EqualFunc(got, before[n.Name], slices.Equal) {
+			t.Errorf("%s: routes %v after uninstall, want them left as %v", n.Name, got, before[n.Name])
+		}
+		if out, err := l.ExecNode(ctx, n.Name, "nft", "list", "table", "inet", "meridian"); err != nil {
+			t.Errorf("%s: table inet meridian gone after uninstall: %v\n%s", n.Name, err, out)
+		}
+		for _, f := range []string{filepath.Join(l.NodeCNIConfDir(n.Name), lab.CNIConfFile), filepath.Join(l.NodeCNIBinDir(n.Name), "meridian-cni")} {
+			if _, err := os.Stat(f); err != nil {
+				t.Errorf("%s: %v after uninstall, want it left", n.Name, err)
+			}
+		}
+	}
+	if _, err := httpGet(src, dstAddr); err != nil {
+		t.Errorf("pod to pod across nodes without meridiand: %v", err)
+	}
+
+	// Install again: the new meridiand adopts what the old one left.
+	var deleted atomic.Int64
+	stop := watchRouteDeletions(t, nodes, func(string, netlink.Route) { deleted.Add(1) })
+	reinstalled = true
+	if err := l.InstallMeridian(ctx); err != nil {
+		stop()
+		t.Fatalf("install again: %v", err)
+	}
+	stop()
+	if n := deleted.Load(); n > 0 {
+		t.Errorf("installing again deleted %d Meridian routes", n)
+	}
+	if _, err := httpGet(src, dstAddr); err != nil {
+		t.Errorf("pod to pod after installing again: %v", err)
+	}
+}
+
+// watchRouteDeletions calls deleted for every route of Meridian's protocol
+// a node's kernel deletes, until the returned stop is called.
+func watchRouteDeletions(t *testing.T, nodes []lab.Node, deleted func(node string, r netlink.Route)) (stop func()) {
+	t.Helper()
+	quit := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, n := range nodes {
+		ns, err := netns.GetFromName(n.Netns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		updates := make(chan netlink.RouteUpdate, 256)
+		done := make(chan struct{})
+		err = netlink.RouteSubscribeWithOptions(updates, done, netlink.RouteSubscribeOptions{Namespace: &ns})
+		ns.Close()
+		if err != nil {
+			close(quit)
+			wg.Wait()
+			t.Fatal(err)
+		}
+		wg.Go(func() {
+			defer close(done)
+			for {
+				select {
+				case <-quit:
+					return
+				case u := <-updates:
+					if u.Type == syscall.RTM_DELROUTE && u.Protocol == routes.Protocol {
+						deleted(n.Name, u.Route)
+					}
+				}
+			}
+		})
+	}
+	var once sync.Once
+	stop = func() { once.Do(func() { close(quit); wg.Wait() }) }
+	t.Cleanup(stop)
+	return stop
 }

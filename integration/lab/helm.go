@@ -243,6 +243,9 @@ func (l *Lab) helm(ctx context.Context, args ...string) ([]byte, error) {
 	return out, nil
 }
 
+// InstallMeridian installs Meridian again after UninstallMeridian.
+func (l *Lab) InstallMeridian(ctx context.Context) error { return l.installMeridian(ctx) }
+
 // installMeridian is `helm install` of the chart with the lab's values,
 // then a wait for the DaemonSet's pods to be Ready on every node.
 func (l *Lab) installMeridian(ctx context.Context) error {
