@@ -19,6 +19,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -287,15 +288,9 @@ func TestChartRBACRefusalIsCaught(t *testing.T) {
 // rolling upgrade must drop neither.
 func TestHelmUpgradeKeepsRoutes(t *testing.T) {
 	l := needLab(t)
-	c := client(t, l)
 	ctx := context.Background()
 	nodes := l.Nodes()
-	if len(nodes) < 2 {
-		t.Skip("needs two nodes")
-	}
-	src := runPod(t, c, "upgrade-src", nodes[0].Name)
-	dst := runPod(t, c, "upgrade-dst", nodes[1].Name)
-	dstAddr := fmt.Sprintf("%s:%d", dst.Status.PodIP, tcpPort)
+	src, dstAddr := crossNodePods(t, l, "upgrade")
 	if _, err := httpGet(src, dstAddr); err != nil {
 		t.Fatalf("pod to pod before the upgrade: %v", err)
 	}
@@ -394,12 +389,7 @@ func TestHelmUninstallLeavesNodesWorking(t *testing.T) {
 	c := client(t, l)
 	ctx := context.Background()
 	nodes := l.Nodes()
-	if len(nodes) < 2 {
-		t.Skip("needs two nodes")
-	}
-	src := runPod(t, c, "uninstall-src", nodes[0].Name)
-	dst := runPod(t, c, "uninstall-dst", nodes[1].Name)
-	dstAddr := fmt.Sprintf("%s:%d", dst.Status.PodIP, tcpPort)
+	src, dstAddr := crossNodePods(t, l, "uninstall")
 	before := map[string]map[netip.Prefix][]netip.Addr{}
 	for _, n := range nodes {
 		before[n.Name] = meridianRoutes(t, n)
@@ -509,4 +499,18 @@ func watchRouteDeletions(t *testing.T, nodes []lab.Node, deleted func(node strin
 	stop = func() { once.Do(func() { close(quit); wg.Wait() }) }
 	t.Cleanup(stop)
 	return stop
+}
+
+// crossNodePods runs a pod on each of the first two nodes and returns the
+// first and the address of the second's HTTP stand-in.
+func crossNodePods(t *testing.T, l *lab.Lab, prefix string) (*corev1.Pod, string) {
+	t.Helper()
+	nodes := l.Nodes()
+	if len(nodes) < 2 {
+		t.Skip("needs two nodes")
+	}
+	c := client(t, l)
+	src := runPod(t, c, prefix+"-src", nodes[0].Name)
+	dst := runPod(t, c, prefix+"-dst", nodes[1].Name)
+	return src, fmt.Sprintf("%s:%d", dst.Status.PodIP, tcpPort)
 }

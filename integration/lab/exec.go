@@ -8,12 +8,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"syscall"
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/meridian-net/meridian/integration/nodeagent/container"
 )
 
 // NetnsExecCommand is the hidden meridian-lab subcommand the lab re-executes
@@ -122,27 +123,9 @@ func mountPoints(mountinfo string) []string {
 		if len(f) < 5 {
 			continue
 		}
-		out = append(out, unescapeMountinfo(f[4]))
+		out = append(out, container.UnescapeMountinfo(f[4]))
 	}
 	return out
-}
-
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, "\\") {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // IPNetnsExecArgv is the command line that runs argv in a named namespace the

@@ -143,9 +143,7 @@ func requiredBinaries(o Options) []string {
 		binPath(o.BinDir, "kube-controller-manager"),
 		binPath(o.BinDir, "kube-scheduler"),
 	}
-	if o.NoDaemon {
-		bins = append(bins, binPath(o.BinDir, "meridian-cni"))
-	} else {
+	if !o.NoDaemon {
 		// The image is built from these unless BinDir has a fresh one.
 		for _, b := range imageBinaries {
 			bins = append(bins, binPath(o.BinDir, b))

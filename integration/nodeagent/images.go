@@ -42,7 +42,7 @@ func normalizeRef(ref string) string {
 
 func (s *imageStore) load() {
 	s.tags = map[string]bool{}
-	if s == nil || s.archive == "" {
+	if s.archive == "" {
 		return
 	}
 	m, err := tarball.LoadManifest(func() (io.ReadCloser, error) { return os.Open(s.archive) })

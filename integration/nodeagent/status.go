@@ -147,7 +147,18 @@ func computePodStatus(pod *corev1.Pod, obs podObservation) corev1.PodStatus {
 		sandbox.Message = truncate(obs.SandboxError, maxConditionMessage)
 	}
 	setCondition(&st, sandbox, now)
-	setCondition(&st, condition(corev1.PodInitialized, initialized, "", ""), now)
+	initCond := condition(corev1.PodInitialized, initialized, "", "")
+	if !initialized && obs.Workload != nil {
+		var pending []string
+		for _, c := range st.InitContainerStatuses {
+			if c.State.Terminated == nil || c.State.Terminated.ExitCode != 0 {
+				pending = append(pending, c.Name)
+			}
+		}
+		initCond.Reason = "ContainersNotInitialized"
+		initCond.Message = fmt.Sprintf("containers with incomplete status: [%s]", strings.Join(pending, " "))
+	}
+	setCondition(&st, initCond, now)
 
 	containersReady := condition(corev1.ContainersReady, ready, "", "")
 	if !ready {

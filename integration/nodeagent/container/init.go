@@ -205,7 +205,7 @@ func makeParentPrivate(dir string) error {
 		if len(fields) < 7 {
 			continue
 		}
-		mp := unescapeMountinfo(fields[4])
+		mp := UnescapeMountinfo(fields[4])
 		if (dir == mp || strings.HasPrefix(dir, strings.TrimSuffix(mp, "/")+"/")) && len(mp) >= len(best) {
 			best = mp
 			shared = false
@@ -231,8 +231,9 @@ func makeParentPrivate(dir string) error {
 	return nil
 }
 
-// unescapeMountinfo undoes the kernel's octal escapes (\040 for a space).
-func unescapeMountinfo(s string) string {
+// UnescapeMountinfo undoes the kernel's octal escapes (\040 for a space)
+// in a /proc/*/mountinfo field.
+func UnescapeMountinfo(s string) string {
 	if !strings.Contains(s, `\`) {
 		return s
 	}
