@@ -124,6 +124,17 @@ func (l *Lab) agentSpec(n Node) procSpec {
 	}
 }
 
+// AgentExecArgv is the command line the lab starts node's agent with
+// (meridian-lab netns-exec, with the node's view of the disk), for tests
+// that restart an agent themselves.
+func (l *Lab) AgentExecArgv(node string) ([]string, error) {
+	n, err := l.Node(node)
+	if err != nil {
+		return nil, err
+	}
+	return append([]string{l.st.LabBin}, l.agentSpec(n).execArgs()...), nil
+}
+
 // APISocket is the path of the node's meridiand gRPC socket, for
 // `meridianctl --socket`.
 func (l *Lab) APISocket(node string) string {

@@ -26,6 +26,16 @@ type procSpec struct {
 	Binds []Bind
 }
 
+// execArgs are the arguments of meridian-lab that start p: netns-exec with
+// p's binds.
+func (p procSpec) execArgs() []string {
+	argv := []string{NetnsExecCommand}
+	for _, b := range p.Binds {
+		argv = append(argv, "--bind", b.String())
+	}
+	return append(append(argv, p.Netns, "--"), p.Argv...)
+}
+
 // procInfo is a daemon as recorded in its pid file. Start is the kernel's
 // start time (clock ticks since boot) and guards against pid reuse: a pid
 // whose start time differs is someone else's process.
@@ -111,12 +121,7 @@ func (l launcher) start(p procSpec) (procInfo, error) {
 		return procInfo{}, fmt.Errorf("open log for %s: %w", p.Name, err)
 	}
 	defer logf.Close()
-	argv := []string{NetnsExecCommand}
-	for _, b := range p.Binds {
-		argv = append(argv, "--bind", b.String())
-	}
-	argv = append(append(argv, p.Netns, "--"), p.Argv...)
-	cmd := exec.Command(l.labBin, argv...)
+	cmd := exec.Command(l.labBin, p.execArgs()...)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.Env = append(os.Environ(), p.Env...)

@@ -411,7 +411,7 @@ func TestAgentInLab(t *testing.T) {
 	if _, err := httpGetFromNode(t, n.Netns, netip.AddrPortFrom(podIP, 80)); err == nil {
 		t.Error("web still answers with its agent stopped")
 	}
-	startAgent(t, l, n, bins)
+	startAgent(t, l, n)
 	eventually(t, ctx, 60*time.Second, "web answers after restart", func() error {
 		page, err := httpGetFromNode(t, n.Netns, netip.AddrPortFrom(podIP, 80))
 		if err == nil && page != want {
@@ -646,16 +646,15 @@ func stopAgent(t *testing.T, l *lab.Lab) {
 }
 
 // startAgent runs a new agent for the node the way the lab does (the
-// meridian-lab CLI in the node's netns, host mount namespace) and stops it
-// when the test ends.
-func startAgent(t *testing.T, l *lab.Lab, n lab.Node, bins string) {
+// meridian-lab CLI in the node's netns and its view of the disk) and stops
+// it when the test ends.
+func startAgent(t *testing.T, l *lab.Lab, n lab.Node) {
 	t.Helper()
-	labBin := filepath.Join(bins, "meridian-lab")
-	nodeDir := filepath.Join(l.StateDir(), "nodes", node)
-	cmd := exec.Command(labBin, lab.NetnsExecCommand, n.Netns, "--", labBin, lab.AgentCommand,
-		"--node", node, "--node-ip", n.IP.String(), "--kubeconfig", l.Kubeconfig(),
-		"--cni-conf-dir", filepath.Join(nodeDir, "cni", "net.d"), "--cni-bin-dir", bins,
-		"--state-dir", nodeDir)
+	argv, err := l.AgentExecArgv(n.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
 	logf, err := os.Create(filepath.Join(t.TempDir(), "agent.log"))
 	if err != nil {
 		t.Fatal(err)
