@@ -42,6 +42,8 @@ type fakeSpeaker struct {
 	policy    bgp.ImportPolicy
 	converged bool
 	changes   chan struct{}
+	// onPaths, if set, runs at every Paths call before the RIB is read.
+	onPaths func(*fakeSpeaker)
 }
 
 func (s *fakeSpeaker) Run(ctx context.Context) error { <-ctx.Done(); return nil }
@@ -65,6 +67,12 @@ func (s *fakeSpeaker) SetImportPolicy(p bgp.ImportPolicy) {
 
 // Paths judges the paths by the policy, as the real speaker does.
 func (s *fakeSpeaker) Paths(context.Context) ([]bgp.Path, error) {
+	s.mu.Lock()
+	hook := s.onPaths
+	s.mu.Unlock()
+	if hook != nil {
+		hook(s)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.policy.Apply(s.paths), nil
@@ -214,6 +222,53 @@ func waitFor(t *testing.T, what string, cond func() error) {
 			t.Fatalf("%s: %v", what, err)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A sync under way when meridiand stops reads state the shutdown is taking
+// apart; it must not prune the kernel by it. Here the RIB empties as the
+// context ends during the sync's read (a rolling upgrade once lost every
+// learned route on a node that way).
+func TestControllerAppliesNothingOnceStopping(t *testing.T) {
+	app := &fakeApplier{}
+	h := start(t, app,
+		mkNode("n1", "198.18.0.11", "10.244.1.0/24", nil),
+		mkNode("n2", "198.18.0.12", "10.244.2.0/24", nil),
+	)
+	waitFor(t, "speaker", func() error {
+		if h.speaker() == nil {
+			return fmt.Errorf("no speaker")
+		}
+		return nil
+	})
+	s := h.speaker()
+	s.set(func(s *fakeSpeaker) {
+		s.paths = []bgp.Path{{Prefix: netip.MustParsePrefix("10.244.2.0/24"), NextHop: netip.MustParseAddr("198.18.0.12"), PeerAddress: netip.MustParseAddr("198.18.0.12"), Best: true}}
+		s.converged = true
+	})
+	waitFor(t, "route to n2 applied with pruning", func() error {
+		if a, _ := app.last(); len(a.routes) != 2 || !a.prune {
+			return fmt.Errorf("last apply %+v", a)
+		}
+		return nil
+	})
+	_, before := app.last()
+	s.set(func(s *fakeSpeaker) {
+		s.onPaths = func(s *fakeSpeaker) {
+			h.cancel()
+			s.mu.Lock()
+			s.paths = nil
+			s.onPaths = nil
+			s.mu.Unlock()
+		}
+	})
+	select {
+	case <-h.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("controller did not stop")
+	}
+	if a, n := app.last(); n != before {
+		t.Errorf("%d applies after the context ended; last %+v", n-before, a)
 	}
 }
 
