@@ -296,28 +296,34 @@ func processAlive(pid int, start uint64) bool {
 }
 
 // runInit runs an init container until it exits 0, restarting it with
-// backoff otherwise; false means the pod went meanwhile.
+// backoff otherwise; false means the pod went meanwhile (a going pod's
+// init container is killed, a detached one left to finish).
 func (w *workload) runInit(c corev1.Container, dirs map[string]string) bool {
 	wait := restartBackoffBase
 	for {
-		p, err := w.start(c, dirs)
-		if err == nil {
-			code := w.waitExit(c.Name, p)
-			if w.ctx.Err() != nil {
-				w.terminateIfKilling(c.Name, p)
+		if p, err := w.start(c, dirs); err == nil {
+			exited := make(chan int, 1)
+			go func() { exited <- w.waitExit(c.Name, p) }()
+			select {
+			case code := <-exited:
+				if code == 0 {
+					return true
+				}
+				w.a.recorder.Eventf(w.pod, corev1.EventTypeWarning, "BackOff", "Back-off restarting failed init container %s (exit code %d)", c.Name, code)
+			case <-w.ctx.Done():
+				w.mu.Lock()
+				kill := w.kill
+				w.mu.Unlock()
+				if kill {
+					_ = p.Kill()
+					<-exited
+				}
 				return false
 			}
-			if code == 0 {
-				return true
-			}
-			w.a.recorder.Eventf(w.pod, corev1.EventTypeWarning, "BackOff", "Back-off restarting failed init container %s (exit code %d)", c.Name, code)
 		}
-		select {
-		case <-w.ctx.Done():
+		if !w.sleep(&wait) {
 			return false
-		case <-time.After(wait):
 		}
-		wait = min(2*wait, restartBackoffMax)
 	}
 }
 
@@ -360,7 +366,7 @@ func (w *workload) supervise(c corev1.Container, dirs map[string]string) {
 			w.signal(c.Name, syscall.SIGTERM)
 			select {
 			case <-exited:
-			case <-time.After(w.podGrace()):
+			case <-time.After(terminationGrace(w.pod)):
 				w.signal(c.Name, syscall.SIGKILL)
 				<-exited
 			}
@@ -431,28 +437,12 @@ func (w *workload) waitHold(name string) bool {
 	return true
 }
 
-func (w *workload) podGrace() time.Duration {
-	if g := w.pod.Spec.TerminationGracePeriodSeconds; g != nil {
-		return time.Duration(*g) * time.Second
-	}
-	return 30 * time.Second
-}
-
 func (w *workload) signal(name string, sig syscall.Signal) {
 	w.mu.Lock()
 	pid := w.ctrs[name].PID
 	w.mu.Unlock()
 	if pid > 0 {
 		_ = syscall.Kill(pid, sig)
-	}
-}
-
-func (w *workload) terminateIfKilling(name string, p *os.Process) {
-	w.mu.Lock()
-	kill := w.kill
-	w.mu.Unlock()
-	if kill && p != nil {
-		_ = p.Kill()
 	}
 }
 
