@@ -128,16 +128,12 @@ func RunBGP(ctx context.Context, l *lab.Lab, opts BGPOptions) ([]Figure, []BGPRu
 		// node over the mesh (nodes export eBGP-learned paths to each
 		// other) and spend the same two cores on them: they rest.
 		fmt.Fprintln(opts.Out, "# learned prefixes: lab meridiands paused; GoBGP injector in its own namespace, eBGP to each speaker in turn")
-		for _, n := range l.Nodes() {
-			if err := l.StopDaemon(n.Name, syscall.SIGTERM); err != nil {
-				return nil, nil, withdraws, fmt.Errorf("pause meridiand on %s: %w", n.Name, err)
-			}
+		if err := l.PauseDaemons(); err != nil {
+			return nil, nil, withdraws, err
 		}
 		defer func() {
-			for _, n := range l.Nodes() {
-				if err := l.StartDaemon(n.Name); err != nil {
-					fmt.Fprintf(opts.Out, "# restart meridiand on %s: %v\n", n.Name, err)
-				}
+			if err := l.ResumeDaemons(context.WithoutCancel(ctx)); err != nil {
+				fmt.Fprintf(opts.Out, "# resume the lab's meridiands: %v\n", err)
 			}
 		}()
 		if runs, err = r.prefixes(ctx); err != nil {

@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -139,16 +138,12 @@ func RunPolicies(ctx context.Context, l *lab.Lab, opts PoliciesOptions) ([]Figur
 	// same two cores: they rest while the agents under test run.
 	fmt.Fprintf(out, "# NetworkPolicy: meridiand vs kube-network-policies, %d policies over %d pods in %d namespaces on %d bench Nodes; the agent runs as %s (its pods are a third); lab meridiands paused\n",
 		opts.Policies, opts.Pods, PolicyNamespaces, PolicyNodes, PolicyNodeName(0))
-	for _, n := range l.Nodes() {
-		if err := l.StopDaemon(n.Name, syscall.SIGTERM); err != nil {
-			return nil, nil, fmt.Errorf("pause meridiand on %s: %w", n.Name, err)
-		}
+	if err := l.PauseDaemons(); err != nil {
+		return nil, nil, err
 	}
 	defer func() {
-		for _, n := range l.Nodes() {
-			if err := l.StartDaemon(n.Name); err != nil {
-				fmt.Fprintf(out, "# restart meridiand on %s: %v\n", n.Name, err)
-			}
+		if err := l.ResumeDaemons(context.WithoutCancel(ctx)); err != nil {
+			fmt.Fprintf(out, "# resume the lab's meridiands: %v\n", err)
 		}
 	}()
 

@@ -12,7 +12,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -143,16 +142,12 @@ func RunServices(ctx context.Context, l *lab.Lab, opts ServicesOptions) ([]Figur
 	// at 10k each of their syncs costs tens of seconds of the same two
 	// cores: they rest while the proxies under test run.
 	fmt.Fprintf(opts.Out, "# Service NAT: kube-proxy --proxy-mode=nftables vs meridiand, %d endpoints per Service; lab meridiands paused\n", EndpointsPerService)
-	for _, n := range l.Nodes() {
-		if err := l.StopDaemon(n.Name, syscall.SIGTERM); err != nil {
-			return nil, nil, fmt.Errorf("pause meridiand on %s: %w", n.Name, err)
-		}
+	if err := l.PauseDaemons(); err != nil {
+		return nil, nil, err
 	}
 	defer func() {
-		for _, n := range l.Nodes() {
-			if err := l.StartDaemon(n.Name); err != nil {
-				fmt.Fprintf(opts.Out, "# restart meridiand on %s: %v\n", n.Name, err)
-			}
+		if err := l.ResumeDaemons(context.WithoutCancel(ctx)); err != nil {
+			fmt.Fprintf(opts.Out, "# resume the lab's meridiands: %v\n", err)
 		}
 	}()
 

@@ -379,6 +379,36 @@ func (l *Lab) StartDaemon(node string) error {
 	return fmt.Errorf("node agent of %s did not start meridiand within %s (see %s)", node, daemonStartTimeout, l.LogPath(agentProc(node)))
 }
 
+// PauseDaemons stops meridiand on every node (StopDaemon with SIGTERM), for
+// benchmarks that run daemons of their own on the lab's nodes.
+func (l *Lab) PauseDaemons() error {
+	for _, n := range l.Nodes() {
+		if err := l.StopDaemon(n.Name, syscall.SIGTERM); err != nil {
+			return fmt.Errorf("pause meridiand on %s: %w", n.Name, err)
+		}
+	}
+	return nil
+}
+
+// ResumeDaemons starts meridiand again on every node after PauseDaemons
+// and waits until the chart's pods are Ready, so the lab is whole again for
+// whatever runs next.
+func (l *Lab) ResumeDaemons(ctx context.Context) error {
+	var errs []error
+	for _, n := range l.Nodes() {
+		if err := l.StartDaemon(n.Name); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	if l.st.NoDaemon {
+		return nil
+	}
+	return l.WaitMeridianReady(ctx)
+}
+
 // daemonStartTimeout bounds StartDaemon: the agent polls its hold file
 // and starts the container within a second.
 const daemonStartTimeout = 30 * time.Second
