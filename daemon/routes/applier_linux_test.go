@@ -3,7 +3,6 @@ package routes
 import (
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -14,8 +13,8 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/meridian-net/meridian/bgp"
+	"github.com/meridian-net/meridian/daemon/netnstest"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -45,52 +44,13 @@ type lab struct {
 	defaultPaths []bgp.Path
 }
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("kernel test needs root")
-	}
-}
-
-func newNS(t *testing.T) (ns.NetNS, netns.NsHandle, *netlink.Handle) {
-	t.Helper()
-	n, err := testutils.NewNS()
-	if err != nil {
-		t.Fatalf("create netns: %v", err)
-	}
-	t.Cleanup(func() {
-		n.Close()
-		if err := testutils.UnmountNS(n); err != nil {
-			t.Errorf("unmount netns: %v", err)
-		}
-	})
-	nh, err := netns.GetFromPath(n.Path())
-	if err != nil {
-		t.Fatalf("open netns: %v", err)
-	}
-	t.Cleanup(func() { nh.Close() })
-	h, err := netlink.NewHandleAt(nh)
-	if err != nil {
-		t.Fatalf("netlink handle: %v", err)
-	}
-	t.Cleanup(h.Close)
-	lo, err := h.LinkByName("lo")
-	if err != nil {
-		t.Fatalf("find lo: %v", err)
-	}
-	if err := h.LinkSetUp(lo); err != nil {
-		t.Fatalf("set lo up: %v", err)
-	}
-	return n, nh, h
-}
-
 func newLab(t *testing.T) *lab {
 	t.Helper()
-	requireRoot(t)
+	netnstest.RequireRoot(t)
 	l := &lab{}
-	l.node, l.nodeNS, l.h = newNS(t)
+	l.node, l.nodeNS, l.h = netnstest.New(t)
 	var peerNS netns.NsHandle
-	l.peer, peerNS, l.peerH = newNS(t)
+	l.peer, peerNS, l.peerH = netnstest.New(t)
 
 	veth := &netlink.Veth{
 		LinkAttrs:     netlink.LinkAttrs{Name: nodeLink},
@@ -119,16 +79,8 @@ func newLab(t *testing.T) *lab {
 	if err := l.peerH.LinkSetUp(plink); err != nil {
 		t.Fatalf("set %s up: %v", peerLink, err)
 	}
-	l.applier = NewApplier(l.h, slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	l.applier = NewApplier(l.h, netnstest.Logger(t))
 	return l
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
 }
 
 func addAddr(t *testing.T, h *netlink.Handle, link netlink.Link, cidr string) {
@@ -590,8 +542,8 @@ func TestAppliedRoutesForward(t *testing.T) {
 }
 
 func TestEnableIPv4Forwarding(t *testing.T) {
-	requireRoot(t)
-	n, _, _ := newNS(t)
+	netnstest.RequireRoot(t)
+	n, _, _ := netnstest.New(t)
 	hostBefore, err := os.ReadFile(ipForwardPath)
 	if err != nil {
 		t.Fatal(err)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -13,13 +12,13 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/meridian-net/meridian/bgp"
 	"github.com/meridian-net/meridian/daemon/encap"
+	"github.com/meridian-net/meridian/daemon/netnstest"
 	"github.com/meridian-net/meridian/daemon/routes"
 )
 
@@ -41,50 +40,10 @@ type node struct {
 	tunnels *Applier
 }
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("kernel test needs root")
-	}
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
 func newNode(t *testing.T, name, ip, podCIDR string) *node {
 	t.Helper()
-	n, err := testutils.NewNS()
-	if err != nil {
-		t.Fatalf("create netns: %v", err)
-	}
-	t.Cleanup(func() {
-		n.Close()
-		if err := testutils.UnmountNS(n); err != nil {
-			t.Errorf("unmount netns: %v", err)
-		}
-	})
-	nh, err := netns.GetFromPath(n.Path())
-	if err != nil {
-		t.Fatalf("open netns: %v", err)
-	}
-	t.Cleanup(func() { nh.Close() })
-	h, err := netlink.NewHandleAt(nh)
-	if err != nil {
-		t.Fatalf("netlink handle: %v", err)
-	}
-	t.Cleanup(h.Close)
-	lo, err := h.LinkByName("lo")
-	if err != nil {
-		t.Fatalf("find lo: %v", err)
-	}
-	if err := h.LinkSetUp(lo); err != nil {
-		t.Fatalf("set lo up: %v", err)
-	}
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", name)
+	n, _, h := netnstest.New(t)
+	log := netnstest.Logger(t).With("node", name)
 	return &node{name: name, ns: n, h: h, ip: netip.MustParseAddr(ip), podCIDR: netip.MustParsePrefix(podCIDR),
 		routes: routes.NewApplier(h, log), tunnels: NewApplier(h, log)}
 }
@@ -93,7 +52,7 @@ func newNode(t *testing.T, name, ip, podCIDR string) *node {
 // 10.244.2.0/24) on one veth.
 func newPair(t *testing.T) (a, b *node) {
 	t.Helper()
-	requireRoot(t)
+	netnstest.RequireRoot(t)
 	a = newNode(t, "a", "198.18.0.11", "10.244.1.0/24")
 	b = newNode(t, "b", "198.18.0.12", "10.244.2.0/24")
 	bNS, err := netns.GetFromPath(b.ns.Path())
@@ -422,7 +381,7 @@ func requireIPIP(t *testing.T, h *netlink.Handle) {
 }
 
 func crossSubnetThroughARouter(t *testing.T, typ encap.Type) {
-	requireRoot(t)
+	netnstest.RequireRoot(t)
 	a := newNode(t, "a", "198.18.1.11", "10.244.1.0/24")
 	b := newNode(t, "b", "198.18.2.12", "10.244.2.0/24")
 	r := newNode(t, "r", "198.18.1.1", "10.244.99.0/24")

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/testutils"
+	"github.com/meridian-net/meridian/daemon/netnstest"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
@@ -29,42 +29,9 @@ type node struct {
 	podCIDR       *net.IPNet
 }
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("kernel test needs root")
-	}
-}
-
 func newNode(t *testing.T, name, underlay, pod, podCIDR string) *node {
 	t.Helper()
-	n, err := testutils.NewNS()
-	if err != nil {
-		t.Fatalf("create netns: %v", err)
-	}
-	t.Cleanup(func() {
-		n.Close()
-		if err := testutils.UnmountNS(n); err != nil {
-			t.Errorf("unmount netns: %v", err)
-		}
-	})
-	nh, err := netns.GetFromPath(n.Path())
-	if err != nil {
-		t.Fatalf("open netns: %v", err)
-	}
-	t.Cleanup(func() { nh.Close() })
-	h, err := netlink.NewHandleAt(nh)
-	if err != nil {
-		t.Fatalf("netlink handle: %v", err)
-	}
-	t.Cleanup(h.Close)
-	lo, err := h.LinkByName("lo")
-	if err != nil {
-		t.Fatalf("find lo: %v", err)
-	}
-	if err := h.LinkSetUp(lo); err != nil {
-		t.Fatalf("lo up: %v", err)
-	}
+	n, _, h := netnstest.New(t)
 	return &node{name: name, ns: n, h: h, underlay: mustCIDR(t, underlay), pod: mustCIDR(t, pod), podCIDR: mustCIDR(t, podCIDR)}
 }
 
@@ -128,7 +95,7 @@ func linkCounters(t *testing.T, n *node, name string) counters {
 // went through the tunnel: the sender's TX and the receiver's RX grow by at
 // least the segments carried, and the underlay veth carried them too.
 func TestPodTrafficCrossesTunl0(t *testing.T) {
-	requireRoot(t)
+	netnstest.RequireRoot(t)
 	a := newNode(t, "node-a", "198.18.0.1/24", "10.244.1.1/32", "10.244.1.0/24")
 	b := newNode(t, "node-b", "198.18.0.2/24", "10.244.2.1/32", "10.244.2.0/24")
 	tunA := requireTunl0(t, a)
