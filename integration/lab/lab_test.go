@@ -21,6 +21,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/meridian-net/meridian/integration/nodeagent/container"
 )
 
 // Integration tests bring up real labs: root, the lab's fixed names on the
@@ -142,7 +144,7 @@ func assertNothingLeft(t *testing.T, stateDir string, pids []int) {
 		t.Errorf("left behind: %s", strings.Join(left, "; "))
 	}
 	for _, pid := range pids {
-		if alive(pid, 0) {
+		if container.Alive(pid, 0) {
 			t.Errorf("lab process %d still runs", pid)
 		}
 	}
@@ -302,9 +304,9 @@ func TestLabUpDown(t *testing.T) {
 	if _, err := cs.CoreV1().Nodes().Get(ctx, "node-3", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Errorf("node-3 object after RemoveNode: %v", err)
 	}
-	if netnsExists(NodeNetns("node-3")) || alive(agent3.PID, agent3.Start) || len(l.Nodes()) != 2 {
+	if netnsExists(NodeNetns("node-3")) || container.Alive(agent3.PID, agent3.Start) || len(l.Nodes()) != 2 {
 		t.Errorf("node-3 remains after RemoveNode: netns %v, agent alive %v, nodes %v",
-			netnsExists(NodeNetns("node-3")), alive(agent3.PID, agent3.Start), l.Nodes())
+			netnsExists(NodeNetns("node-3")), container.Alive(agent3.PID, agent3.Start), l.Nodes())
 	}
 
 	t0 = time.Now()
@@ -379,7 +381,7 @@ func TestLabWithDaemon(t *testing.T) {
 	if err := l.StopDaemon("node-1", syscall.SIGTERM); err != nil {
 		t.Fatalf("StopDaemon: %v", err)
 	}
-	if alive(before.PID, before.Start) {
+	if container.Alive(before.PID, before.Start) {
 		t.Fatalf("meridiand pid %d runs after StopDaemon(SIGTERM)", before.PID)
 	}
 	if err := l.StopDaemon("node-1", syscall.SIGTERM); err == nil {
@@ -533,7 +535,7 @@ func procsWithArg(t *testing.T, arg string) []int {
 			continue
 		}
 		for _, a := range strings.Split(string(b), "\x00") {
-			if a == arg && alive(pid, 0) {
+			if a == arg && container.Alive(pid, 0) {
 				pids = append(pids, pid)
 			}
 		}

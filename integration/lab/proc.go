@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/meridian-net/meridian/integration/nodeagent/container"
 )
 
 // procSpec is a daemon to start inside a namespace.
@@ -45,53 +47,6 @@ type procInfo struct {
 	Start uint64
 	Log   string
 	Alive bool
-}
-
-// procStat is the part of /proc/PID/stat the lab needs.
-type procStat struct {
-	State byte
-	Start uint64
-}
-
-func readProcStat(pid int) (procStat, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return procStat{}, err
-	}
-	return parseProcStat(string(b))
-}
-
-// parseProcStat reads state (field 3) and starttime (field 22) from a
-// /proc/PID/stat line. comm (field 2) may hold spaces and parentheses, so
-// fields are counted from the last ')'.
-func parseProcStat(s string) (procStat, error) {
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return procStat{}, fmt.Errorf("malformed stat %q", s)
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 20 || len(f[0]) != 1 {
-		return procStat{}, fmt.Errorf("malformed stat %q", s)
-	}
-	start, err := strconv.ParseUint(f[19], 10, 64)
-	if err != nil {
-		return procStat{}, fmt.Errorf("malformed starttime in stat: %w", err)
-	}
-	return procStat{State: f[0][0], Start: start}, nil
-}
-
-// alive reports whether pid runs and, when start is non-zero, is the same
-// process that was recorded. Zombies count as dead: they run nothing and
-// wait only for their parent to reap them.
-func alive(pid int, start uint64) bool {
-	st, err := readProcStat(pid)
-	if err != nil {
-		return false
-	}
-	if st.State == 'Z' || st.State == 'X' {
-		return false
-	}
-	return start == 0 || st.Start == start
 }
 
 // launcher starts daemons through the meridian-lab binary's netns-exec
@@ -135,11 +90,11 @@ func (l launcher) start(p procSpec) (procInfo, error) {
 	// would linger as a zombie. When this process exits first, init
 	// inherits and reaps it.
 	go func() { _ = cmd.Wait() }()
-	st, err := readProcStat(cmd.Process.Pid)
+	st, err := container.ReadProcStat(cmd.Process.Pid)
 	if err != nil {
 		// Exited and already reaped: record it anyway so the caller's
 		// readiness check reports the log.
-		st = procStat{}
+		st = container.ProcStat{}
 	}
 	info := procInfo{Name: p.Name, PID: cmd.Process.Pid, Start: st.Start, Log: l.logPath(p.Name), Alive: st.Start != 0}
 	rec := fmt.Sprintf("%d %d\n", info.PID, info.Start)
@@ -162,7 +117,7 @@ func (l launcher) read(name string) (procInfo, error) {
 	}
 	info.Name = name
 	info.Log = l.logPath(name)
-	info.Alive = alive(info.PID, info.Start)
+	info.Alive = container.Alive(info.PID, info.Start)
 	return info, nil
 }
 
@@ -239,7 +194,7 @@ func terminate(ctx context.Context, grace time.Duration, procs []procInfo) error
 		return nil
 	}
 	for _, p := range procs {
-		if alive(p.PID, p.Start) {
+		if container.Alive(p.PID, p.Start) {
 			_ = unix.Kill(p.PID, unix.SIGKILL)
 		}
 	}
@@ -251,7 +206,7 @@ func terminate(ctx context.Context, grace time.Duration, procs []procInfo) error
 	}
 	var left []string
 	for _, p := range procs {
-		if alive(p.PID, p.Start) {
+		if container.Alive(p.PID, p.Start) {
 			left = append(left, fmt.Sprintf("%s (pid %d)", p.Name, p.PID))
 		}
 	}
@@ -263,7 +218,7 @@ func waitGone(ctx context.Context, d time.Duration, procs []procInfo) bool {
 	for {
 		running := false
 		for _, p := range procs {
-			if alive(p.PID, p.Start) {
+			if container.Alive(p.PID, p.Start) {
 				running = true
 				break
 			}
@@ -301,7 +256,7 @@ func procsInNetns(ids map[nsID]string) ([]procInfo, error) {
 		if !ok {
 			continue
 		}
-		st, err := readProcStat(pid)
+		st, err := container.ReadProcStat(pid)
 		if err != nil || st.State == 'Z' {
 			continue
 		}

@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"time"
 
-	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
@@ -151,21 +150,12 @@ func (a *agent) ensureToken(ctx context.Context, pod *corev1.Pod, file string) e
 	if st, err := os.Stat(file); err == nil && a.now().Sub(st.ModTime()) < coreDNSTokenRenew {
 		return nil
 	}
-	sa := pod.Spec.ServiceAccountName
-	if sa == "" {
-		sa = "default"
-	}
-	tr, err := a.client.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(ctx, sa, &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{
-			ExpirationSeconds: new(int64(coreDNSTokenTTL / time.Second)),
-			BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
-		},
-	}, metav1.CreateOptions{})
+	token, err := requestPodToken(ctx, a.client, pod, nil, int64(coreDNSTokenTTL/time.Second))
 	if err != nil {
-		return fmt.Errorf("request token of service account %s/%s: %w", pod.Namespace, sa, err)
+		return err
 	}
 	tmp := file + ".tmp"
-	if err := os.WriteFile(tmp, []byte(tr.Status.Token), 0o600); err != nil {
+	if err := os.WriteFile(tmp, []byte(token), 0o600); err != nil {
 		return fmt.Errorf("write token: %w", err)
 	}
 	if err := os.Rename(tmp, file); err != nil {

@@ -296,10 +296,6 @@ func (m *volumeManager) tokenFile(ctx context.Context, pod *corev1.Pod, key stri
 	if t, ok := m.tokens[key]; ok && now.Sub(t.issued) < time.Duration(float64(t.lifetime)*tokenRenewal) {
 		return map[string]volumeFile{src.Path: {Data: []byte(t.token), Mode: defMode}}, nil
 	}
-	sa := pod.Spec.ServiceAccountName
-	if sa == "" {
-		sa = "default"
-	}
 	exp := int64(3600)
 	if src.ExpirationSeconds != nil {
 		exp = *src.ExpirationSeconds
@@ -308,20 +304,35 @@ func (m *volumeManager) tokenFile(ctx context.Context, pod *corev1.Pod, key stri
 	if src.Audience != "" {
 		auds = []string{src.Audience}
 	}
-	tr, err := m.client.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(ctx, sa, &authenticationv1.TokenRequest{
+	token, err := requestPodToken(ctx, m.client, pod, auds, exp)
+	if err != nil {
+		return nil, err
+	}
+	// Renew by the lifetime asked for, as the kubelet does: a longer one
+	// granted by --service-account-extend-token-expiration is a safety net.
+	m.tokens[key] = issuedToken{token: token, issued: now, lifetime: time.Duration(exp) * time.Second}
+	return map[string]volumeFile{src.Path: {Data: []byte(token), Mode: defMode}}, nil
+}
+
+// requestPodToken asks the API server (TokenRequest) for a token of pod's
+// service account, bound to the pod, as the kubelet does for projected
+// tokens; nil audiences mean the API server's.
+func requestPodToken(ctx context.Context, client kubernetes.Interface, pod *corev1.Pod, audiences []string, seconds int64) (string, error) {
+	sa := pod.Spec.ServiceAccountName
+	if sa == "" {
+		sa = "default"
+	}
+	tr, err := client.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(ctx, sa, &authenticationv1.TokenRequest{
 		Spec: authenticationv1.TokenRequestSpec{
-			Audiences:         auds,
-			ExpirationSeconds: &exp,
+			Audiences:         audiences,
+			ExpirationSeconds: &seconds,
 			BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
 		},
 	}, metav1.CreateOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("request token of service account %s/%s: %w", pod.Namespace, sa, err)
+		return "", fmt.Errorf("request token of service account %s/%s: %w", pod.Namespace, sa, err)
 	}
-	// Renew by the lifetime asked for, as the kubelet does: a longer one
-	// granted by --service-account-extend-token-expiration is a safety net.
-	m.tokens[key] = issuedToken{token: tr.Status.Token, issued: now, lifetime: time.Duration(exp) * time.Second}
-	return map[string]volumeFile{src.Path: {Data: []byte(tr.Status.Token), Mode: defMode}}, nil
+	return tr.Status.Token, nil
 }
 
 // writeVolume makes dir hold exactly files: each written atomically (a

@@ -263,7 +263,7 @@ func (w *workload) adopt() bool {
 	for _, c := range w.pod.Spec.Containers {
 		b, err := os.ReadFile(filepath.Join(w.a.containerRecordDir(w.uid), c.Name+".json"))
 		var r ctrRecord
-		if err != nil || json.Unmarshal(b, &r) != nil || !processAlive(r.PID, r.Start) {
+		if err != nil || json.Unmarshal(b, &r) != nil || !container.Alive(r.PID, r.Start) {
 			all = false
 			continue
 		}
@@ -276,23 +276,6 @@ func (w *workload) adopt() bool {
 		w.log.Info("adopted running container", "container", c.Name, "pid", r.PID)
 	}
 	return all
-}
-
-func processAlive(pid int, start uint64) bool {
-	if pid <= 0 {
-		return false
-	}
-	got, err := container.StartTime(pid)
-	if err != nil || got != start {
-		return false
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i >= 0 && i+2 < len(s) && s[i+2] != 'Z' && s[i+2] != 'X'
 }
 
 // runInit runs an init container until it exits 0, restarting it with
@@ -489,7 +472,7 @@ func (w *workload) waitExit(name string, p *os.Process) int {
 		w.mu.Lock()
 		pid, start := w.ctrs[name].PID, w.ctrs[name].Start
 		w.mu.Unlock()
-		for processAlive(pid, start) {
+		for container.Alive(pid, start) {
 			time.Sleep(holdPoll)
 		}
 	}

@@ -12,7 +12,6 @@
 package container
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -208,23 +207,59 @@ func Start(spec Spec, initArgv []string, stdout, stderr *os.File) (*os.Process, 
 // parent (an agent restart) can tell its container from a process that got
 // the same pid later.
 func StartTime(pid int) (uint64, error) {
+	st, err := ReadProcStat(pid)
+	return st.Start, err
+}
+
+// ProcStat is the part of /proc/PID/stat that tells a process apart from
+// a later one with its pid: its state (field 3) and start time (field 22,
+// clock ticks since boot).
+type ProcStat struct {
+	State byte
+	Start uint64
+}
+
+// ReadProcStat reads pid's ProcStat.
+func ReadProcStat(pid int) (ProcStat, error) {
 	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return 0, fmt.Errorf("read process %d: %w", pid, err)
+		return ProcStat{}, fmt.Errorf("read process %d: %w", pid, err)
 	}
-	// comm (field 2) may hold spaces and parentheses; it ends at the last ')'.
-	i := bytes.LastIndexByte(data, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("process %d: malformed stat %q", pid, data)
-	}
-	// Fields from 3 on; starttime is field 22.
-	fields := strings.Fields(string(data[i+1:]))
-	if len(fields) < 20 {
-		return 0, fmt.Errorf("process %d: stat has %d fields after comm", pid, len(fields))
-	}
-	t, err := strconv.ParseUint(fields[19], 10, 64)
+	st, err := ParseProcStat(string(data))
 	if err != nil {
-		return 0, fmt.Errorf("process %d starttime: %w", pid, err)
+		return ProcStat{}, fmt.Errorf("process %d: %w", pid, err)
 	}
-	return t, nil
+	return st, nil
+}
+
+// ParseProcStat reads a /proc/PID/stat line. comm (field 2) may hold
+// spaces and parentheses, so fields are counted from the last ')'.
+func ParseProcStat(s string) (ProcStat, error) {
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return ProcStat{}, fmt.Errorf("malformed stat %q", s)
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 20 || len(f[0]) != 1 {
+		return ProcStat{}, fmt.Errorf("malformed stat %q", s)
+	}
+	start, err := strconv.ParseUint(f[19], 10, 64)
+	if err != nil {
+		return ProcStat{}, fmt.Errorf("malformed starttime in stat: %w", err)
+	}
+	return ProcStat{State: f[0][0], Start: start}, nil
+}
+
+// Alive reports whether pid runs and, when start is non-zero, is the
+// process that started then. Zombies count as dead: they run nothing and
+// wait only for their parent to reap them.
+func Alive(pid int, start uint64) bool {
+	if pid <= 0 {
+		return false
+	}
+	st, err := ReadProcStat(pid)
+	if err != nil || st.State == 'Z' || st.State == 'X' {
+		return false
+	}
+	return start == 0 || st.Start == start
 }

@@ -163,3 +163,20 @@ func TestUnescapeMountinfo(t *testing.T) {
 		}
 	}
 }
+
+func TestParseProcStat(t *testing.T) {
+	// comm may contain spaces and parentheses; fields count from the last ')'.
+	line := "4242 (kube (api) server) S 1 4242 4242 0 -1 4194560 1 0 0 0 3 4 0 0 20 0 12 0 987654 1000 200 18446744073709551615"
+	st, err := ParseProcStat(line)
+	if err != nil {
+		t.Fatalf("ParseProcStat: %v", err)
+	}
+	if st.State != 'S' || st.Start != 987654 {
+		t.Errorf("got state %c start %d, want S 987654", st.State, st.Start)
+	}
+	for _, bad := range []string{"", "12 (x", "12 (x) S 1 2"} {
+		if _, err := ParseProcStat(bad); err == nil {
+			t.Errorf("ParseProcStat(%q) accepted a malformed line", bad)
+		}
+	}
+}
